@@ -1,0 +1,272 @@
+"""The user-facing model: ``CellAssign(adata, markers).train().predict()``, in the scvi-tools style."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .design import DesignSpec, apply_design, make_design
+from .errors import InputError
+from .io import as_count_matrix, atomic_path
+from .markers import match_markers, validate_markers
+from .model import N_CENTRES, CellAssignModule, basis_means, log_factorial
+from .predict import ModelData, predict_gamma
+from .size_factors import compute_size_factors
+from .train import FitResult, TrainSettings, fit, resolve_device
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "cellassign-nf-model/1"
+
+
+class CellAssign:
+    """CellAssign for one AnnData and one binary marker matrix (genes x cell types).
+
+    The model uses the marker genes only; size factors come from all genes (total counts over
+    the mean) unless ``size_factor_key`` names them in ``adata.obs``. Covariates (``batch_key``,
+    ``categorical_covariate_keys``, ``continuous_covariate_keys``) or a ready ``design`` matrix
+    (cells x covariates, no intercept) enter as ``beta``.
+
+    >>> model = CellAssign(adata, marker_gene_matrix, size_factor_key="size_factor")
+    >>> model.train()
+    >>> probabilities = model.predict()      # cells x types, rows sum to 1
+    """
+
+    def __init__(
+        self,
+        adata: ad.AnnData | None,
+        marker_gene_matrix: pd.DataFrame,
+        size_factor_key: str | None = None,
+        batch_key: str | None = None,
+        categorical_covariate_keys: list[str] | None = None,
+        continuous_covariate_keys: list[str] | None = None,
+        layer: str | None = None,
+        design: pd.DataFrame | None = None,
+        min_delta: float = 2.0,
+        shrinkage: bool = True,
+        dirichlet_concentration: float = 1e-2,
+        n_centres: int = N_CENTRES,
+    ) -> None:
+        self.size_factor_key = size_factor_key
+        self.layer = layer
+        self.model_params = {"min_delta": min_delta, "shrinkage": shrinkage,
+                             "dirichlet_concentration": dirichlet_concentration, "n_centres": n_centres}
+        self.module: CellAssignModule | None = None
+        self.history = pd.DataFrame(columns=["restart", "epoch", "train_loglik", "val_loglik", "selected"])
+        self.restarts = pd.DataFrame()
+        self.train_params: dict[str, Any] = {}
+        self.design_spec = DesignSpec()
+        self.adata = adata
+        self._design: pd.DataFrame | None = None
+        self._design_columns: list[str] = []
+        self._data: ModelData | None = None
+        if adata is None:  # filled in by load()
+            self.rho = marker_gene_matrix
+            return
+        rho = validate_markers(marker_gene_matrix)
+        self.rho = match_markers(rho, adata.var_names)
+        covariates = ([batch_key] if batch_key else []) + list(categorical_covariate_keys or [])
+        continuous = list(continuous_covariate_keys or [])
+        if design is None and (covariates or continuous):
+            obs = adata.obs.copy()
+            for key in covariates:
+                if key in obs:
+                    obs[key] = obs[key].astype(str).where(obs[key].notna())
+            for key in continuous:
+                if key in obs and not pd.api.types.is_numeric_dtype(obs[key]):
+                    raise InputError(None, f"continuous covariate '{key}' is not numeric",
+                                     "Pass it as a categorical covariate instead.")
+            design, self.design_spec = make_design(obs, covariates + continuous)
+        self._design = design
+        self._design_columns = [] if design is None else [str(c) for c in design.columns]
+        self.data_cells, self._data = self._prepare(adata, design)
+        x_max = float(self._data.x.max()) if self._data.x.numel() else 1.0
+        self.v, self.b = basis_means(x_max, 0.0, n_centres)
+
+    # --- data -------------------------------------------------------------------------------------
+    @property
+    def genes(self) -> list[str]:
+        return list(self.rho.index)
+
+    @property
+    def cell_types(self) -> list[str]:
+        return list(self.rho.columns)
+
+    @property
+    def design_columns(self) -> list[str]:
+        return list(self._design_columns)
+
+    def _prepare(self, adata: ad.AnnData, design: pd.DataFrame | None) -> tuple[pd.Index, ModelData]:
+        """Counts of the marker genes, log size factors and design for the cells with counts."""
+        missing = [g for g in self.genes if g not in adata.var_names]
+        if missing:
+            raise InputError(None, f"the data lack {len(missing)} of the model's marker genes "
+                             f"(e.g. {', '.join(missing[:5])})", "Predict on data with the same genes.")
+        counts = adata.layers[self.layer] if self.layer else adata.X
+        if self.layer and self.layer not in adata.layers:
+            raise InputError(None, f"no layer '{self.layer}'", "Name an existing layer.")
+        counts = as_count_matrix(counts, layers=list(adata.layers))
+        if self.size_factor_key:
+            if self.size_factor_key not in adata.obs:
+                raise InputError(None, f"no size factors in obs['{self.size_factor_key}']",
+                                 "Compute them with 'cellassign-nf size-factors' or leave size_factor_key out.")
+            s = adata.obs[self.size_factor_key].to_numpy(dtype=np.float64)
+        else:
+            s = compute_size_factors(ad.AnnData(counts))
+        keep = np.isfinite(s) & (s > 0)
+        if not keep.all():
+            log.warning("removed %d cells with zero total counts (or size factor <= 0) of %d", (~keep).sum(), len(s))
+        if not keep.any():
+            raise InputError(None, "no cell has counts", "Check the input data.")
+        cells = adata.obs_names[keep]
+        col = adata.var_names.get_indexer(self.genes)
+        x = np.asarray(counts[keep][:, col].toarray(), dtype=np.float32)
+        if design is None and self.design_spec.formula:
+            design = apply_design(adata.obs, self.design_spec)
+        D = None
+        if design is not None and design.shape[1] > 0:
+            design = design.reindex(adata.obs_names)
+            if design.isna().any().any():
+                raise InputError(None, "the design matrix lacks some cells or has NaN values",
+                                 "Give one row of covariates per cell.")
+            D = torch.as_tensor(design.to_numpy(dtype=np.float32)[keep])
+        xt = torch.as_tensor(x)
+        data = ModelData(x=xt, log_s=torch.as_tensor(np.log(s[keep]), dtype=torch.float32), D=D,
+                         log_factorial=log_factorial(xt))
+        return cells, data
+
+    def _make_module(self, generator: torch.Generator | None = None) -> CellAssignModule:
+        p = self.model_params
+        n_cov = len(self.design_columns)
+        beta0 = None
+        if self._data is not None:
+            scaled = self._data.x / self._data.log_s.exp()[:, None]
+            beta0 = torch.log(scaled.mean(dim=0) + 1e-2)
+        return CellAssignModule(torch.as_tensor(self.rho.to_numpy(dtype=np.float32)), n_cov, self.v, self.b,
+                                min_delta=p["min_delta"], dirichlet_concentration=p["dirichlet_concentration"],
+                                shrinkage=p["shrinkage"], beta0_init=beta0, generator=generator)
+
+    # --- training and prediction ---------------------------------------------------------------
+    def train(self, max_epochs: int = 400, lr: float = 0.1, batch_size: int = 1024, n_restarts: int = 3,
+              seed: int = 0, device: str = "auto", validation_fraction: float = 0.1, early_stopping: bool = True,
+              patience: int = 10, rel_tol: float = 1e-4, progress: bool = True) -> CellAssign:
+        """Fit by minibatch EM (Adam), keeping the best of ``n_restarts`` random starts."""
+        if self.adata is None:
+            raise RuntimeError("this model was loaded from a file; create a new CellAssign to train")
+        settings = TrainSettings(max_epochs=max_epochs, lr=lr, batch_size=batch_size, n_restarts=n_restarts,
+                                 seed=seed, validation_fraction=validation_fraction, early_stopping=early_stopping,
+                                 patience=patience, rel_tol=rel_tol, device=device, progress=progress)
+        dev = resolve_device(device)
+        d = self._data
+        data = ModelData(d.x.to(dev), d.log_s.to(dev), None if d.D is None else d.D.to(dev), d.log_factorial.to(dev))
+        log.info("training on %s: %d cells x %d marker genes x %d types, %d covariate columns",
+                 dev, d.n_cells, len(self.genes), len(self.cell_types), len(self.design_columns))
+        result: FitResult = fit(data, self._make_module, settings)
+        self.module = result.module.cpu()
+        self.history, self.restarts = result.history, result.restarts
+        self.train_params = {**result.settings, "device": str(dev), "n_cells": d.n_cells}
+        return self
+
+    def _require_trained(self) -> CellAssignModule:
+        if self.module is None:
+            raise RuntimeError("the model is not trained yet: call train() first")
+        return self.module
+
+    def predict(self, adata: ad.AnnData | None = None, design: pd.DataFrame | None = None,
+                device: str = "auto") -> pd.DataFrame:
+        """Assignment probabilities (cells x cell types, rows sum to 1), computed in chunks."""
+        module = self._require_trained()
+        if adata is None or adata is self.adata:
+            if self._data is None:
+                raise RuntimeError("give the AnnData to predict on")
+            cells, data = self.data_cells, self._data
+        else:
+            cells, data = self._prepare(adata, design)
+        dev = resolve_device(device)
+        data = ModelData(data.x.to(dev), data.log_s.to(dev), None if data.D is None else data.D.to(dev),
+                         data.log_factorial.to(dev))
+        gamma = predict_gamma(module.to(dev), data)
+        module.cpu()
+        return pd.DataFrame(gamma, index=cells, columns=self.cell_types)
+
+    # --- fitted parameters ------------------------------------------------------------------------
+    @property
+    def delta(self) -> pd.DataFrame:
+        """Fitted over-expression delta (genes x types; 0 where not a marker)."""
+        m = self._require_trained().delta_matrix().numpy()
+        return pd.DataFrame(m, index=self.rho.index, columns=self.rho.columns)
+
+    @property
+    def beta(self) -> pd.DataFrame:
+        """Base expression ``beta0`` and covariate effects ``beta`` (genes x (1 + P))."""
+        m = self._require_trained()
+        values = np.column_stack([m.beta0.detach().numpy(), m.beta.detach().numpy()])
+        return pd.DataFrame(values, index=self.rho.index, columns=["beta0", *self.design_columns])
+
+    @property
+    def pi(self) -> pd.Series:
+        """Fitted cell-type proportions."""
+        return pd.Series(self._require_trained().log_pi().exp().detach().numpy(), index=self.cell_types)
+
+    @property
+    def a(self) -> np.ndarray:
+        """Fitted RBF weights of the inverse dispersion."""
+        return self._require_trained().log_a.exp().detach().numpy()
+
+    # --- persistence --------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write the fitted model to one file (atomically)."""
+        module = self._require_trained()
+        payload = {
+            "format": MODEL_FORMAT, "version": __version__,
+            "genes": self.genes, "cell_types": self.cell_types, "rho": self.rho.to_numpy().tolist(),
+            "model_params": self.model_params, "v": self.v, "b": self.b,
+            "design_spec": self.design_spec.to_dict(), "design_columns": self.design_columns,
+            "size_factor_key": self.size_factor_key, "layer": self.layer,
+            "state_dict": module.state_dict(), "history": self.history.to_dict(orient="list"),
+            "restarts": self.restarts.to_dict(orient="list"), "train_params": self.train_params,
+        }
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CellAssign:
+        """Read a model written by :meth:`save`; it can predict on new data with the same genes."""
+        path = Path(path)
+        if not path.exists():
+            raise InputError(path, "model file not found", "Give the model file written by 'cellassign-nf train'.")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise InputError(path, f"cannot be read as a cellassign-nf model ({type(exc).__name__})",
+                             "Give the model file written by 'cellassign-nf train'.") from exc
+        if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+            raise InputError(path, "is not a cellassign-nf model file", "Give the file written by 'cellassign-nf train'.")
+        rho = pd.DataFrame(payload["rho"], index=payload["genes"], columns=payload["cell_types"])
+        self = cls(None, rho, size_factor_key=payload["size_factor_key"], layer=payload["layer"],
+                   **payload["model_params"])
+        self.design_spec = DesignSpec(**payload["design_spec"])
+        self._design_columns = payload["design_columns"]
+        self.v, self.b = payload["v"], payload["b"]
+        module = CellAssignModule(torch.as_tensor(rho.to_numpy(dtype=np.float32)), len(payload["design_columns"]),
+                                  self.v, self.b, min_delta=self.model_params["min_delta"],
+                                  dirichlet_concentration=self.model_params["dirichlet_concentration"],
+                                  shrinkage=self.model_params["shrinkage"])
+        module.load_state_dict(payload["state_dict"])
+        self.module = module
+        self.history = pd.DataFrame(payload["history"])
+        self.restarts = pd.DataFrame(payload["restarts"])
+        self.train_params = payload["train_params"]
+        return self
+
+    def __repr__(self) -> str:
+        state = "trained" if self.module is not None else "not trained"
+        return (f"CellAssign({len(self.genes)} marker genes x {len(self.cell_types)} types, "
+                f"{len(self.design_columns)} covariate columns, {state})")
+

@@ -1,0 +1,190 @@
+"""The CellAssign model: the math of DESIGN.md section 2, under its names.
+
+For cell n, marker gene g and cell type c::
+
+    log mu[n,g,c] = log s[n] + delta[g,c] * rho[g,c] + beta0[g] + sum_p beta[g,p] * D[n,p]
+    phi[n,g,c]    = sum_i a[i] * exp(-b * (mu[n,g,c] - v[i])**2)
+    x[n,g] | z[n]=c ~ NB(mean mu[n,g,c], inverse dispersion phi[n,g,c])
+    z[n] ~ Categorical(pi),  pi ~ Dirichlet(0.01),  log delta[g,c] ~ Normal(delta_log_mean, delta_log_variance)
+
+Exact shortcut used throughout: where ``rho[g,c] == 0``, ``mu[n,g,c]`` (hence ``phi`` and the NB
+term) does not depend on ``c``. So the N x G x C likelihood is computed from N x (G + K) terms,
+K = number of marker entries (non-zeros of ``rho``): one "base" column per gene and one column
+per marker entry, combined per type by a fixed (G + K) x C matrix ``W``::
+
+    sum_g log NB[n,g,c] = sum_g (1 - rho[g,c]) * base[n,g] + sum_k [type_k == c] * marker[n,k]
+
+No N x G x C (or N x G x C x B) tensor is ever built, and the RBF sum over the B centres is
+accumulated in place with a hand-written backward pass, so memory does not depend on B.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+PHI_LOWER_BOUND = 1e-10  # added to phi, as in the original implementation
+PI_LOWER_BOUND = 1e-20  # added to pi inside the Dirichlet prior, as in the original
+N_CENTRES = 10  # B, the number of RBF centres
+
+
+def basis_means(max_count: float, min_count: float = 0.0, n_centres: int = N_CENTRES) -> tuple[list[float], float]:
+    """RBF centres ``v`` (equally spaced from the minimum to the maximum count) and width ``b``."""
+    if max_count <= min_count:
+        max_count = min_count + 1.0
+    v = [min_count + (max_count - min_count) * i / (n_centres - 1) for i in range(n_centres)]
+    b = 1.0 / (2.0 * (v[1] - v[0]) ** 2)
+    return v, b
+
+
+class _RBFInverseDispersion(torch.autograd.Function):
+    """phi = sum_i a_i exp(-b (mu - v_i)^2), accumulated over i; backward recomputes the terms."""
+
+    @staticmethod
+    def forward(ctx, mu: Tensor, log_a: Tensor, v: Sequence[float], b: float) -> Tensor:  # type: ignore[override]
+        a = log_a.exp()
+        phi = torch.full_like(mu, PHI_LOWER_BOUND)
+        for i, v_i in enumerate(v):
+            phi.add_(torch.exp((mu - v_i).square_().mul_(-b)).mul_(a[i]))
+        ctx.save_for_backward(mu, a)
+        ctx.v, ctx.b = v, b
+        return phi
+
+    @staticmethod
+    def backward(ctx, grad_phi: Tensor):  # type: ignore[override]
+        mu, a = ctx.saved_tensors
+        v, b = ctx.v, ctx.b
+        grad_mu = torch.zeros_like(mu)
+        grad_log_a = torch.empty_like(a)
+        for i, v_i in enumerate(v):
+            d = mu - v_i
+            t = torch.exp(d.square().mul_(-b)).mul_(grad_phi).mul_(a[i])  # dL/dphi * a_i * e_i
+            grad_log_a[i] = t.sum()
+            grad_mu.addcmul_(t, d, value=-2.0 * b)
+        return grad_mu, grad_log_a, None, None
+
+
+def rbf_inverse_dispersion(mu: Tensor, log_a: Tensor, v: Sequence[float], b: float) -> Tensor:
+    """phi(mu): the inverse dispersion as a sum of B radial basis functions of the mean."""
+    return _RBFInverseDispersion.apply(mu, log_a, tuple(v), b)
+
+
+def nb_log_prob_kernel(x: Tensor, log_mu: Tensor, phi: Tensor) -> Tensor:
+    """log NB(x; mean mu, inverse dispersion phi) without the ``-lgamma(x + 1)`` term."""
+    mu = log_mu.exp()
+    log_phi_mu = torch.log(phi + mu)
+    return torch.lgamma(x + phi) - torch.lgamma(phi) + phi * torch.log(phi) + x * log_mu - (phi + x) * log_phi_mu
+
+
+def nb_log_prob(x: Tensor, mu: Tensor, phi: Tensor) -> Tensor:
+    """Full negative binomial log density with mean ``mu`` and inverse dispersion ``phi``."""
+    return nb_log_prob_kernel(x, torch.log(mu), phi) - torch.lgamma(x + 1)
+
+
+class CellAssignModule(nn.Module):
+    """Parameters and likelihood of CellAssign for a fixed marker matrix ``rho`` (G x C)."""
+
+    def __init__(
+        self,
+        rho: Tensor,
+        n_covariates: int,
+        v: Sequence[float],
+        b: float,
+        min_delta: float = 2.0,
+        dirichlet_concentration: float = 1e-2,
+        shrinkage: bool = True,
+        beta0_init: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        rho = rho.float()
+        G, C = rho.shape
+        marker_gene, marker_type = rho.nonzero(as_tuple=True)
+        self.n_genes, self.n_types, self.n_covariates = G, C, n_covariates
+        self.n_markers = int(marker_gene.numel())  # K
+        self.v, self.b = [float(x) for x in v], float(b)
+        self.min_delta = float(min_delta)
+        self.dirichlet_concentration = float(dirichlet_concentration)
+        self.shrinkage = shrinkage
+
+        self.register_buffer("rho", rho)
+        self.register_buffer("marker_gene", marker_gene)
+        self.register_buffer("marker_type", marker_type)
+        self.register_buffer("column_gene", torch.cat([torch.arange(G), marker_gene]))
+        W = torch.cat([1.0 - rho, nn.functional.one_hot(marker_type, C).float()], dim=0)
+        self.register_buffer("W", W)  # (G + K) x C
+
+        u = torch.rand(self.n_markers, generator=generator)
+        self.delta_log = nn.Parameter(math.log(self.min_delta) + u)  # log delta at the K marker entries
+        self.beta0 = nn.Parameter(beta0_init.clone().float() if beta0_init is not None else torch.zeros(G))
+        self.beta = nn.Parameter(torch.zeros(G, n_covariates))
+        self.log_a = nn.Parameter(torch.zeros(len(self.v)))
+        self.theta_logit = nn.Parameter(0.1 * torch.randn(C, generator=generator))  # pi = softmax(theta_logit)
+        self.delta_log_mean = nn.Parameter(torch.zeros(()))
+        self.delta_log_log_variance = nn.Parameter(torch.zeros(()))
+
+    # --- the quantities of DESIGN.md section 2 ---------------------------------------------------
+    @property
+    def delta(self) -> Tensor:
+        """delta at the K marker entries (the G x C matrix is ``delta_matrix()``)."""
+        return self.delta_log.exp()
+
+    def delta_matrix(self) -> Tensor:
+        """delta as a G x C matrix, 0 where rho is 0."""
+        out = torch.zeros_like(self.rho)
+        out[self.marker_gene, self.marker_type] = self.delta.detach()
+        return out
+
+    def log_pi(self) -> Tensor:
+        return torch.log_softmax(self.theta_logit, dim=-1)
+
+    def log_mu(self, log_s: Tensor, D: Tensor | None) -> Tensor:
+        """log mu for the G base columns and the K marker columns: M x (G + K)."""
+        base = self.beta0.expand(log_s.shape[0], -1)
+        if self.n_covariates:
+            base = base + D @ self.beta.T
+        offset = torch.cat([torch.zeros_like(self.beta0), self.delta])
+        return log_s[:, None] + base[:, self.column_gene] + offset
+
+    def phi(self, mu: Tensor) -> Tensor:
+        return rbf_inverse_dispersion(mu, self.log_a, self.v, self.b)
+
+    def log_likelihood(self, x: Tensor, log_s: Tensor, D: Tensor | None) -> Tensor:
+        """sum_g log NB(x[n,g]; mu[n,g,c], phi[n,g,c]) for each cell and type, without the
+        ``-sum_g lgamma(x+1)`` constant (see ``log_factorial``): M x C."""
+        log_mu = self.log_mu(log_s, D)
+        phi = self.phi(log_mu.exp())
+        terms = nb_log_prob_kernel(x[:, self.column_gene], log_mu, phi)
+        return terms @ self.W
+
+    def joint_log_prob(self, x: Tensor, log_s: Tensor, D: Tensor | None) -> Tensor:
+        """log pi[c] + sum_g log NB (up to the per-cell constant): M x C."""
+        return self.log_likelihood(x, log_s, D) + self.log_pi()
+
+    def log_prior(self) -> Tensor:
+        """log Dirichlet(pi; alpha) + log Normal(log delta; mean, variance) over marker entries."""
+        C, alpha = self.n_types, self.dirichlet_concentration
+        pi = self.log_pi().exp() + PI_LOWER_BOUND
+        lp = math.lgamma(C * alpha) - C * math.lgamma(alpha) + (alpha - 1.0) * torch.log(pi).sum()
+        if self.shrinkage and self.n_markers:
+            var = self.delta_log_log_variance.exp()
+            z = self.delta_log - self.delta_log_mean
+            lp = lp + (-0.5 * z.square() / var - 0.5 * torch.log(2 * math.pi * var)).sum()
+        return lp
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Enforce delta >= min_delta (run after every optimiser step)."""
+        self.delta_log.clamp_(min=math.log(self.min_delta))
+
+
+def gamma_from_joint(joint: Tensor) -> Tensor:
+    """E step: gamma[n,c] = softmax_c(log pi[c] + sum_g log NB)."""
+    return torch.softmax(joint, dim=-1)
+
+
+def log_factorial(x: Tensor) -> Tensor:
+    """sum_g lgamma(x[n,g] + 1): the per-cell constant of the NB log density, computed once."""
+    return torch.lgamma(x.double() + 1).sum(dim=1)

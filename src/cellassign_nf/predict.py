@@ -1,0 +1,85 @@
+"""Prediction: assignment probabilities (gamma) computed in chunks, labels with a threshold."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .model import CellAssignModule, gamma_from_joint
+
+UNASSIGNED = "unassigned"
+# elements of one chunk's N x (G + K) working tensors; bounds memory whatever the number of cells
+CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
+
+
+@dataclass
+class ModelData:
+    """Everything the model reads for N cells, on one device."""
+
+    x: Tensor  # N x G marker-gene counts
+    log_s: Tensor  # N, log size factors
+    D: Tensor | None  # N x P design matrix, or None when P = 0
+    log_factorial: Tensor  # N, sum_g lgamma(x + 1) (float64)
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.x.shape[0])
+
+    def batch(self, idx: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        return self.x[idx], self.log_s[idx], None if self.D is None else self.D[idx]
+
+
+def chunk_size(module: CellAssignModule, device: torch.device) -> int:
+    width = module.n_genes + module.n_markers
+    return max(1, CHUNK_ELEMENTS.get(device.type, 1 << 24) // max(width, 1))
+
+
+@torch.no_grad()
+def iter_joint(module: CellAssignModule, data: ModelData, idx: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (cell indices, joint log prob M x C) chunk by chunk."""
+    idx = torch.arange(data.n_cells, device=data.x.device) if idx is None else idx
+    step = chunk_size(module, data.x.device)
+    for start in range(0, idx.numel(), step):
+        sub = idx[start:start + step]
+        yield sub, module.joint_log_prob(*data.batch(sub))
+
+
+@torch.no_grad()
+def marginal_log_likelihood(module: CellAssignModule, data: ModelData, idx: Tensor | None = None) -> float:
+    """sum_n log p(x_n) = sum_n logsumexp_c(log pi[c] + sum_g log NB), with all constants."""
+    total = 0.0
+    for sub, joint in iter_joint(module, data, idx):
+        total += float(torch.logsumexp(joint.double(), dim=1).sum() - data.log_factorial[sub].sum())
+    return total
+
+
+@torch.no_grad()
+def predict_gamma(module: CellAssignModule, data: ModelData) -> np.ndarray:
+    """gamma (N x C) for all cells, computed chunk by chunk and gathered on the CPU."""
+    out = np.empty((data.n_cells, module.n_types), dtype=np.float64)
+    for sub, joint in iter_joint(module, data):
+        out[sub.cpu().numpy()] = gamma_from_joint(joint.double()).cpu().numpy()
+    return out
+
+
+def assign_labels(probabilities: pd.DataFrame, min_prob: float = 0.0) -> pd.DataFrame:
+    """Label each cell with its most probable type; ``unassigned`` below ``min_prob``.
+
+    Returns a frame with ``cellassign_celltype`` (categorical) and ``cellassign_prob``.
+    """
+    if not 0.0 <= min_prob <= 1.0:
+        raise ValueError(f"min_prob must be between 0 and 1, got {min_prob}")
+    values = probabilities.to_numpy()
+    best = values.argmax(axis=1)
+    prob = values[np.arange(len(values)), best]
+    labels = np.asarray(probabilities.columns, dtype=object)[best]
+    labels[prob < min_prob] = UNASSIGNED
+    categories = list(probabilities.columns) + ([UNASSIGNED] if UNASSIGNED not in probabilities.columns else [])
+    return pd.DataFrame(
+        {"cellassign_celltype": pd.Categorical(labels, categories=categories), "cellassign_prob": prob},
+        index=probabilities.index,
+    )

@@ -1,0 +1,27 @@
+"""Size factors: total counts over all genes of a cell divided by the mean over cells."""
+from __future__ import annotations
+
+import logging
+
+import anndata as ad
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SIZE_FACTOR_KEY = "size_factor"
+
+
+def compute_size_factors(adata: ad.AnnData) -> np.ndarray:
+    """Per-cell total counts over *all* genes, divided by their mean (so they average 1)."""
+    totals = np.asarray(adata.X.sum(axis=1), dtype=np.float64).ravel()
+    mean = totals.mean() if totals.size else 1.0
+    return totals / (mean if mean > 0 else 1.0)
+
+
+def add_size_factors(adata: ad.AnnData, key: str = SIZE_FACTOR_KEY) -> ad.AnnData:
+    """Store size factors in ``adata.obs[key]`` (in place) and return ``adata``."""
+    adata.obs[key] = compute_size_factors(adata)
+    n_zero = int((adata.obs[key] <= 0).sum())
+    if n_zero:
+        log.warning("%d cells have zero total counts (size factor 0); they will be left out of the fit", n_zero)
+    return adata

@@ -1,0 +1,196 @@
+"""Training: minibatch EM with Adam, validation split, early stopping, random restarts."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .model import CellAssignModule, gamma_from_joint
+from .predict import ModelData, marginal_log_likelihood
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    """Options of :func:`fit` (the CLI and the Python API share them)."""
+
+    max_epochs: int = 400
+    lr: float = 0.1
+    batch_size: int = 1024
+    n_restarts: int = 3
+    seed: int = 0
+    validation_fraction: float = 0.1
+    early_stopping: bool = True
+    patience: int = 10
+    rel_tol: float = 1e-4
+    device: str = "auto"
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.max_epochs < 1 or self.batch_size < 1 or self.n_restarts < 1 or self.patience < 1:
+            raise ValueError("max_epochs, batch_size, n_restarts and patience must be at least 1")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+@dataclass
+class FitResult:
+    module: CellAssignModule
+    history: pd.DataFrame  # restart, epoch, train_loglik, val_loglik, selected
+    restarts: pd.DataFrame  # restart, epochs, final_loglik, seconds, selected
+    settings: dict = field(default_factory=dict)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto``: CUDA when present, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is available; use --device auto or cpu")
+    return dev
+
+
+def split_cells(n_cells: int, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random train/validation split; with too few cells all are used for training and monitoring."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n_cells)
+    n_val = int(round(n_cells * validation_fraction))
+    if n_val == 0 or n_val == n_cells:
+        return np.sort(perm), np.array([], dtype=np.int64)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def fit(data: ModelData, make_module: Callable[[torch.Generator], CellAssignModule],
+        settings: TrainSettings) -> FitResult:
+    """Fit ``n_restarts`` models from different random starts and keep the one with the best
+    marginal log likelihood (plus log prior) over all cells."""
+    settings.check()
+    device = data.x.device
+    train_np, val_np = split_cells(data.n_cells, settings.validation_fraction, settings.seed)
+    train_idx = torch.as_tensor(train_np, device=device)
+    val_idx = torch.as_tensor(val_np, device=device)
+    if val_idx.numel() == 0:
+        log.info("too few cells for a validation split: monitoring the training likelihood")
+    rows: list[dict] = []
+    summaries: list[dict] = []
+    best: tuple[float, CellAssignModule] | None = None
+    for restart in range(settings.n_restarts):
+        gen = torch.Generator().manual_seed(settings.seed * 1009 + restart)
+        module = make_module(gen).to(device)
+        t0 = time.perf_counter()
+        history = _fit_one(module, data, train_idx, val_idx, settings, gen, restart)
+        final = marginal_log_likelihood(module, data) + float(module.log_prior().detach())
+        seconds = time.perf_counter() - t0
+        for h in history:
+            h["restart"] = restart
+        rows.extend(history)
+        summaries.append({"restart": restart, "epochs": len(history), "final_loglik": final, "seconds": seconds})
+        log.info("restart %d/%d: %d epochs in %.1f s, log likelihood %.2f", restart + 1, settings.n_restarts,
+                 len(history), seconds, final)
+        if best is None or final > best[0]:
+            best = (final, module)
+    assert best is not None
+    selected = next(s["restart"] for s in summaries if s["final_loglik"] == best[0])
+    history_df = pd.DataFrame(rows, columns=["restart", "epoch", "train_loglik", "val_loglik"])
+    history_df["selected"] = history_df["restart"] == selected
+    restarts_df = pd.DataFrame(summaries)
+    restarts_df["selected"] = restarts_df["restart"] == selected
+    return FitResult(best[1], history_df, restarts_df, asdict(settings))
+
+
+def _fit_one(module: CellAssignModule, data: ModelData, train_idx: torch.Tensor, val_idx: torch.Tensor,
+             settings: TrainSettings, gen: torch.Generator, restart: int) -> list[dict]:
+    """One restart: epochs of minibatch EM until early stopping; leaves the best state in ``module``."""
+    n_train = train_idx.numel()
+    batch_size = min(settings.batch_size, n_train)
+    optimizer = torch.optim.Adam(module.parameters(), lr=settings.lr)
+    # halve the step size when the monitored likelihood stalls: big steps early, fine ones late
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=0.5, patience=max(1, settings.patience // 3), threshold=settings.rel_tol)
+    best_value, best_state, wait = -math.inf, None, 0
+    history: list[dict] = []
+    with _progress(settings, restart) as bar:
+        for epoch in range(1, settings.max_epochs + 1):
+            perm = train_idx[torch.randperm(n_train, generator=gen).to(train_idx.device)]
+            train_ll = torch.zeros((), dtype=torch.float64, device=train_idx.device)
+            for start in range(0, n_train, batch_size):
+                idx = perm[start:start + batch_size]
+                x, log_s, D = data.batch(idx)
+                joint = module.joint_log_prob(x, log_s, D)
+                # E step on the minibatch; gamma is held fixed within the M step
+                gamma = gamma_from_joint(joint.detach())
+                q = -(gamma * joint).sum() * (n_train / idx.numel())
+                loss = (q - module.log_prior()) / n_train
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                module.clamp_()
+                train_ll += torch.logsumexp(joint.detach().double(), dim=1).sum() - data.log_factorial[idx].sum()
+            train_mean = float(train_ll) / n_train
+            val_mean = (marginal_log_likelihood(module, data, val_idx) / val_idx.numel()
+                        if val_idx.numel() else float("nan"))
+            history.append({"epoch": epoch, "train_loglik": train_mean, "val_loglik": val_mean})
+            monitored = val_mean if val_idx.numel() else train_mean
+            bar(epoch, train_mean, val_mean)
+            log.debug("restart %d epoch %d: train %.4f validation %.4f", restart + 1, epoch, train_mean, val_mean)
+            if not math.isfinite(train_mean):
+                raise FloatingPointError(f"the log likelihood became {train_mean} at epoch {epoch}; "
+                                         "try a smaller learning rate (--lr)")
+            scheduler.step(monitored)
+            improved = not math.isfinite(best_value) or \
+                monitored > best_value + settings.rel_tol * max(abs(best_value), 1.0)
+            if improved:
+                best_value, wait = monitored, 0
+                best_state = {k: p.detach().clone() for k, p in module.named_parameters()}
+            else:
+                wait += 1
+                if settings.early_stopping and wait >= settings.patience:
+                    break
+    if best_state is not None and settings.early_stopping:
+        with torch.no_grad():
+            for k, p in module.named_parameters():
+                p.copy_(best_state[k])
+    return history
+
+
+class _progress:
+    """A rich progress bar on stderr (epoch, training and validation log likelihood, time left)."""
+
+    def __init__(self, settings: TrainSettings, restart: int) -> None:
+        self.settings, self.restart = settings, restart
+        self._progress = None
+
+    def __enter__(self):
+        if not self.settings.progress:
+            return lambda *a: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        console = Console(stderr=True)
+        self._progress = Progress(
+            TextColumn(f"restart {self.restart + 1}/{self.settings.n_restarts}"), BarColumn(),
+            MofNCompleteColumn(), TextColumn("epochs"), TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+            console=console, transient=True, disable=not console.is_terminal,
+        )
+        self._progress.__enter__()
+        task = self._progress.add_task("train", total=self.settings.max_epochs, info="")
+
+        def update(epoch: int, train_ll: float, val_ll: float) -> None:
+            self._progress.update(task, completed=epoch,
+                                  info=f"loglik/cell train {train_ll:.3f} validation {val_ll:.3f}")
+
+        return update
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
