@@ -116,8 +116,11 @@ class CellAssignModule(nn.Module):
         W = torch.cat([1.0 - rho, nn.functional.one_hot(marker_type, C).float()], dim=0)
         self.register_buffer("W", W)  # (G + K) x C
 
+        # log delta at the K marker entries. Started just above min_delta, nearly equal for all types:
+        # a wide random start lets one type's markers overshoot and its cells drain to other types
+        # (seen as collapses to one type on clearly separated simulated data).
         u = torch.rand(self.n_markers, generator=generator)
-        self.delta_log = nn.Parameter(math.log(self.min_delta) + u)  # log delta at the K marker entries
+        self.delta_log = nn.Parameter(math.log(self.min_delta) + 0.2 * u)
         self.beta0 = nn.Parameter(beta0_init.clone().float() if beta0_init is not None else torch.zeros(G))
         self.beta = nn.Parameter(torch.zeros(G, n_covariates))
         self.log_a = nn.Parameter(torch.zeros(len(self.v)))

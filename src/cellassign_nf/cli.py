@@ -1,0 +1,314 @@
+"""The ``cellassign-nf`` command: one subcommand per pipeline step (docs/steps.md)."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import InputError
+from .qc import QCThresholds
+from .train import TrainSettings
+
+log = logging.getLogger("cellassign_nf")
+
+
+class _Group(click.Group):
+    """Turns bad input into one line on stderr and exit code 2, instead of a stack trace."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except InputError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            sys.exit(exc.exit_code)
+        except FloatingPointError as exc:
+            click.echo(f"error: training diverged: {exc}", err=True)
+            sys.exit(3)
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = RichHandler(console=Console(stderr=True), show_path=verbose, show_time=True, markup=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("cellassign_nf")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    for noisy in ("anndata", "scanpy", "numba", "matplotlib", "fontTools"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="cellassign-nf")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and errors; no progress bars.")
+@click.option("--verbose", "-v", is_flag=True, help="Debug messages, including every training epoch.")
+@click.pass_context
+def main(ctx: click.Context, quiet: bool, verbose: bool) -> None:
+    """CellAssign cell-type annotation of single-cell RNA-seq data.
+
+    \b
+    Quick start (all steps for one sample):
+      cellassign-nf run assets/demo/sample1.h5ad --markers assets/demo/markers.csv --outdir results
+    """
+    _setup_logging(quiet, verbose)
+    ctx.obj = {"quiet": quiet}
+
+
+# --- shared options ---------------------------------------------------------------------------------
+def qc_options(f):
+    for opt in reversed([
+        click.option("--layer", default=None, help="Layer holding raw counts (default: X)."),
+        click.option("--min-counts", type=click.IntRange(min=0), default=1, help="Minimum total UMI counts per cell."),
+        click.option("--min-genes", type=click.IntRange(min=0), default=1, help="Minimum detected genes per cell."),
+        click.option("--max-mito-pct", type=click.FloatRange(0, 100), default=100.0,
+                     help="Maximum % of counts from mitochondrial genes."),
+        click.option("--min-cells", type=click.IntRange(min=0), default=0, help="Keep genes detected in this many cells."),
+        click.option("--mito-prefix", default="MT-", help="Prefix of mitochondrial gene names (case-insensitive)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def train_options(f):
+    d = TrainSettings()
+    for opt in reversed([
+        click.option("--markers", "-m", required=True, type=click.Path(),
+                     help="Markers: CSV/TSV binary genes x types matrix, YAML/JSON {type: [genes]}, or .txt 'type:g1,g2'."),
+        click.option("--size-factor-key", default="size_factor",
+                     help="obs column with size factors; computed from all genes when absent."),
+        click.option("--other", is_flag=True, help="Add an 'other' type without markers."),
+        click.option("--min-delta", type=click.FloatRange(min=0), default=2.0, help="Minimum log fold change of a marker."),
+        click.option("--max-epochs", type=click.IntRange(min=1), default=d.max_epochs),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=d.lr, help="Adam learning rate."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=d.batch_size, help="Cells per minibatch."),
+        click.option("--n-restarts", type=click.IntRange(min=1), default=d.n_restarts,
+                     help="Random restarts; the best final likelihood is kept."),
+        click.option("--seed", type=int, default=d.seed),
+        click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True), default=d.validation_fraction),
+        click.option("--patience", type=click.IntRange(min=1), default=d.patience,
+                     help="Epochs without validation improvement before stopping."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                     help="auto: CUDA GPU when present, else CPU."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _settings(ctx: click.Context, kw: dict) -> TrainSettings:
+    return TrainSettings(max_epochs=kw["max_epochs"], lr=kw["lr"], batch_size=kw["batch_size"],
+                         n_restarts=kw["n_restarts"], seed=kw["seed"], validation_fraction=kw["validation_fraction"],
+                         patience=kw["patience"], device=kw["device"], progress=not ctx.obj["quiet"])
+
+
+def _thresholds(kw: dict) -> QCThresholds:
+    return QCThresholds(min_counts=kw["min_counts"], min_genes=kw["min_genes"], max_mito_pct=kw["max_mito_pct"],
+                        min_cells=kw["min_cells"], mito_prefix=kw["mito_prefix"])
+
+
+def _covariates(value: str | None) -> list[str]:
+    return [c.strip() for c in value.split(",") if c.strip()] if value else []
+
+
+# --- steps ----------------------------------------------------------------------------------------
+@main.command()
+@click.argument("input", type=click.Path())
+@click.option("--output", "-o", required=True, type=click.Path(), help="Filtered h5ad.")
+@click.option("--metrics", required=True, type=click.Path(), help="Per-cell QC metrics TSV.")
+@click.option("--summary", required=True, type=click.Path(), help="QC summary JSON.")
+@click.option("--sample", default=None, help="Sample name (default: file name).")
+@qc_options
+def qc(input, output, metrics, summary, sample, layer, **kw):
+    """Compute QC metrics (scanpy) and filter cells.
+
+    \b
+    Example:
+      cellassign-nf qc counts.h5 -o s1.qc.h5ad --metrics s1.qc_metrics.tsv --summary s1.qc_summary.json --sample s1
+    """
+    from . import steps
+
+    steps.qc(input, output, metrics, summary, sample=sample, layer=layer, thresholds=_thresholds(kw))
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--output", "-o", required=True, type=click.Path())
+def merge(inputs, output):
+    """Merge per-sample h5ad files into one (cohort mode); cells become SAMPLE:BARCODE.
+
+    \b
+    Example:
+      cellassign-nf merge s1.qc.h5ad s2.qc.h5ad -o cohort.h5ad
+    """
+    from . import steps
+
+    steps.merge(inputs, output)
+
+
+@main.command("size-factors")
+@click.argument("input", type=click.Path())
+@click.option("--output", "-o", required=True, type=click.Path())
+@click.option("--key", default="size_factor", help="obs column to write.")
+def size_factors_cmd(input, output, key):
+    """Size factors from all genes: total counts / mean total counts.
+
+    \b
+    Example:
+      cellassign-nf size-factors s1.qc.h5ad -o s1.sf.h5ad
+    """
+    from . import steps
+
+    steps.size_factors(input, output, key)
+
+
+@main.command()
+@click.argument("input", type=click.Path())
+@click.option("--output", "-o", required=True, type=click.Path(), help="Design matrix TSV.")
+@click.option("--covariates", default=None, help="Comma-separated obs columns, e.g. batch,donor.")
+@click.option("--formula", default=None, help="A formula instead, e.g. '~ batch + donor'.")
+def design(input, output, covariates, formula):
+    """Design matrix of covariates (categoricals one-hot without the reference level, numerics standardised).
+
+    \b
+    Example:
+      cellassign-nf design cohort.h5ad -o design.tsv --formula '~ sample + batch'
+    """
+    from . import steps
+
+    steps.design(input, output, _covariates(covariates), formula)
+
+
+@main.command()
+@click.argument("input", type=click.Path())
+@train_options
+@click.option("--output", "-o", required=True, type=click.Path(), help="Model file.")
+@click.option("--history", required=True, type=click.Path(), help="Training history TSV.")
+@click.option("--probabilities", required=True, type=click.Path(), help="Probabilities TSV (cells x types).")
+@click.option("--design", "design_path", default=None, type=click.Path(), help="Design matrix TSV.")
+@click.option("--layer", default=None, help="Layer holding raw counts (default: X).")
+@click.pass_context
+def train(ctx, input, markers, output, history, probabilities, design_path, size_factor_key, layer, other,
+          min_delta, **kw):
+    """Fit CellAssign by minibatch EM (CPU or GPU).
+
+    \b
+    Example:
+      cellassign-nf train s1.sf.h5ad --markers markers.csv -o s1.model.pt \\
+          --history s1.history.tsv --probabilities s1.probabilities.tsv
+    """
+    from . import steps
+
+    steps.train(input, markers, output, history, probabilities, design_path=design_path,
+                size_factor_key=size_factor_key, layer=layer, other=other, min_delta=min_delta,
+                settings=_settings(ctx, kw))
+
+
+@main.command()
+@click.argument("input", type=click.Path())
+@click.option("--probabilities", "-p", required=True, type=click.Path())
+@click.option("--output", "-o", required=True, type=click.Path(), help="Annotated h5ad.")
+@click.option("--predictions", required=True, type=click.Path(), help="Predictions TSV.")
+@click.option("--min-prob", type=click.FloatRange(0, 1), default=0.5, help="Below this, a cell is 'unassigned'.")
+@click.option("--sample", default=None, help="Take rows SAMPLE:BARCODE of cohort probabilities.")
+def annotate(input, probabilities, output, predictions, min_prob, sample):
+    """Add cell types and probabilities to an h5ad.
+
+    \b
+    Example:
+      cellassign-nf annotate s1.sf.h5ad -p s1.probabilities.tsv -o s1.annotated.h5ad --predictions s1.predictions.tsv
+    """
+    from . import steps
+
+    adata = steps.annotate(input, probabilities, output, predictions, min_prob=min_prob, sample=sample)
+    _print_summary(adata, [output, predictions])
+
+
+@main.command()
+@click.argument("input", type=click.Path())
+@train_options
+@qc_options
+@click.option("--outdir", "-o", required=True, type=click.Path(), help="Output folder.")
+@click.option("--sample", default=None, help="Sample name (default: file name).")
+@click.option("--covariates", default=None, help="Comma-separated obs columns for the design.")
+@click.option("--formula", default=None, help="Design formula, e.g. '~ batch'.")
+@click.option("--min-prob", type=click.FloatRange(0, 1), default=0.5, help="Below this, a cell is 'unassigned'.")
+@click.option("--no-umap", is_flag=True, help="Skip the UMAP of the report (large samples).")
+@click.option("--no-report", is_flag=True, help="Skip the HTML report.")
+@click.pass_context
+def run(ctx, input, markers, outdir, sample, covariates, formula, min_prob, size_factor_key, layer, other,
+        min_delta, no_umap, no_report, **kw):
+    """All steps for one input: QC, size factors, design, train, annotate.
+
+    \b
+    Example:
+      cellassign-nf run assets/demo/sample1.h5ad --markers assets/demo/markers.csv --outdir results
+    """
+    from . import steps
+
+    t0 = time.perf_counter()
+    out = Path(outdir)
+    sample = sample or Path(input).name.split(".")[0]
+    paths = {
+        "qc": out / f"{sample}.qc.h5ad", "metrics": out / f"{sample}.qc_metrics.tsv",
+        "summary": out / f"{sample}.qc_summary.json", "sf": out / f"{sample}.sf.h5ad",
+        "design": out / f"{sample}.design.tsv", "model": out / f"{sample}.model.pt",
+        "history": out / f"{sample}.history.tsv", "probabilities": out / f"{sample}.probabilities.tsv",
+        "annotated": out / f"{sample}.annotated.h5ad", "predictions": out / f"{sample}.predictions.tsv",
+    }
+    steps.qc(input, paths["qc"], paths["metrics"], paths["summary"], sample=sample, layer=layer,
+             thresholds=_thresholds(kw))
+    steps.size_factors(paths["qc"], paths["sf"], size_factor_key)
+    steps.design(paths["sf"], paths["design"], _covariates(covariates), formula)
+    steps.train(paths["sf"], markers, paths["model"], paths["history"], paths["probabilities"],
+                design_path=paths["design"], size_factor_key=size_factor_key, other=other, min_delta=min_delta,
+                settings=_settings(ctx, kw))
+    adata = steps.annotate(paths["sf"], paths["probabilities"], paths["annotated"], paths["predictions"],
+                           min_prob=min_prob)
+    for tmp in ("qc", "sf"):
+        paths[tmp].unlink()
+    outputs = [paths[k] for k in ("annotated", "predictions", "model", "history", "metrics")]
+    if not no_report:
+        from .report import make_report
+
+        result = make_report(paths["annotated"], history=paths["history"], model=paths["model"],
+                             qc_summary=paths["summary"], sample=sample, outdir=out, umap=not no_umap,
+                             params={"command": "run", "input": str(input), "markers": str(markers),
+                                     "min_prob": min_prob, **kw})
+        outputs.append(result.html)
+    log.info("finished in %.1f s", time.perf_counter() - t0)
+    _print_summary(adata, outputs)
+
+
+def _print_summary(adata, outputs) -> None:
+    """A short table on stderr: cells per type, % unassigned, where the outputs are."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .steps import celltype_summary
+
+    if log.getEffectiveLevel() > logging.INFO:
+        return
+    table = Table(title=f"{adata.n_obs} cells annotated", title_justify="left")
+    table.add_column("cell type")
+    table.add_column("cells", justify="right")
+    table.add_column("%", justify="right")
+    for name, row in celltype_summary(adata).iterrows():
+        table.add_row(str(name), str(int(row["cells"])), f"{row['percent']:.1f}")
+    console = Console(stderr=True)
+    console.print(table)
+    console.print("outputs:\n" + "\n".join(f"  {o}" for o in outputs))
+
+
+from .cli_report import cohort_table_command, report_command  # noqa: E402
+
+main.add_command(report_command, "report")
+main.add_command(cohort_table_command, "cohort-table")
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,162 @@
+"""The pipeline steps as plain functions: files in, files out (docs/steps.md).
+
+Each ``cellassign-nf`` subcommand calls one of these; Nextflow calls the subcommands.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .api import CellAssign
+from .design import make_design, read_design
+from .errors import InputError
+from .io import atomic_path, read_counts, read_h5ad, read_table, write_h5ad, write_table
+from .markers import OTHER, read_markers
+from .predict import assign_labels
+from .qc import QCThresholds, filter_cells, metrics_table
+from .size_factors import SIZE_FACTOR_KEY, add_size_factors
+from .train import TrainSettings
+
+log = logging.getLogger(__name__)
+
+PROBABILITIES_KEY = "cellassign_probabilities"
+
+
+def write_json(data: dict, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def qc(input: str | Path, output: str | Path, metrics: str | Path, summary: str | Path,
+       sample: str | None = None, layer: str | None = None, thresholds: QCThresholds | None = None) -> dict:
+    """Read counts, compute QC metrics, filter cells; write the filtered h5ad, metrics and summary."""
+    adata = read_counts(input, layer=layer)
+    adata.layers.clear()
+    sample = sample or Path(input).name.split(".")[0]
+    filtered, info = filter_cells(adata, thresholds or QCThresholds(), str(input))
+    filtered.obs["sample"] = pd.Categorical([sample] * filtered.n_obs)
+    info = {"sample": sample, "input": str(input), **info}
+    write_table(metrics_table(adata), metrics)
+    write_json(info, summary)
+    write_h5ad(filtered, output)
+    return info
+
+
+def merge(inputs: Sequence[str | Path], output: str | Path) -> ad.AnnData:
+    """Concatenate per-sample h5ad files (cohort mode); cells are renamed ``SAMPLE:BARCODE``."""
+    parts = []
+    for path in inputs:
+        a = read_h5ad(path)
+        if "sample" not in a.obs:
+            raise InputError(path, "has no obs['sample']", "Give files written by 'cellassign-nf qc --sample NAME'.")
+        a.obs_names = [f"{s}:{c}" for s, c in zip(a.obs["sample"].astype(str), a.obs_names)]
+        parts.append(a)
+    samples = [str(p.obs["sample"].iloc[0]) for p in parts if p.n_obs]
+    if len(set(samples)) != len(samples):
+        raise InputError(None, f"the same sample is given more than once ({', '.join(samples)})", "Merge each sample once.")
+    merged = ad.concat(parts, join="inner", merge="same")
+    merged.obs["sample"] = pd.Categorical(merged.obs["sample"].astype(str))
+    write_h5ad(merged, output)
+    log.info("merged %d samples: %d cells, %d shared genes", len(parts), merged.n_obs, merged.n_vars)
+    return merged
+
+
+def size_factors(input: str | Path, output: str | Path, key: str = SIZE_FACTOR_KEY) -> None:
+    """Add size factors from all genes to ``obs[key]``."""
+    adata = read_h5ad(input)
+    add_size_factors(adata, key)
+    write_h5ad(adata, output)
+
+
+def design(input: str | Path, output: str | Path, covariates: Sequence[str] = (), formula: str | None = None) -> pd.DataFrame:
+    """Write the design matrix (cells x covariate columns, no intercept) as TSV."""
+    adata = read_h5ad(input)
+    matrix, _ = make_design(adata.obs, covariates, formula, source=input)
+    write_table(matrix, output)
+    log.info("design: %d covariate columns (%s)", matrix.shape[1], ", ".join(matrix.columns) or "none")
+    return matrix
+
+
+def train(input: str | Path, markers: str | Path, model_out: str | Path, history_out: str | Path,
+          probabilities_out: str | Path, design_path: str | Path | None = None,
+          size_factor_key: str = SIZE_FACTOR_KEY, layer: str | None = None, other: bool = False,
+          min_delta: float = 2.0, settings: TrainSettings | None = None) -> CellAssign:
+    """Fit CellAssign; write the model file, training history and probabilities."""
+    adata = read_h5ad(input)
+    rho = read_markers(markers)
+    if other and OTHER not in rho.columns:
+        rho[OTHER] = 0
+    key = size_factor_key if size_factor_key in adata.obs else None
+    if key is None:
+        log.info("no obs['%s'] in %s: size factors computed from all genes", size_factor_key, input)
+    design_matrix = read_design(design_path, adata.obs_names) if design_path else None
+    settings = settings or TrainSettings()
+    with _markers_errors(markers, input):
+        model = CellAssign(adata, rho, size_factor_key=key, layer=layer, design=design_matrix, min_delta=min_delta)
+    model.train(max_epochs=settings.max_epochs, lr=settings.lr, batch_size=settings.batch_size,
+                n_restarts=settings.n_restarts, seed=settings.seed, device=settings.device,
+                validation_fraction=settings.validation_fraction, early_stopping=settings.early_stopping,
+                patience=settings.patience, rel_tol=settings.rel_tol, progress=settings.progress)
+    probabilities = model.predict(device=settings.device)
+    model.save(model_out)
+    write_table(model.history, history_out, index_label=None)
+    write_table(probabilities, probabilities_out)
+    return model
+
+
+class _markers_errors:
+    """Name the marker file and the data file in errors raised while matching them."""
+
+    def __init__(self, markers: str | Path, data: str | Path) -> None:
+        self.markers, self.data = markers, data
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if isinstance(exc, InputError) and exc.path is None:
+            exc.path = f"{self.markers} vs {self.data}"
+        return False
+
+
+def annotate(input: str | Path, probabilities: str | Path, output: str | Path, predictions: str | Path,
+             min_prob: float = 0.5, sample: str | None = None) -> ad.AnnData:
+    """Add labels and probabilities to the h5ad; write it and a predictions TSV."""
+    adata = read_h5ad(input)
+    probs = read_table(probabilities)
+    probs.index = probs.index.astype(str)
+    if sample is not None:
+        prefix = f"{sample}:"
+        probs = probs[probs.index.str.startswith(prefix)]
+        probs.index = probs.index.str.slice(len(prefix))
+        if probs.empty:
+            raise InputError(probabilities, f"has no cells of sample '{sample}' (rows named '{prefix}BARCODE')",
+                             "Give the cohort probabilities of the merged samples, or leave --sample out.")
+    missing = adata.obs_names.difference(probs.index)
+    if len(missing) == adata.n_obs:
+        raise InputError(probabilities, f"shares no cell with {input}", "Give the probabilities computed for this data.")
+    if len(missing):
+        log.warning("%d cells have no probabilities (zero counts): labelled unassigned", len(missing))
+    probs = probs.reindex(adata.obs_names)
+    labels = assign_labels(probs.fillna(0.0), min_prob)
+    labels.loc[probs.isna().any(axis=1), "cellassign_celltype"] = "unassigned"
+    labels.loc[probs.isna().any(axis=1), "cellassign_prob"] = np.nan
+    adata.obs["cellassign_celltype"] = labels["cellassign_celltype"]
+    adata.obs["cellassign_prob"] = labels["cellassign_prob"]
+    adata.obsm[PROBABILITIES_KEY] = probs
+    adata.uns["cellassign"] = {"cell_types": list(probs.columns), "min_prob": float(min_prob)}
+    write_h5ad(adata, output)
+    write_table(pd.concat([labels, probs], axis=1), predictions)
+    return adata
+
+
+def celltype_summary(adata: ad.AnnData) -> pd.DataFrame:
+    """Cells and share per assigned type (for the terminal summary)."""
+    counts = adata.obs["cellassign_celltype"].value_counts(sort=False)
+    return pd.DataFrame({"cells": counts, "percent": 100.0 * counts / max(adata.n_obs, 1)})

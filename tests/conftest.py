@@ -1,0 +1,26 @@
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ORIGINAL = ROOT.parent / "shared" / "data" / "cellassign-original"
+DEMO = ROOT / "assets" / "demo"
+
+
+@pytest.fixture(scope="session")
+def original():
+    """The original implementation's example data and fit."""
+    counts = pd.read_csv(ORIGINAL / "example_counts.csv", index_col=0)
+    cells = pd.read_csv(ORIGINAL / "example_cells.csv", index_col=0)
+    adata = ad.AnnData(counts.to_numpy(dtype=np.float32), obs=cells)
+    adata.obs_names, adata.var_names = counts.index, counts.columns
+    return {
+        "adata": adata,
+        "rho": pd.read_csv(ORIGINAL / "example_markers.csv", index_col=0),
+        "gamma": pd.read_csv(ORIGINAL / "example_fit_gamma.csv", index_col=0),
+        "delta": pd.read_csv(ORIGINAL / "example_fit_delta.csv", index_col=0),
+        "labels": pd.read_csv(ORIGINAL / "example_fit_celltypes.csv", index_col=0).iloc[:, -1],
+    }

@@ -1,0 +1,100 @@
+"""The model's math against independent computations (scipy, numpy)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from cellassign_nf.model import CellAssignModule, basis_means, log_factorial, rbf_inverse_dispersion
+
+
+def _tiny_module(seed=0):
+    rng = np.random.default_rng(seed)
+    N, G, C, P = 7, 5, 3, 2
+    rho = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 0, 0]], dtype=float)
+    x = rng.poisson(3.0, size=(N, G)).astype(float)
+    x[0, 0] = 25
+    s = rng.uniform(0.5, 2.0, N)
+    D = rng.normal(size=(N, P))
+    v, b = basis_means(x.max(), 0.0, 10)
+    m = CellAssignModule(torch.tensor(rho), P, v, b).double()
+    with torch.no_grad():
+        m.delta_log.copy_(torch.tensor(rng.uniform(0.7, 1.4, m.n_markers)))
+        m.beta0.copy_(torch.tensor(rng.normal(0.5, 0.5, G)))
+        m.beta.copy_(torch.tensor(rng.normal(0, 0.3, (G, P))))
+        m.log_a.copy_(torch.tensor(rng.normal(0, 0.5, 10)))
+        m.theta_logit.copy_(torch.tensor(rng.normal(0, 1, C)))
+    return m, rho, x, s, D, np.asarray(v), b
+
+
+def _numpy_reference(m, rho, x, s, D, v, b):
+    """log p(x_n, z_n = c) computed independently: full N x G x C, scipy's nbinom."""
+    delta = np.zeros_like(rho)
+    delta[rho == 1] = np.exp(m.delta_log.detach().numpy())
+    beta0, beta = m.beta0.detach().numpy(), m.beta.detach().numpy()
+    a = np.exp(m.log_a.detach().numpy())
+    log_mu = np.log(s)[:, None, None] + (delta * rho)[None] + beta0[None, :, None] + (D @ beta.T)[:, :, None]
+    mu = np.exp(log_mu)
+    phi = (a * np.exp(-b * (mu[..., None] - v) ** 2)).sum(-1) + 1e-10
+    ll = stats.nbinom.logpmf(x[:, :, None], phi, phi / (phi + mu)).sum(axis=1)
+    log_pi = np.log(np.exp(m.theta_logit.detach().numpy()) / np.exp(m.theta_logit.detach().numpy()).sum())
+    return ll + log_pi
+
+
+def test_joint_log_likelihood_matches_scipy():
+    m, rho, x, s, D, v, b = _tiny_module()
+    xt = torch.tensor(x)
+    joint = m.joint_log_prob(xt, torch.tensor(np.log(s)), torch.tensor(D)) - log_factorial(xt)[:, None]
+    expected = _numpy_reference(m, rho, x, s, D, v, b)
+    np.testing.assert_allclose(joint.detach().numpy(), expected, rtol=1e-5)
+    # in float32, as trained, still close
+    m32 = m.float()
+    joint32 = m32.joint_log_prob(xt.float(), torch.tensor(np.log(s)).float(), torch.tensor(D).float())
+    np.testing.assert_allclose(joint32.detach().numpy() - log_factorial(xt)[:, None].numpy(), expected, rtol=1e-4)
+
+
+def test_log_prior_matches_scipy():
+    m, rho, *_ = _tiny_module()
+    pi = torch.softmax(m.theta_logit, -1).detach().numpy()
+    expected = stats.dirichlet.logpdf(pi, np.full(3, 0.01))
+    dl = m.delta_log.detach().numpy()
+    expected += stats.norm.logpdf(dl, 0.0, 1.0).sum()  # mean 0, variance 1 at initialisation
+    assert float(m.log_prior().detach()) == pytest.approx(expected, rel=1e-6)
+
+
+def test_rbf_gradient_is_exact():
+    mu = torch.rand(6, 4, dtype=torch.float64) * 20
+    mu.requires_grad_(True)
+    log_a = torch.randn(10, dtype=torch.float64, requires_grad=True)
+    v, b = basis_means(20.0, 0.0, 10)
+    assert torch.autograd.gradcheck(lambda m, la: rbf_inverse_dispersion(m, la, v, b), (mu, log_a))
+
+
+def test_rbf_matches_direct_sum():
+    mu = torch.rand(50) * 30
+    log_a = torch.randn(10)
+    v, b = basis_means(30.0)
+    direct = (log_a.exp() * torch.exp(-b * (mu[:, None] - torch.tensor(v)) ** 2)).sum(-1) + 1e-10
+    torch.testing.assert_close(rbf_inverse_dispersion(mu, log_a, v, b), direct)
+
+
+def test_basis_means_and_width():
+    v, b = basis_means(90.0)
+    assert v[0] == 0.0 and v[-1] == 90.0 and len(v) == 10
+    assert b == pytest.approx(1 / (2 * 10.0**2))
+
+
+def test_clamp_enforces_min_delta():
+    m, *_ = _tiny_module()
+    with torch.no_grad():
+        m.delta_log.fill_(-3.0)
+    m.clamp_()
+    assert torch.all(m.delta >= 2.0 - 1e-6)
+    assert math.isclose(float(m.delta.min()), 2.0, rel_tol=1e-6)
+
+
+def test_delta_matrix_zero_off_markers():
+    m, rho, *_ = _tiny_module()
+    d = m.delta_matrix().numpy()
+    assert np.all(d[rho == 0] == 0) and np.all(d[rho == 1] > 0)

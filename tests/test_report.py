@@ -1,0 +1,402 @@
+"""The per-sample report, its MultiQC files, the cohort table, and the page in a real browser.
+
+The inputs come from the real pipeline: `cellassign-nf run` on the demo data, once per module.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cellassign_nf.cli_report import cohort_table_command, report_command
+from cellassign_nf.errors import InputError
+from cellassign_nf.report import (
+    UNASSIGNED,
+    cohort_table,
+    load_annotated,
+    load_history,
+    make_report,
+    parse_qc_summary,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "assets" / "demo"
+MQC_CONFIG = ROOT / "assets" / "multiqc_config.yml"
+SECTIONS = {  # section id -> heading; the figure keys each must embed
+    "celltypes": ("Cell types", ["celltype_counts"]),
+    "probability": ("Assignment probability", ["probability"]),
+    "markers": ("Marker expression by assigned type", ["marker_expression"]),
+    "umap": ("UMAP", ["umap"]),
+    "training": ("Training", ["training"]),
+    "delta": ("Fitted over-expression (delta)", ["delta"]),
+    "qc": ("Quality control", ["size_factors"]),
+    "parameters": ("Parameters", []),
+    "versions": ("Software versions", []),
+}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# fixtures: real pipeline outputs for the demo sample
+# ------------------------------------------------------------------------------------------------
+
+
+def _find(folder: Path, pattern: str) -> Path:
+    hits = sorted(folder.rglob(pattern))
+    assert hits, f"`cellassign-nf run` wrote no {pattern} under {folder}: {sorted(p.name for p in folder.rglob('*'))}"
+    return hits[0]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Run the whole pipeline (`cellassign-nf run`) on the demo sample, with a short training."""
+    from cellassign_nf.cli import main
+
+    out = tmp_path_factory.mktemp("run")
+    args = ["run", str(DEMO / "sample1.h5ad"), "--markers", str(DEMO / "markers.csv"), "--outdir", str(out),
+            "--sample", "sample1", "--max-epochs", "40", "--n-restarts", "2"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    params = out / "params.json"
+    params.write_text(json.dumps({"min_prob": 0.5, "max_epochs": 40, "n_restarts": 2, "markers": "markers.csv"}))
+    return {
+        "annotated": _find(out, "sample1*annotated.h5ad"),
+        "history": _find(out, "*history*.tsv"),
+        "model": _find(out, "*.pt"),
+        "qc_summary": _find(out, "*qc_summary.json"),
+        "predictions": _find(out, "*.predictions.tsv"),
+        "params": params,
+    }
+
+
+@pytest.fixture(scope="module")
+def report(pipeline: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    """The full report (with UMAP) of the demo sample, through the CLI command."""
+    outdir = tmp_path_factory.mktemp("report")
+    args = [str(pipeline["annotated"]), "--history", str(pipeline["history"]), "--model", str(pipeline["model"]),
+            "--qc-summary", str(pipeline["qc_summary"]), "--sample", "sample1", "--outdir", str(outdir),
+            "--params", str(pipeline["params"])]
+    result = CliRunner().invoke(report_command, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return outdir
+
+
+@pytest.fixture(scope="module")
+def report2(pipeline: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second sample's report (the demo data under another name), without the UMAP."""
+    outdir = tmp_path_factory.mktemp("report2")
+    make_report(pipeline["annotated"], history=pipeline["history"], model=pipeline["model"],
+                qc_summary=pipeline["qc_summary"], sample="sample2", outdir=outdir, umap=False)
+    return outdir
+
+
+# ------------------------------------------------------------------------------------------------
+# the page
+# ------------------------------------------------------------------------------------------------
+
+
+class _Page(HTMLParser):
+    """Collect section ids, their h2 headings and embedded images; and anything external."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.section: str | None = None
+        self.in_h2 = False
+        self.headings: dict[str, str] = {}
+        self.images: dict[str, list[str]] = {}
+        self.figure_ids: dict[str, list[str]] = {}
+        self.external: list[str] = []
+        self.scripts = 0
+        self.notes: list[str] = []
+        self._in_note = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "section":
+            self.section = a.get("id")
+            self.images[self.section or ""] = []
+            self.figure_ids[self.section or ""] = []
+        elif tag == "h2":
+            self.in_h2 = True
+        elif tag == "figure" and self.section:
+            self.figure_ids[self.section].append((a.get("id") or "").removeprefix("fig-"))
+        elif tag == "img" and self.section:
+            self.images[self.section].append(a.get("src") or "")
+        elif tag == "script":
+            self.scripts += 1
+        elif tag == "p" and "note" in (a.get("class") or ""):
+            self._in_note = True
+        for key in ("src", "href"):
+            v = a.get(key) or ""
+            if v and not v.startswith(("data:", "#")):
+                self.external.append(v)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "h2":
+            self.in_h2 = False
+        elif tag == "section":
+            self.section = None
+        elif tag == "p":
+            self._in_note = False
+
+    def handle_data(self, data: str) -> None:
+        if self.in_h2 and self.section:
+            self.headings[self.section] = self.headings.get(self.section, "") + data
+        if self._in_note:
+            self.notes.append(data)
+
+
+def _parse(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def test_report_has_every_section_with_its_figure(report: Path) -> None:
+    html_path = report / "sample1.report.html"
+    assert html_path.is_file()
+    page = _parse(html_path)
+    for sid, (heading, figures) in SECTIONS.items():
+        assert page.headings.get(sid, "").strip() == heading, f"section {sid!r} missing or misnamed"
+        assert page.figure_ids[sid] == figures, f"section {sid!r} figures {page.figure_ids[sid]}"
+        for src in page.images[sid]:
+            assert src.startswith("data:image/png;base64,") and len(src) > 2000
+        for key in figures:
+            png = report / f"sample1_{key}.png"
+            assert png.is_file() and png.read_bytes().startswith(PNG_MAGIC) and png.stat().st_size > 5000
+    # self-contained: nothing to fetch, no JavaScript
+    assert page.external == [] and page.scripts == 0
+    assert not [p.name for p in report.iterdir() if ".tmp" in p.name], "temporary files left behind"
+
+
+def test_report_numbers_match_the_data(report: Path, pipeline: dict[str, Path]) -> None:
+    adata = load_annotated(pipeline["annotated"])
+    text = (report / "sample1.report.html").read_text(encoding="utf-8")
+    counts = adata.obs["cellassign_celltype"].astype(str).value_counts()
+    for cell_type, n in counts.items():
+        assert f"<td>{cell_type}</td><td class=\"n\">{n:,}</td>" in text
+    from cellassign_nf import CellAssign
+
+    model = CellAssign.load(pipeline["model"])
+    for cell_type in model.cell_types:  # every model type is listed, with 0 cells if none
+        assert f"<td>{cell_type}</td>" in text
+    for gene in model.genes:  # delta heat map and dot plot use the model's genes: in the data
+        assert gene in adata.var_names
+    for name in ("cellassign-nf", "torch", "scanpy", "anndata", "python"):
+        assert f"<td>{name}</td>" in text
+    assert "<td>max_epochs</td>" in text and "<td>markers</td>" in text  # model settings + --params
+
+
+def test_each_type_over_expresses_its_own_markers(pipeline: dict[str, Path]) -> None:
+    """What the dot plot shows: per gene scaled mean expression is highest in the type it marks."""
+    from cellassign_nf import CellAssign
+    from cellassign_nf.report import markers_by_type, normalise
+
+    adata = load_annotated(pipeline["annotated"])
+    norm = normalise(adata)
+    model = CellAssign.load(pipeline["model"])
+    labels = adata.obs["cellassign_celltype"].astype(str).to_numpy()
+    blocks = markers_by_type(model.rho, norm.var_names)
+    present = [t for t in blocks if (labels == t).sum() >= 5]
+    assert len(present) >= 2
+    expr = pd.DataFrame(norm[:, sorted({g for gs in blocks.values() for g in gs})].X.toarray(),
+                        columns=sorted({g for gs in blocks.values() for g in gs}))
+    means = expr.groupby(labels).mean().loc[present]
+    scaled = (means - means.min()) / (means.max() - means.min()).replace(0, 1)
+    for t in present:
+        own = scaled[blocks[t]].mean(axis=1)
+        assert own.idxmax() == t, f"{t} markers are highest in {own.idxmax()}: {own.round(2).to_dict()}"
+
+
+def test_report_page_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (apt-get install -y chromium)")
+        pytest.skip("chromium is not installed")
+    shot = tmp_path / "page.png"
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1280,4000",
+           (report / "sample1.report.html").as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert shot.is_file() and shot.stat().st_size > 50_000
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(shot)[..., :3]
+    assert img.shape[:2] == (4000, 1280)
+    non_white = (img < 0.95).any(axis=2).mean()
+    assert non_white > 0.05, f"page looks blank ({non_white:.1%} non-white pixels)"
+    assert img.std() > 0.05
+    # the figures were drawn: many distinct colours, not just text on white
+    assert len(np.unique((img[::4, ::4] * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 500
+
+
+# ------------------------------------------------------------------------------------------------
+# options
+# ------------------------------------------------------------------------------------------------
+
+
+def test_no_umap_and_umap_max_cells_leave_a_note(pipeline: dict[str, Path], report2: Path, tmp_path: Path) -> None:
+    page = _parse(report2 / "sample2.report.html")
+    assert page.figure_ids["umap"] == [] and not (report2 / "sample2_umap.png").exists()
+    assert any("--no-umap" in n for n in page.notes)
+    res = make_report(pipeline["annotated"], history=pipeline["history"], model=pipeline["model"],
+                      qc_summary=pipeline["qc_summary"], sample="big", outdir=tmp_path, umap_max_cells=10)
+    assert any("--umap-max-cells" in n for n in res.notes)
+    assert not (tmp_path / "big_umap.png").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# MultiQC
+# ------------------------------------------------------------------------------------------------
+
+
+def test_multiqc_files(report: Path, pipeline: dict[str, Path]) -> None:
+    import yaml
+
+    adata = load_annotated(pipeline["annotated"])
+    gs = yaml.safe_load((report / "sample1_cellassign_general_stats_mqc.yaml").read_text())
+    row = gs["data"]["sample1"]
+    assert gs["plot_type"] == "generalstats"
+    assert row["cells_after_qc"] == adata.n_obs
+    labels = adata.obs["cellassign_celltype"].astype(str)
+    assert row["pct_assigned"] == pytest.approx(100 * (labels != UNASSIGNED).mean(), abs=0.01)
+    assert row["top_celltype"] == labels[labels != UNASSIGNED].value_counts().idxmax()
+    hist = load_history(pipeline["history"])
+    assert row["final_val_loglik"] == pytest.approx(hist[hist.selected]["val_loglik"].iloc[-1], abs=1e-3)
+    curve = yaml.safe_load((report / "sample1_cellassign_training_mqc.yaml").read_text())
+    assert curve["plot_type"] == "linegraph" and len(curve["data"]["sample1"]) == int(hist.selected.sum())
+    qc = yaml.safe_load((report / "sample1_cellassign_qc_mqc.yaml").read_text())
+    assert qc["plot_type"] == "table" and qc["data"]["sample1"]["cells_after"] == adata.n_obs
+
+
+def test_multiqc_cohort_report_of_two_samples(report: Path, report2: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mqc"
+    proc = subprocess.run([sys.executable, "-m", "multiqc", "--config", str(MQC_CONFIG), "-o", str(out),
+                           "--no-ansi", str(report), str(report2)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (out / "multiqc_report.html").is_file()
+    data_dir = out / "multiqc_data"
+    data = json.loads((data_dir / "multiqc_data.json").read_text())
+    assert data["config_title"] == "cellassign-nf cohort report"
+    text = json.dumps(data)
+    for section in ("cellassign_celltype_counts", "cellassign_training", "cellassign_qc"):
+        assert section in text, f"MultiQC lacks section {section}"
+    gs = pd.read_csv(data_dir / "multiqc_general_stats.txt", sep="\t", index_col=0)
+    assert sorted(gs.index) == ["sample1", "sample2"]
+    for col in ("cells_in", "cells_after_qc", "pct_assigned", "top_celltype", "final_val_loglik"):
+        assert any(c.endswith(col) for c in gs.columns), f"general stats lack {col}: {list(gs.columns)}"
+    bars = pd.read_csv(data_dir / "multiqc_cellassign_celltype_counts_plot.txt", sep="\t", index_col=0)
+    assert sorted(bars.index) == ["sample1", "sample2"]
+    assert (bars.loc["sample1"] == bars.loc["sample2"]).all()
+    lines = pd.read_csv(data_dir / "multiqc_cellassign_training_plot.txt", sep="\t", index_col=0)
+    assert sorted(lines.index) == ["sample1", "sample2"]
+    qc = pd.read_csv(data_dir / "multiqc_cellassign_qc_table.txt", sep="\t", index_col=0)
+    assert sorted(qc.index) == ["sample1", "sample2"]
+
+
+# ------------------------------------------------------------------------------------------------
+# cohort table
+# ------------------------------------------------------------------------------------------------
+
+
+def test_cohort_table_from_report_folders_and_predictions(report: Path, report2: Path, pipeline: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "celltype_counts.tsv"
+    result = CliRunner().invoke(cohort_table_command, [str(report), str(report2), "-o", str(out)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out, sep="\t", index_col="sample")
+    adata = load_annotated(pipeline["annotated"])
+    expected = adata.obs["cellassign_celltype"].astype(str).value_counts()
+    assert list(table.index) == ["sample1", "sample2"]
+    assert table.columns[-1] == UNASSIGNED
+    for cell_type, n in expected.items():
+        assert table.loc["sample1", cell_type] == n == table.loc["sample2", cell_type]
+    assert table.loc["sample1"].sum() == adata.n_obs
+    from_pred = cohort_table([pipeline["predictions"]])
+    name = pipeline["predictions"].name.removesuffix(".predictions.tsv")
+    assert from_pred.loc[name].reindex(table.columns, fill_value=0).tolist() == table.loc["sample1"].tolist()
+    with pytest.raises(InputError, match="also comes from"):
+        cohort_table([report, report / "sample1_celltype_counts_mqc.tsv"])
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input: one clear message, no partial output
+# ------------------------------------------------------------------------------------------------
+
+
+def _report_args(pipeline: dict[str, Path], outdir: Path, **override: str) -> list[str]:
+    paths = {k: str(v) for k, v in pipeline.items()} | override
+    return [paths["annotated"], "--history", paths["history"], "--model", paths["model"],
+            "--qc-summary", paths["qc_summary"], "--sample", override.get("sample", "s"), "--outdir", str(outdir)]
+
+
+@pytest.mark.parametrize("what", ["annotated", "history", "model", "qc_summary"])
+def test_missing_input_names_the_file(pipeline: dict[str, Path], tmp_path: Path, what: str) -> None:
+    missing = tmp_path / f"missing_{what}"
+    result = CliRunner().invoke(report_command, _report_args(pipeline, tmp_path / "out", **{what: str(missing)}))
+    assert isinstance(result.exception, InputError), result.output
+    assert str(missing) in str(result.exception) and "not found" in str(result.exception)
+    assert not (tmp_path / "out" / "s.report.html").exists()
+
+
+def test_bad_inputs_are_input_errors(pipeline: dict[str, Path], tmp_path: Path) -> None:
+    import anndata as ad
+
+    raw = ad.read_h5ad(pipeline["annotated"])
+    del raw.obs["cellassign_celltype"]
+    unannotated = tmp_path / "raw.h5ad"
+    raw.write_h5ad(unannotated)
+    bad_hist = tmp_path / "history.tsv"
+    pd.DataFrame({"epoch": [1], "loss": [0.1]}).to_csv(bad_hist, sep="\t", index=False)
+    bad_json = tmp_path / "qc.json"
+    bad_json.write_text("{not json")
+    cases = {
+        "annotated": (unannotated, "cellassign_celltype"),
+        "history": (bad_hist, "lacks column"),
+        "qc_summary": (bad_json, "not valid JSON"),
+        "model": (bad_json, "model"),
+    }
+    for what, (path, message) in cases.items():
+        result = CliRunner().invoke(report_command, _report_args(pipeline, tmp_path / "out", **{what: str(path)}))
+        assert isinstance(result.exception, InputError), (what, result.output)
+        assert message in str(result.exception) and str(path) in str(result.exception)
+    result = CliRunner().invoke(report_command, _report_args(pipeline, tmp_path / "out", sample="a/b"))
+    assert isinstance(result.exception, InputError) and "sample name" in str(result.exception)
+    with pytest.raises(InputError, match="holds no"):
+        cohort_table([tmp_path])
+
+
+def test_qc_summary_shapes_are_understood() -> None:
+    flat = parse_qc_summary({"cells_before": 10, "cells_after": 8, "genes_before": 5, "genes_after": 4,
+                             "min_counts": 100, "sample": "x"})
+    nested = parse_qc_summary({"cells": {"before": 10, "after": 8}, "genes": {"before": 5, "after": 4},
+                               "thresholds": {"min_counts": 100}, "sample": "x"})
+    for qc in (flat, nested):
+        assert (qc.cells_before, qc.cells_after, qc.genes_before, qc.genes_after) == (10, 8, 5, 4)
+        assert qc.thresholds == {"min_counts": 100} and qc.other == {"sample": "x"}
+
+
+def test_commands_are_registered_in_the_main_cli(pipeline: dict[str, Path], tmp_path: Path) -> None:
+    """`cellassign-nf report` / `cohort-table` exist, and bad input is one line and exit code 2."""
+    from cellassign_nf.cli import main
+
+    assert main.commands.get("report") is report_command
+    assert main.commands.get("cohort-table") is cohort_table_command
+    result = CliRunner().invoke(main, ["report", *_report_args(pipeline, tmp_path / "out",
+                                                                 history=str(tmp_path / "nope.tsv"))])
+    assert result.exit_code == 2
+    assert f"error: {tmp_path / 'nope.tsv'}: training history not found." in result.output
+    assert "Traceback" not in result.output
