@@ -1,0 +1,265 @@
+"""CLI steps end to end, and one test per kind of bad input (message, exit code, no partial output)."""
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from click.testing import CliRunner
+
+from cellassign_nf.cli import main
+from cellassign_nf.simulate import simulate
+
+from conftest import DEMO
+
+MARKERS = {"A": ["a1", "a2"], "B": ["b1", "b2"]}
+FAST = ["--max-epochs", "15", "--n-restarts", "1"]
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, ["--quiet", *map(str, args)])
+    return result
+
+
+@pytest.fixture()
+def counts(tmp_path):
+    adata = simulate(MARKERS, n_cells=60, n_other_genes=10, n_mito_genes=2, batches=("x", "y"), seed=1)
+    path = tmp_path / "counts.h5ad"
+    adata.write_h5ad(path)
+    return adata, path
+
+
+@pytest.fixture()
+def markers(tmp_path):
+    path = tmp_path / "markers.csv"
+    pd.DataFrame({"A": [1, 1, 0, 0], "B": [0, 0, 1, 1]}, index=["a1", "a2", "b1", "b2"]).to_csv(path)
+    return path
+
+
+def assert_error(result, *fragments, path=None):
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    if path is not None:
+        assert str(path) in lines[0]
+
+
+def assert_no_outputs(folder, *names):
+    for n in names:
+        assert not (folder / n).exists()
+    assert not list(folder.glob(".*.tmp*")), "temporary file left behind"
+
+
+def test_run_demo_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(DEMO / "sample1.h5ad"), "--markers", str(DEMO / "markers.csv"),
+                                       "--outdir", str(out), "--covariates", "batch", "--max-mito-pct", "20",
+                                       "--n-restarts", "2", "--no-umap"])
+    assert result.exit_code == 0, result.output
+    for name in ["annotated.h5ad", "predictions.tsv", "model.pt", "history.tsv", "qc_metrics.tsv",
+                 "qc_summary.json", "report.html"]:
+        assert (out / f"sample1.{name}").stat().st_size > 0, name
+    annotated = ad.read_h5ad(out / "sample1.annotated.h5ad")
+    summary = json.loads((out / "sample1.qc_summary.json").read_text())
+    assert summary["cells_before"] == 600 and summary["removed"]["high_mito"] == 10
+    assert annotated.n_obs == summary["cells_after"] == 590
+    truth = annotated.obs["true_celltype"].astype(str)
+    assert (annotated.obs["cellassign_celltype"].astype(str) == truth).mean() >= 0.95
+    probs = annotated.obsm["cellassign_probabilities"]
+    assert list(probs.columns) == ["T cell", "B cell", "Monocyte", "NK cell"]
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+    predictions = pd.read_csv(out / "sample1.predictions.tsv", sep="\t", index_col=0)
+    assert (predictions["cellassign_celltype"] == annotated.obs["cellassign_celltype"].astype(str)).all()
+    history = pd.read_csv(out / "sample1.history.tsv", sep="\t")
+    assert set(history["restart"]) == {0, 1} and history["selected"].any()
+    assert "cells annotated" in result.stderr and "T cell" in result.stderr
+
+
+def test_steps_one_by_one_with_formula(tmp_path, counts, markers):
+    _, path = counts
+    d = tmp_path
+    assert invoke("qc", path, "-o", d / "q.h5ad", "--metrics", d / "m.tsv", "--summary", d / "s.json",
+                  "--sample", "s1").exit_code == 0
+    assert invoke("size-factors", d / "q.h5ad", "-o", d / "sf.h5ad").exit_code == 0
+    assert invoke("design", d / "sf.h5ad", "-o", d / "design.tsv", "--formula", "~ batch").exit_code == 0
+    design = pd.read_csv(d / "design.tsv", sep="\t", index_col=0)
+    assert list(design.columns) == ["batch[T.y]"]
+    r = invoke("train", d / "sf.h5ad", "--markers", markers, "-o", d / "model.pt", "--history", d / "h.tsv",
+               "--probabilities", d / "p.tsv", "--design", d / "design.tsv", *FAST)
+    assert r.exit_code == 0, r.output
+    r = invoke("annotate", d / "sf.h5ad", "-p", d / "p.tsv", "-o", d / "a.h5ad", "--predictions", d / "pred.tsv",
+               "--min-prob", "0.999999")
+    assert r.exit_code == 0, r.output
+    a = ad.read_h5ad(d / "a.h5ad")
+    assert set(a.obs["cellassign_celltype"].astype(str)) <= {"A", "B", "unassigned"}
+    assert a.uns["cellassign"]["min_prob"] == pytest.approx(0.999999)
+
+
+def test_help_shows_example():
+    for cmd in ["qc", "size-factors", "design", "train", "annotate", "run", "merge"]:
+        result = CliRunner().invoke(main, [cmd, "--help"])
+        assert result.exit_code == 0 and "Example" in result.output and "cellassign-nf" in result.output
+
+
+# --- bad input ------------------------------------------------------------------------------------
+def test_missing_file(tmp_path):
+    missing = tmp_path / "nope.h5ad"
+    r = invoke("qc", missing, "-o", tmp_path / "o.h5ad", "--metrics", tmp_path / "m.tsv", "--summary", tmp_path / "s.json")
+    assert_error(r, "file not found", "Check the path", path=missing)
+    assert_no_outputs(tmp_path, "o.h5ad", "m.tsv", "s.json")
+
+
+def test_wrong_file_type(tmp_path):
+    bad = tmp_path / "counts.txt"
+    bad.write_text("hello")
+    r = invoke("qc", bad, "-o", tmp_path / "o.h5ad", "--metrics", tmp_path / "m.tsv", "--summary", tmp_path / "s.json")
+    assert_error(r, "unsupported file type '.txt'", ".h5ad, 10x .h5, or a 10x mtx folder", path=bad)
+
+
+def test_corrupt_h5ad(tmp_path):
+    bad = tmp_path / "broken.h5ad"
+    bad.write_bytes(b"\x89HDF\r\n" + b"0" * 100)
+    r = invoke("qc", bad, "-o", tmp_path / "o.h5ad", "--metrics", tmp_path / "m.tsv", "--summary", tmp_path / "s.json")
+    assert_error(r, "cannot be read as .h5ad", path=bad)
+    assert_no_outputs(tmp_path, "o.h5ad")
+
+
+def test_log_normalised_counts_point_to_layer(tmp_path, counts):
+    adata, _ = counts
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = sp.csr_matrix(np.log1p(adata.X.toarray()))
+    path = tmp_path / "lognorm.h5ad"
+    adata.write_h5ad(path)
+    r = invoke("qc", path, "-o", tmp_path / "o.h5ad", "--metrics", tmp_path / "m.tsv", "--summary", tmp_path / "s.json")
+    assert_error(r, "not integers", "log-normalised", "--layer", "counts", path=path)
+    assert invoke("qc", path, "--layer", "counts", "-o", tmp_path / "o.h5ad", "--metrics", tmp_path / "m.tsv",
+                  "--summary", tmp_path / "s.json").exit_code == 0
+
+
+def test_negative_counts(tmp_path, counts):
+    adata, _ = counts
+    X = adata.X.toarray()
+    X[0, 0] = -3
+    adata.X = sp.csr_matrix(X)
+    path = tmp_path / "neg.h5ad"
+    adata.write_h5ad(path)
+    r = invoke("qc", path, "-o", tmp_path / "o.h5ad", "--metrics", tmp_path / "m.tsv", "--summary", tmp_path / "s.json")
+    assert_error(r, "negative values", "--layer", path=path)
+
+
+def test_duplicate_gene_names(tmp_path, counts):
+    adata, _ = counts
+    names = list(adata.var_names)
+    names[1] = names[0]
+    adata.var_names = names
+    path = tmp_path / "dup.h5ad"
+    adata.write_h5ad(path)
+    r = invoke("qc", path, "-o", tmp_path / "o.h5ad", "--metrics", tmp_path / "m.tsv", "--summary", tmp_path / "s.json")
+    assert_error(r, "duplicate gene names", "a1", "var_names_make_unique", path=path)
+
+
+def test_empty_sample(tmp_path, counts):
+    adata, _ = counts
+    path = tmp_path / "empty.h5ad"
+    adata[:0].copy().write_h5ad(path)
+    r = invoke("qc", path, "-o", tmp_path / "o.h5ad", "--metrics", tmp_path / "m.tsv", "--summary", tmp_path / "s.json")
+    assert_error(r, "no cells", path=path)
+
+
+def test_zero_cells_after_qc(tmp_path, counts):
+    _, path = counts
+    r = invoke("qc", path, "--min-counts", "10000000", "-o", tmp_path / "o.h5ad", "--metrics", tmp_path / "m.tsv",
+               "--summary", tmp_path / "s.json")
+    assert_error(r, "no cell passes QC", "Relax --min-counts", path=path)
+    assert_no_outputs(tmp_path, "o.h5ad", "m.tsv", "s.json")
+
+
+def test_zero_count_cells_removed_with_count(tmp_path, counts, markers, caplog):
+    adata, _ = counts
+    X = adata.X.toarray()
+    X[:3] = 0
+    adata.X = sp.csr_matrix(X)
+    from cellassign_nf import CellAssign, read_markers
+
+    with caplog.at_level("WARNING"):
+        model = CellAssign(adata, read_markers(markers))
+    assert "removed 3 cells with zero total counts" in caplog.text
+    assert model.train(max_epochs=3, n_restarts=1, progress=False).predict().shape[0] == 57
+    path = tmp_path / "zeros.h5ad"
+    adata.write_h5ad(path)
+    r = CliRunner().invoke(main, ["qc", str(path), "-o", str(tmp_path / "o.h5ad"), "--metrics", str(tmp_path / "m.tsv"),
+                                  "--summary", str(tmp_path / "s.json")])
+    assert r.exit_code == 0
+    assert json.loads((tmp_path / "s.json").read_text())["zero_count_cells"] == 3
+    assert "removing 3 cells with zero total counts" in r.stderr
+
+
+def _train(tmp_path, data, markers, *extra):
+    return invoke("train", data, "--markers", markers, "-o", tmp_path / "model.pt", "--history", tmp_path / "h.tsv",
+                  "--probabilities", tmp_path / "p.tsv", *FAST, *extra)
+
+
+def test_no_marker_gene_in_data(tmp_path, counts):
+    _, path = counts
+    markers = tmp_path / "m.yaml"
+    markers.write_text("T: [CD3E, CD3D]\nB: [MS4A1]\n")
+    r = _train(tmp_path, path, markers)
+    assert_error(r, "none of the marker genes is in the data", "CD3E", "a1", "symbols vs. Ensembl")
+    assert_no_outputs(tmp_path, "model.pt", "h.tsv", "p.tsv")
+
+
+def test_some_marker_genes_missing_warns(tmp_path, counts):
+    _, path = counts
+    markers = tmp_path / "m.json"
+    markers.write_text(json.dumps({"A": ["a1", "a2", "NOTAGENE"], "B": ["b1", "b2"]}))
+    r = CliRunner().invoke(main, ["train", str(path), "--markers", str(markers), "-o", str(tmp_path / "model.pt"),
+                                  "--history", str(tmp_path / "h.tsv"), "--probabilities", str(tmp_path / "p.tsv"),
+                                  *FAST])
+    assert r.exit_code == 0, r.output
+    assert "1 of 5 marker genes are not in the data" in r.stderr and "NOTAGENE" in r.stderr
+
+
+def test_cell_type_without_marker_in_data(tmp_path, counts):
+    _, path = counts
+    markers = tmp_path / "m.txt"
+    markers.write_text("A:a1,a2\nB:b1\nC:XYZ1,XYZ2\n")
+    assert_error(_train(tmp_path, path, markers), "cell type(s) with no marker gene in the data: C")
+
+
+def test_marker_type_with_no_genes(tmp_path, counts):
+    _, path = counts
+    markers = tmp_path / "m.csv"
+    pd.DataFrame({"A": [1, 0], "B": [0, 1], "C": [0, 0]}, index=["a1", "b1"]).to_csv(markers)
+    assert_error(_train(tmp_path, path, markers), "cell type(s) with no marker gene: C", "other", path=markers)
+
+
+def test_marker_matrix_not_binary(tmp_path, counts):
+    _, path = counts
+    markers = tmp_path / "m.csv"
+    pd.DataFrame({"A": [1, 0.5], "B": [0, 1]}, index=["a1", "b1"]).to_csv(markers)
+    assert_error(_train(tmp_path, path, markers), "entries other than 0 and 1", path=markers)
+
+
+def test_unknown_covariate(tmp_path, counts):
+    _, path = counts
+    r = invoke("design", path, "-o", tmp_path / "d.tsv", "--covariates", "batch,donor")
+    assert_error(r, "unknown covariate column(s) donor", "batch", path=path)
+    assert_no_outputs(tmp_path, "d.tsv")
+
+
+def test_nan_in_covariate(tmp_path, counts):
+    adata, _ = counts
+    adata.obs["age"] = np.where(np.arange(adata.n_obs) < 4, np.nan, 30.0)
+    path = tmp_path / "nan.h5ad"
+    adata.write_h5ad(path)
+    r = invoke("design", path, "-o", tmp_path / "d.tsv", "--formula", "~ batch + age")
+    assert_error(r, "covariate 'age' is missing (NaN) for 4 cells", path=path)
+
+
+def test_bad_formula(tmp_path, counts):
+    _, path = counts
+    assert_error(invoke("design", path, "-o", tmp_path / "d.tsv", "--formula", "~ batch +"), "cannot parse")
