@@ -155,13 +155,13 @@ class CellAssign:
     # --- training and prediction ---------------------------------------------------------------
     def train(self, max_epochs: int = 400, lr: float = 0.1, batch_size: int = 1024, n_restarts: int = 3,
               seed: int = 0, device: str = "auto", validation_fraction: float = 0.1, early_stopping: bool = True,
-              patience: int = 10, rel_tol: float = 1e-4, progress: bool = True) -> CellAssign:
+              patience: int = 10, rel_tol: float = 1e-4, fuse: str = "auto", progress: bool = True) -> CellAssign:
         """Fit by minibatch EM (Adam), keeping the best of ``n_restarts`` random starts."""
         if self.adata is None:
             raise RuntimeError("this model was loaded from a file; create a new CellAssign to train")
         settings = TrainSettings(max_epochs=max_epochs, lr=lr, batch_size=batch_size, n_restarts=n_restarts,
                                  seed=seed, validation_fraction=validation_fraction, early_stopping=early_stopping,
-                                 patience=patience, rel_tol=rel_tol, device=device, progress=progress)
+                                 patience=patience, rel_tol=rel_tol, device=device, fuse=fuse, progress=progress)
         dev = resolve_device(device)
         d = self._data
         data = ModelData(d.x.to(dev), d.log_s.to(dev), None if d.D is None else d.D.to(dev), d.log_factorial.to(dev))

@@ -96,13 +96,21 @@ def train_options(f):
                      help="Epochs without validation improvement before stopping."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                      help="auto: CUDA GPU when present, else CPU."),
+        click.option("--fuse", type=click.Choice(["auto", "on", "off"]), default="auto",
+                     help="Compile the likelihood with torch.compile (auto: for large fits)."),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="CPU threads for PyTorch (default: all cores; set to the task's CPUs in pipelines)."),
     ]):
         f = opt(f)
     return f
 
 
 def _settings(ctx: click.Context, kw: dict) -> TrainSettings:
-    return TrainSettings(max_epochs=kw["max_epochs"], lr=kw["lr"], batch_size=kw["batch_size"],
+    if kw.get("threads"):
+        import torch
+
+        torch.set_num_threads(kw["threads"])
+    return TrainSettings(fuse=kw["fuse"], max_epochs=kw["max_epochs"], lr=kw["lr"], batch_size=kw["batch_size"],
                          n_restarts=kw["n_restarts"], seed=kw["seed"], validation_fraction=kw["validation_fraction"],
                          patience=kw["patience"], device=kw["device"], progress=not ctx.obj["quiet"])
 

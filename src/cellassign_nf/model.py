@@ -19,11 +19,14 @@ accumulated in place with a hand-written backward pass, so memory does not depen
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
 
 PHI_LOWER_BOUND = 1e-10  # added to phi, as in the original implementation
 PI_LOWER_BOUND = 1e-20  # added to pi inside the Dirichlet prior, as in the original
@@ -78,6 +81,32 @@ def nb_log_prob_kernel(x: Tensor, log_mu: Tensor, phi: Tensor) -> Tensor:
     return torch.lgamma(x + phi) - torch.lgamma(phi) + phi * torch.log(phi) + x * log_mu - (phi + x) * log_phi_mu
 
 
+def nb_terms(x: Tensor, log_mu: Tensor, log_a: Tensor, v: Sequence[float], b: float) -> Tensor:
+    """log NB terms (without ``-lgamma(x+1)``) with phi(mu) from the RBF; memory independent of B."""
+    return nb_log_prob_kernel(x, log_mu, rbf_inverse_dispersion(log_mu.exp(), log_a, v, b))
+
+
+def _nb_terms_traceable(x: Tensor, log_mu: Tensor, log_a: Tensor, v: tuple[float, ...], b: float) -> Tensor:
+    """The same chain in plain tensor ops, for ``torch.compile`` to fuse into one loop (forward and
+    backward), so no per-centre or per-operation temporaries are stored."""
+    mu = log_mu.exp()
+    a = log_a.exp()
+    phi = torch.full_like(mu, PHI_LOWER_BOUND)
+    for i, v_i in enumerate(v):
+        phi = phi + a[i] * torch.exp(-b * (mu - v_i) ** 2)
+    return nb_log_prob_kernel(x, log_mu, phi)
+
+
+_FUSED: dict[str, object] = {}
+
+
+def fused_nb_terms():
+    """``nb_terms`` compiled by ``torch.compile`` (built once per process)."""
+    if "fn" not in _FUSED:
+        _FUSED["fn"] = torch.compile(_nb_terms_traceable, dynamic=True)
+    return _FUSED["fn"]
+
+
 def nb_log_prob(x: Tensor, mu: Tensor, phi: Tensor) -> Tensor:
     """Full negative binomial log density with mean ``mu`` and inverse dispersion ``phi``."""
     return nb_log_prob_kernel(x, torch.log(mu), phi) - torch.lgamma(x + 1)
@@ -108,6 +137,7 @@ class CellAssignModule(nn.Module):
         self.min_delta = float(min_delta)
         self.dirichlet_concentration = float(dirichlet_concentration)
         self.shrinkage = shrinkage
+        self.fused = False  # use the torch.compile'd likelihood chain (see enable_fusion)
 
         self.register_buffer("rho", rho)
         self.register_buffer("marker_gene", marker_gene)
@@ -158,8 +188,8 @@ class CellAssignModule(nn.Module):
         """sum_g log NB(x[n,g]; mu[n,g,c], phi[n,g,c]) for each cell and type, without the
         ``-sum_g lgamma(x+1)`` constant (see ``log_factorial``): M x C."""
         log_mu = self.log_mu(log_s, D)
-        phi = self.phi(log_mu.exp())
-        terms = nb_log_prob_kernel(x[:, self.column_gene], log_mu, phi)
+        terms_fn = fused_nb_terms() if self.fused else nb_terms
+        terms = terms_fn(x[:, self.column_gene], log_mu, self.log_a, tuple(self.v), self.b)
         return terms @ self.W
 
     def joint_log_prob(self, x: Tensor, log_s: Tensor, D: Tensor | None) -> Tensor:
@@ -176,6 +206,29 @@ class CellAssignModule(nn.Module):
             z = self.delta_log - self.delta_log_mean
             lp = lp + (-0.5 * z.square() / var - 0.5 * torch.log(2 * math.pi * var)).sum()
         return lp
+
+    def enable_fusion(self, x: Tensor, log_s: Tensor, D: Tensor | None) -> bool:
+        """Switch to the compiled chain if it compiles and agrees with the plain one on a probe
+        batch (forward and backward); otherwise stay on the plain chain. Returns the choice."""
+        try:
+            grads = []
+            for fused in (False, True):
+                self.fused = fused
+                self.zero_grad(set_to_none=True)
+                out = self.log_likelihood(x, log_s, D)
+                out.sum().backward()
+                grads.append((out.detach(), self.beta0.grad.clone(), self.log_a.grad.clone()))
+            self.zero_grad(set_to_none=True)
+            ok = all(torch.allclose(p, f, rtol=1e-3, atol=1e-3) for p, f in zip(grads[0], grads[1]))
+            if not ok:
+                log.warning("compiled likelihood disagrees with the plain one; using the plain one")
+            self.fused = ok
+        except Exception as exc:  # no C++ compiler, unsupported platform, ...
+            log.warning("torch.compile is not available here (%s); using the plain likelihood",
+                        str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+            self.zero_grad(set_to_none=True)
+            self.fused = False
+        return self.fused
 
     @torch.no_grad()
     def clamp_(self) -> None:

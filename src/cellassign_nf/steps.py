@@ -102,7 +102,7 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
     model.train(max_epochs=settings.max_epochs, lr=settings.lr, batch_size=settings.batch_size,
                 n_restarts=settings.n_restarts, seed=settings.seed, device=settings.device,
                 validation_fraction=settings.validation_fraction, early_stopping=settings.early_stopping,
-                patience=settings.patience, rel_tol=settings.rel_tol, progress=settings.progress)
+                patience=settings.patience, rel_tol=settings.rel_tol, fuse=settings.fuse, progress=settings.progress)
     probabilities = model.predict(device=settings.device)
     model.save(model_out)
     write_table(model.history, history_out, index_label=None)

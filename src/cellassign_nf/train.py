@@ -31,6 +31,7 @@ class TrainSettings:
     patience: int = 10
     rel_tol: float = 1e-4
     device: str = "auto"
+    fuse: str = "auto"  # compile the likelihood chain: auto (large fits only), on, off
     progress: bool = True
 
     def check(self) -> None:
@@ -38,6 +39,8 @@ class TrainSettings:
             raise ValueError("max_epochs, batch_size, n_restarts and patience must be at least 1")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.fuse not in ("auto", "on", "off"):
+            raise ValueError(f"fuse must be auto, on or off, got {self.fuse}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
 
@@ -58,6 +61,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA GPU is available; use --device auto or cpu")
     return dev
+
+
+# element-epochs (cells x (genes + marker entries) x epochs) above which compiling pays off
+FUSE_MIN_WORK = 2e8
+
+
+def want_fusion(settings: TrainSettings, n_train: int, module: CellAssignModule) -> bool:
+    if settings.fuse != "auto":
+        return settings.fuse == "on"
+    work = n_train * (module.n_genes + module.n_markers) * min(settings.max_epochs, 100)
+    return work >= FUSE_MIN_WORK
 
 
 def split_cells(n_cells: int, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +101,10 @@ def fit(data: ModelData, make_module: Callable[[torch.Generator], CellAssignModu
     for restart in range(settings.n_restarts):
         gen = torch.Generator().manual_seed(settings.seed * 1009 + restart)
         module = make_module(gen).to(device)
+        if want_fusion(settings, len(train_np), module):
+            probe = train_idx[: min(256, train_idx.numel())]
+            if module.enable_fusion(*data.batch(probe)) and restart == 0:
+                log.info("using the compiled (fused) likelihood")
         t0 = time.perf_counter()
         history = _fit_one(module, data, train_idx, val_idx, settings, gen, restart)
         final = marginal_log_likelihood(module, data) + float(module.log_prior().detach())

@@ -1,0 +1,403 @@
+"""The Nextflow pipeline, run for real through scripts/nextflow on CPU.
+
+One per-sample run of `-profile test` (two demo samples), the same run again with
+-resume, and one cohort-mode run happen once per session (session-scoped fixtures);
+the tests read their outputs. Bad samplesheets, the resolved configs of the gpu /
+awsbatch profiles and the container recipes are checked without running any step.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NEXTFLOW = REPO / "scripts" / "nextflow"
+SAMPLES = ["sample1", "sample2"]
+RUN_TIMEOUT = 1800  # seconds; a test-profile run takes a few minutes on 2 CPUs
+
+
+def _env(nxf_home: Path) -> dict[str, str]:
+    env = os.environ.copy()
+    # the tasks call `cellassign-nf` and `multiqc` from PATH: the interpreter running
+    # the tests has them, and so does the project venv
+    path = [str(Path(sys.executable).parent)]
+    if (REPO / ".venv" / "bin").is_dir():
+        path.append(str(REPO / ".venv" / "bin"))
+    env["PATH"] = os.pathsep.join(path + [env.get("PATH", "")])
+    env["NXF_HOME"] = str(nxf_home)
+    env["NXF_OFFLINE"] = "true"
+    env["NXF_ANSI_LOG"] = "false"
+    env.setdefault("NXF_OPTS", "-Xms64m -Xmx1g")
+    return env
+
+
+def nextflow(args: list[str], cwd: Path, nxf_home: Path, timeout: int = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+    start = time.monotonic()
+    result = subprocess.run([str(NEXTFLOW), *args], cwd=cwd, env=_env(nxf_home), capture_output=True,
+                            text=True, timeout=timeout, check=False)
+    result.wall_s = time.monotonic() - start  # type: ignore[attr-defined]
+    return result
+
+
+def _explain(result: subprocess.CompletedProcess) -> str:
+    return f"exit {result.returncode}\n--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
+
+
+def _trace(outdir: Path, newest: bool = True) -> list[dict[str, str]]:
+    traces = sorted((outdir / "pipeline_info").glob("execution_trace_*.txt"))
+    assert traces, f"no execution trace in {outdir / 'pipeline_info'}"
+    with open(traces[-1] if newest else traces[0], newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+def _process_counts(trace: list[dict[str, str]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in trace:
+        name = row["process"].split(":")[-1]
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _task_dirs(workdir: Path) -> list[Path]:
+    return [p for p in workdir.glob("??/*") if p.is_dir()] if workdir.exists() else []
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def _accuracy(annotated: Path) -> float:
+    import anndata
+
+    adata = anndata.read_h5ad(annotated)
+    predicted = adata.obs["cellassign_celltype"].astype(str).to_numpy()
+    truth = adata.obs["true_celltype"].astype(str).to_numpy()
+    return float((predicted == truth).mean())
+
+
+# --------------------------------------------------------------------------------------
+# Session fixtures: the real runs, once each
+# --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def nxf_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("nxf_home")
+
+
+@pytest.fixture(scope="session")
+def per_sample_run(tmp_path_factory, nxf_home):
+    launch = tmp_path_factory.mktemp("per_sample")
+    result = nextflow(["run", str(REPO), "-profile", "test", "--outdir", "results", "-w", "work"], launch, nxf_home)
+    print(f"per-sample test profile: {result.wall_s:.0f} s wall")  # type: ignore[attr-defined]
+    assert result.returncode == 0, _explain(result)
+    return {"launch": launch, "outdir": launch / "results", "work": launch / "work", "result": result}
+
+
+@pytest.fixture(scope="session")
+def resumed_run(per_sample_run, nxf_home):
+    outdir = per_sample_run["outdir"]
+    before = {p.relative_to(outdir): _md5(p) for s in SAMPLES for p in (outdir / s).glob(f"{s}.*") if p.is_file()}
+    result = nextflow(["run", str(REPO), "-profile", "test", "--outdir", "results", "-w", "work", "-resume"],
+                      per_sample_run["launch"], nxf_home)
+    assert result.returncode == 0, _explain(result)
+    after = {p.relative_to(outdir): _md5(p) for s in SAMPLES for p in (outdir / s).glob(f"{s}.*") if p.is_file()}
+    return {"result": result, "before": before, "after": after}
+
+
+@pytest.fixture(scope="session")
+def cohort_run(tmp_path_factory, nxf_home):
+    launch = tmp_path_factory.mktemp("cohort")
+    result = nextflow(["run", str(REPO), "-profile", "test", "--mode", "cohort", "--outdir", "results", "-w", "work"],
+                      launch, nxf_home)
+    assert result.returncode == 0, _explain(result)
+    return {"launch": launch, "outdir": launch / "results", "work": launch / "work", "result": result}
+
+
+# --------------------------------------------------------------------------------------
+# (a) per-sample mode
+# --------------------------------------------------------------------------------------
+
+def test_per_sample_run_writes_every_output(per_sample_run):
+    out = per_sample_run["outdir"]
+    for s in SAMPLES:
+        for name in [f"{s}.annotated.h5ad", f"{s}.predictions.tsv", f"{s}.model.pt", f"{s}.history.tsv",
+                     f"{s}.probabilities.tsv", f"{s}.design.tsv", f"{s}.qc_metrics.tsv", f"{s}.qc_summary.json",
+                     f"report/{s}.report.html"]:
+            path = out / s / name
+            assert path.is_file() and path.stat().st_size > 0, f"missing output {path}"
+        assert list((out / s / "report").glob(f"{s}_*_mqc.*")), f"no MultiQC files from the report of {s}"
+        assert not list((out / s).glob("versions.yml"))
+    assert (out / "multiqc" / "multiqc_report.html").is_file()
+    assert (out / "celltype_counts.tsv").is_file()
+    counts = (out / "celltype_counts.tsv").read_text()
+    assert all(s in counts for s in SAMPLES), counts
+    info = out / "pipeline_info"
+    for pattern in ["execution_report_*.html", "execution_timeline_*.html", "execution_trace_*.txt"]:
+        assert list(info.glob(pattern)), f"no {pattern} in {info}"
+    versions = (info / "software_versions.yml").read_text()
+    for tool in ["cellassign-nf", "multiqc", "Nextflow", "TRAIN", "QC"]:
+        assert tool in versions, versions
+
+
+def test_per_sample_run_one_task_per_sample_and_step(per_sample_run):
+    counts = _process_counts(_trace(per_sample_run["outdir"]))
+    assert counts == {"QC": 2, "SIZE_FACTORS": 2, "DESIGN": 2, "TRAIN": 2, "ANNOTATE": 2, "REPORT": 2,
+                      "CELLTYPE_COUNTS": 1, "MULTIQC": 1}, counts
+
+
+def test_per_sample_run_uses_covariates_and_cpu(per_sample_run):
+    out = per_sample_run["outdir"]
+    header = (out / "sample1" / "sample1.design.tsv").read_text().splitlines()[0].split("\t")
+    assert header[0] == "cell" and any("batch" in c for c in header[1:]), header
+    train = [r for r in _trace(out) if r["process"].endswith(":TRAIN")]
+    script = (Path(train[0]["workdir"]) / ".command.sh").read_text()
+    assert "--device auto" in script and "--max-epochs 60" in script, script
+
+
+@pytest.mark.parametrize("sample", SAMPLES)
+def test_per_sample_annotations_match_truth(per_sample_run, sample):
+    accuracy = _accuracy(per_sample_run["outdir"] / sample / f"{sample}.annotated.h5ad")
+    assert accuracy >= 0.90, f"{sample}: {accuracy:.3f} of cells agree with obs['true_celltype']"
+
+
+# --------------------------------------------------------------------------------------
+# (b) -resume: everything cached, same outputs
+# --------------------------------------------------------------------------------------
+
+def test_resume_caches_every_task(per_sample_run, resumed_run):
+    trace = _trace(per_sample_run["outdir"], newest=True)
+    statuses = {row["status"] for row in trace}
+    assert statuses == {"CACHED"}, [(r["process"], r["tag"], r["status"]) for r in trace]
+    assert _process_counts(trace) == _process_counts(_trace(per_sample_run["outdir"], newest=False))
+    log = resumed_run["result"].stdout
+    assert "Cached process" in log or "cached:" in log.lower(), log[-3000:]
+
+
+def test_resume_gives_the_same_outputs(resumed_run):
+    assert resumed_run["before"], "no per-sample outputs before the resumed run"
+    assert resumed_run["after"] == resumed_run["before"]
+
+
+# --------------------------------------------------------------------------------------
+# (c) cohort mode: one model over both samples, sample in the design
+# --------------------------------------------------------------------------------------
+
+def test_cohort_run_fits_one_model(cohort_run):
+    out = cohort_run["outdir"]
+    counts = _process_counts(_trace(out))
+    assert counts == {"QC": 2, "MERGE": 1, "SIZE_FACTORS": 1, "DESIGN": 1, "TRAIN": 1, "ANNOTATE": 2, "REPORT": 2,
+                      "CELLTYPE_COUNTS": 1, "MULTIQC": 1}, counts
+    for name in ["cohort.model.pt", "cohort.history.tsv", "cohort.probabilities.tsv", "cohort.design.tsv"]:
+        assert (out / "cohort" / name).is_file(), f"missing {out / 'cohort' / name}"
+    header = (out / "cohort" / "cohort.design.tsv").read_text().splitlines()[0].split("\t")
+    assert any("sample" in c for c in header[1:]), f"sample is not in the cohort design: {header}"
+    assert any("batch" in c for c in header[1:]), f"batch is not in the cohort design: {header}"
+    for s in SAMPLES:
+        assert (out / s / f"{s}.annotated.h5ad").is_file()
+        assert (out / s / f"{s}.predictions.tsv").is_file()
+        assert (out / s / "report" / f"{s}.report.html").is_file()
+        assert not (out / s / f"{s}.model.pt").exists()
+    assert (out / "multiqc" / "multiqc_report.html").is_file()
+
+
+def test_cohort_run_annotates_each_sample_from_the_cohort_model(cohort_run):
+    out = cohort_run["outdir"]
+    annotate = [r for r in _trace(out) if r["process"].endswith(":ANNOTATE")]
+    for row in annotate:
+        script = (Path(row["workdir"]) / ".command.sh").read_text()
+        assert f"--sample {row['tag']}" in script and "cohort.probabilities.tsv" in script, script
+    for s in SAMPLES:
+        accuracy = _accuracy(out / s / f"{s}.annotated.h5ad")
+        assert accuracy >= 0.90, f"cohort mode, {s}: {accuracy:.3f} agree with obs['true_celltype']"
+
+
+# --------------------------------------------------------------------------------------
+# (d) bad samplesheets: one clear message, non-zero exit, no task started
+# --------------------------------------------------------------------------------------
+
+BAD_SHEETS = {
+    "missing_file": ("sample,counts\ns1,s1.h5ad\ns2,does_not_exist.h5ad\n", ["line 3", "does_not_exist.h5ad", "does not exist"]),
+    "duplicate_sample": ("sample,counts\ns1,s1.h5ad\ns1,s1.h5ad\n", ["line 3", "duplicate sample 's1'", "line 2"]),
+    "missing_column": ("sample,count\ns1,s1.h5ad\n", ["line 1", "missing column 'counts'"]),
+    "unknown_column": ("sample,counts\ns1,s1.h5ad,extra\n", ["line 2", "unknown column"]),
+    "empty": ("", ["empty"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SHEETS))
+def test_bad_samplesheet_stops_before_any_task(tmp_path, nxf_home, case):
+    text, expected = BAD_SHEETS[case]
+    (tmp_path / "s1.h5ad").write_bytes((REPO / "assets" / "demo" / "sample1.h5ad").read_bytes())
+    sheet = tmp_path / f"{case}.csv"
+    sheet.write_text(text)
+    result = nextflow(["run", str(REPO), "--input", str(sheet), "--markers", str(REPO / "assets/demo/markers.csv"),
+                       "--outdir", "results", "-w", "work"], tmp_path, nxf_home, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    message = [line for line in output.splitlines() if str(sheet) in line]
+    assert len(message) == 1, output
+    for fragment in expected:
+        assert fragment in message[0], message[0]
+    assert "Exception" not in output and "\tat " not in output, output
+    assert _task_dirs(tmp_path / "work") == [], "a task was started"
+
+
+def test_bad_parameter_stops_before_any_task(tmp_path, nxf_home):
+    result = nextflow(["run", str(REPO), "-profile", "test", "--mode", "everything", "--outdir", "results",
+                       "-w", "work"], tmp_path, nxf_home, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Parameter --mode: 'everything' is not one of per_sample, cohort" in output, output
+    assert _task_dirs(tmp_path / "work") == []
+
+
+# --------------------------------------------------------------------------------------
+# (e) profiles: TRAIN on the GPU queue with one GPU, everything else on the CPU queue
+# --------------------------------------------------------------------------------------
+
+def _flat_config(profile: str, cwd: Path, nxf_home: Path) -> dict[str, str]:
+    result = nextflow(["config", str(REPO), "-profile", profile, "-o", "flat"], cwd, nxf_home, timeout=300)
+    assert result.returncode == 0, _explain(result)
+    config: dict[str, str] = {}
+    key = None
+    for line in result.stdout.splitlines():
+        match = re.match(r"^([A-Za-z0-9_.'$:-]+) = (.*)$", line)
+        if match:
+            key = match.group(1)
+            config[key] = match.group(2)
+        elif key:  # continuation of a multi-line closure
+            config[key] += "\n" + line
+    return config
+
+
+def _gpu_processes() -> list[str]:
+    found = []
+    for module in sorted((REPO / "modules" / "local").glob("*/main.nf")):
+        text = module.read_text()
+        if re.search(r"^\s*label\s+'process_gpu'", text, re.M):
+            found.append(re.search(r"^process\s+(\w+)", text, re.M).group(1))
+    return found
+
+
+def test_awsbatch_gpu_profile_sends_train_to_the_gpu_queue(tmp_path, nxf_home):
+    assert _gpu_processes() == ["TRAIN"]
+    config = _flat_config("awsbatch,gpu", tmp_path, nxf_home)
+    assert config["process.executor"] == "'awsbatch'"
+    assert config["process.queue"] == "'cellassign-cpu'"
+    assert config["process.'withLabel:process_gpu'.queue"] == "'cellassign-gpu'"
+    assert config["process.'withLabel:process_gpu'.accelerator"] == "1"
+    assert config["process.'withLabel:process_gpu'.container"] == "'ghcr.io/cellassign-nf/cellassign-nf:0.1.0-cuda'"
+    assert config["process.container"] == "'ghcr.io/cellassign-nf/cellassign-nf:0.1.0'"
+    assert config["params.device"] == "'cuda'"
+    assert config["aws.region"] == "'us-east-1'"
+    assert "aws.batch.cliPath" in config
+    # no other selector changes the queue or asks for a GPU
+    others = [k for k in config if (k.endswith(".queue") or k.endswith(".accelerator"))
+              and k not in ("process.queue", "process.'withLabel:process_gpu'.queue",
+                            "process.'withLabel:process_gpu'.accelerator")]
+    assert others == [], others
+
+
+def test_awsbatch_without_gpu_keeps_train_on_cpu(tmp_path, nxf_home):
+    config = _flat_config("awsbatch", tmp_path, nxf_home)
+    assert config["process.executor"] == "'awsbatch'"
+    assert config["process.queue"] == "'cellassign-cpu'"
+    assert not any("accelerator" in k for k in config)
+    assert not any(k.startswith("process.'withLabel:process_gpu'.queue") for k in config)
+    assert config["params.device"] == "'auto'"
+
+
+def test_docker_gpu_profile_gives_train_a_gpu(tmp_path, nxf_home):
+    config = _flat_config("docker,gpu", tmp_path, nxf_home)
+    assert config["docker.enabled"] == "true"
+    assert config["process.'withLabel:process_gpu'.accelerator"] == "1"
+    assert config["process.'withLabel:process_gpu'.container"].endswith("-cuda'")
+    options = config["process.'withLabel:process_gpu'.containerOptions"]
+    assert "--gpus all" in options and "--nv" in options, options
+    assert "process.executor" not in config  # local executor
+    apptainer = _flat_config("apptainer,gpu", tmp_path, nxf_home)
+    assert apptainer["apptainer.enabled"] == "true"
+    assert apptainer["process.'withLabel:process_gpu'.accelerator"] == "1"
+
+
+def test_default_and_test_profiles_need_no_gpu_or_container(tmp_path, nxf_home):
+    config = _flat_config("test", tmp_path, nxf_home)
+    assert not any("accelerator" in k for k in config)
+    assert not any(k in config for k in ("docker.enabled", "singularity.enabled", "apptainer.enabled"))
+    assert config["params.device"] == "'auto'"
+    assert config["process.resourceLimits"].startswith("[cpus:2")
+
+
+# --------------------------------------------------------------------------------------
+# (f) containers install exactly what CI installs
+# --------------------------------------------------------------------------------------
+
+def _ci_requirement_files() -> set[str]:
+    ci = REPO / ".ci" / "run"
+    if ci.is_file():
+        files = set(re.findall(r"-r\s+\"?([\w./${}-]*requirements[\w.-]*\.txt)", ci.read_text()))
+        files = {Path(f.replace("${REPO}/", "").replace("$REPO/", "")).name if "/" in f else f for f in files}
+        if files:
+            return files
+    # .ci/run not written yet: requirements.txt says it is the file CI installs
+    assert "CI" in (REPO / "requirements.txt").read_text().splitlines()[0]
+    return {"requirements.txt"}
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda"])
+def test_containers_install_the_ci_requirements(dockerfile):
+    text = (REPO / "containers" / dockerfile).read_text()
+    runs = " ".join(line for line in re.sub(r"\\\n", " ", text).splitlines() if line.startswith("RUN"))
+    installed = set(re.findall(r"pip install[^&;]*?-r\s+(\S+)", runs))
+    assert installed == _ci_requirement_files(), installed
+    for name in installed:
+        assert re.search(rf"^COPY\s+.*\b{re.escape(name)}\b", text, re.M), f"{name} is not copied into the image"
+        assert (REPO / name).is_file()
+    assert re.search(r"pip install --no-deps \.", runs), "the package is not installed with --no-deps"
+    # nothing else gets pip-installed on top of the pinned set
+    for command in re.findall(r"pip install ([^&;]*)", runs):
+        assert command.strip().startswith(("-r ", "--no-deps .", "--upgrade pip")), command
+    base = re.search(r"^FROM\s+(\S+)", text, re.M).group(1)
+    if dockerfile.endswith(".cuda"):
+        arg = re.search(r"^ARG CUDA_IMAGE=(\S+)", text, re.M).group(1)
+        assert base == "${CUDA_IMAGE}" and arg.startswith("nvidia/cuda:") and "runtime" in arg, arg
+    else:
+        assert base.startswith("python:3.11"), base
+
+
+def test_profiles_use_the_images_of_this_version():
+    version = re.search(r'^version\s*=\s*"([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+    config = (REPO / "nextflow.config").read_text()
+    assert re.search(rf"^\s*version\s*=\s*'{re.escape(version)}'", config, re.M), "manifest.version != pyproject version"
+    assert 'container_image       = "ghcr.io/cellassign-nf/cellassign-nf:${manifest.version}"' in config
+    assert 'container_image_cuda  = "ghcr.io/cellassign-nf/cellassign-nf:${manifest.version}-cuda"' in config
+
+
+# --------------------------------------------------------------------------------------
+# scripts/nextflow: pinned release, cached classpath
+# --------------------------------------------------------------------------------------
+
+def test_scripts_nextflow_uses_the_pinned_release_and_a_cached_classpath(tmp_path, nxf_home):
+    env = _env(nxf_home)
+    env["CELLASSIGN_NXF_PINNED"] = "1"
+    first = subprocess.run([str(NEXTFLOW), "-version"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=900, check=False)
+    assert first.returncode == 0, first.stderr
+    pinned = re.search(r'^NXF_PINNED_VERSION="([^"]+)"', NEXTFLOW.read_text(), re.M).group(1)
+    assert f"version {pinned}" in first.stdout
+    classpath = REPO / ".nextflow-dist" / pinned / "classpath.txt"
+    assert classpath.is_file()
+    start = time.monotonic()
+    second = subprocess.run([str(NEXTFLOW), "-version"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert second.returncode == 0 and f"version {pinned}" in second.stdout
+    assert "resolving" not in second.stderr  # no Maven the second time
+    assert time.monotonic() - start < 60
