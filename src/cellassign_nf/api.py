@@ -71,6 +71,7 @@ class CellAssign:
             return
         rho = validate_markers(marker_gene_matrix)
         self.rho = match_markers(rho, adata.var_names)
+        self.rho.index.name, self.rho.columns.name = "gene", None
         covariates = ([batch_key] if batch_key else []) + list(categorical_covariate_keys or [])
         continuous = list(continuous_covariate_keys or [])
         if design is None and (covariates or continuous):
@@ -248,7 +249,8 @@ class CellAssign:
                              "Give the model file written by 'cellassign-nf train'.") from exc
         if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
             raise InputError(path, "is not a cellassign-nf model file", "Give the file written by 'cellassign-nf train'.")
-        rho = pd.DataFrame(payload["rho"], index=payload["genes"], columns=payload["cell_types"])
+        rho = pd.DataFrame(payload["rho"], index=pd.Index(payload["genes"], name="gene"),
+                           columns=payload["cell_types"])
         self = cls(None, rho, size_factor_key=payload["size_factor_key"], layer=payload["layer"],
                    **payload["model_params"])
         self.design_spec = DesignSpec(**payload["design_spec"])

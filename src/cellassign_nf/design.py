@@ -51,7 +51,7 @@ def make_design(obs: pd.DataFrame, covariates: Sequence[str] | None = None, form
     formula = formula or covariates_to_formula(list(covariates or []))
     if not formula:
         return pd.DataFrame(index=obs.index), DesignSpec()
-    variables = _formula_variables(formula)
+    variables = [str(v) for v in _formula_variables(formula)]
     missing = [v for v in variables if v not in obs.columns]
     if missing:
         raise InputError(source, f"unknown covariate column(s) {', '.join(missing)} "
@@ -69,7 +69,7 @@ def make_design(obs: pd.DataFrame, covariates: Sequence[str] | None = None, form
             spec.means[v], spec.sds[v] = float(col.mean()), sd if sd > 0 else 1.0
         else:
             cats = col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else sorted(col.astype(str).unique())
-            spec.levels[v] = [str(c) for c in cats if (col.astype(str) == str(c)).any()]
+            spec.levels[str(v)] = [str(c) for c in cats if (col.astype(str) == str(c)).any()]
     design = apply_design(obs, spec, source)
     spec.columns = list(design.columns)
     return design, spec
@@ -92,7 +92,7 @@ def apply_design(obs: pd.DataFrame, spec: DesignSpec, source: str | Path | None 
     for v, mean in spec.means.items():
         df[v] = (obs[v].astype(float) - mean) / spec.sds[v]
     mm = model_matrix(spec.formula, df, na_action="raise")
-    design = pd.DataFrame(np.asarray(mm, dtype=np.float64), index=obs.index, columns=list(mm.columns))
+    design = pd.DataFrame(np.asarray(mm, dtype=np.float64), index=obs.index, columns=[str(c) for c in mm.columns])
     design = design.drop(columns=[c for c in design.columns if c == "Intercept"])
     if spec.columns:
         design = design.reindex(columns=spec.columns, fill_value=0.0)
