@@ -4,9 +4,10 @@ Each ``cellassign-nf`` subcommand calls one of these; Nextflow calls the subcomm
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import anndata as ad
@@ -36,16 +37,39 @@ def write_json(data: dict, path: str | Path) -> None:
 def qc(input: str | Path, output: str | Path, metrics: str | Path, summary: str | Path,
        sample: str | None = None, layer: str | None = None, thresholds: QCThresholds | None = None) -> dict:
     """Read counts, compute QC metrics, filter cells; write the filtered h5ad, metrics and summary."""
-    adata = read_counts(input, layer=layer)
-    adata.layers.clear()
-    sample = sample or Path(input).name.split(".")[0]
-    filtered, info = filter_cells(adata, thresholds or QCThresholds(), str(input))
-    filtered.obs["sample"] = pd.Categorical([sample] * filtered.n_obs)
-    info = {"sample": sample, "input": str(input), **info}
-    write_table(metrics_table(adata), metrics)
-    write_json(info, summary)
-    write_h5ad(filtered, output)
+    with stage_progress(["reading counts", "QC metrics and filtering", "writing outputs"]) as advance:
+        adata = read_counts(input, layer=layer)
+        adata.layers.clear()
+        advance()
+        sample = sample or Path(input).name.split(".")[0]
+        filtered, info = filter_cells(adata, thresholds or QCThresholds(), str(input))
+        filtered.obs["sample"] = pd.Categorical([sample] * filtered.n_obs)
+        info = {"sample": sample, "input": str(input), **info}
+        advance()
+        write_table(metrics_table(adata), metrics)
+        write_json(info, summary)
+        write_h5ad(filtered, output)
     return info
+
+
+@contextlib.contextmanager
+def stage_progress(stages: Sequence[str]) -> Iterator[Callable[[], None]]:
+    """A progress bar over the stages of a long step (stderr, interactive terminals only)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    quiet = logging.getLogger("cellassign_nf").getEffectiveLevel() > logging.INFO
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
+                  transient=True, disable=quiet or not console.is_terminal) as progress:
+        task = progress.add_task(stages[0], total=len(stages))
+        done = [0]
+
+        def advance() -> None:
+            done[0] += 1
+            progress.update(task, completed=done[0], description=stages[min(done[0], len(stages) - 1)])
+
+        yield advance
 
 
 def merge(inputs: Sequence[str | Path], output: str | Path) -> ad.AnnData:

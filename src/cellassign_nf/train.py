@@ -204,8 +204,11 @@ class _progress:
         task = self._progress.add_task("train", total=self.settings.max_epochs, info="")
 
         def update(epoch: int, train_ll: float, val_ll: float) -> None:
-            self._progress.update(task, completed=epoch,
-                                  info=f"loglik/cell train {train_ll:.3f} validation {val_ll:.3f}")
+            info = f"loglik/cell train {train_ll:.3f} validation {val_ll:.3f}"
+            self._progress.update(task, completed=epoch, info=info)
+            if not console.is_terminal and epoch % 25 == 0:  # logs (pipelines, batch jobs) get a line now and then
+                log.info("restart %d/%d epoch %d/%d: %s", self.restart + 1, self.settings.n_restarts, epoch,
+                         self.settings.max_epochs, info)
 
         return update
 
