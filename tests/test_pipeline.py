@@ -160,6 +160,7 @@ def test_per_sample_run_uses_covariates_and_cpu(per_sample_run):
     train = [r for r in _trace(out) if r["process"].endswith(":TRAIN")]
     script = (Path(train[0]["workdir"]) / ".command.sh").read_text()
     assert "--device auto" in script and "--max-epochs 60" in script, script
+    assert f"--threads {train[0]['cpus']}" in script, script
 
 
 @pytest.mark.parametrize("sample", SAMPLES)

@@ -1,0 +1,38 @@
+#!/usr/bin/env nextflow
+/*
+ * cellassign-nf: CellAssign cell-type annotation for single-cell RNA-seq.
+ *
+ *   scripts/nextflow run . --input samplesheet.csv --markers markers.csv --outdir results
+ *   scripts/nextflow run . -profile test --outdir results
+ *
+ * Every step is one `cellassign-nf` subcommand (docs/steps.md); docs/pipeline.md
+ * describes the parameters, profiles and outputs.
+ */
+
+nextflow.enable.dsl = 2
+
+include { PIPELINE_INITIALISATION; helpMessage } from './subworkflows/local/pipeline_initialisation'
+include { CELLASSIGN                           } from './workflows/cellassign'
+
+if (params.help) {
+    log.info helpMessage("${projectDir}/nextflow_schema.json")
+    exit 0
+}
+
+workflow {
+    PIPELINE_INITIALISATION(params.input, params.markers)
+
+    CELLASSIGN(
+        PIPELINE_INITIALISATION.out.samples,
+        PIPELINE_INITIALISATION.out.markers,
+        PIPELINE_INITIALISATION.out.params_json,
+    )
+}
+
+workflow.onComplete {
+    if (workflow.success) {
+        log.info "cellassign-nf: done. Results in ${params.outdir}/ (per sample: <sample>/; MultiQC: multiqc/multiqc_report.html; run information: pipeline_info/)"
+    } else {
+        log.error "cellassign-nf: the run failed (${workflow.errorMessage ?: 'see the error above'}). Fix the cause and run again with -resume to reuse finished steps."
+    }
+}

@@ -1,0 +1,33 @@
+process ANNOTATE {
+    tag "${meta.id}"
+    label 'process_low'
+
+    input:
+    tuple val(meta), path(h5ad, stageAs: 'input/*'), path(probabilities)
+
+    output:
+    tuple val(meta), path("${prefix}.annotated.h5ad") , emit: h5ad
+    tuple val(meta), path("${prefix}.predictions.tsv"), emit: predictions
+    path "versions.yml"                               , emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    // --min-prob (and --sample NAME in cohort mode) come from conf/modules.config (ext.args)
+    def args = task.ext.args ?: ''
+    prefix = task.ext.prefix ?: "${meta.id}"
+    """
+    cellassign-nf annotate \\
+        ${h5ad} \\
+        --probabilities ${probabilities} \\
+        -o ${prefix}.annotated.h5ad \\
+        --predictions ${prefix}.predictions.tsv \\
+        ${args}
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        cellassign-nf: \$(cellassign-nf --version 2>&1 | tail -n 1 | awk '{print \$NF}')
+    END_VERSIONS
+    """
+}

@@ -1,0 +1,31 @@
+process MULTIQC {
+    label 'process_single'
+
+    input:
+    path multiqc_files, stageAs: 'inputs/?/*'
+    path multiqc_config
+
+    output:
+    path "multiqc_report.html", emit: report
+    path "multiqc_data"       , emit: data
+    path "versions.yml"       , emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    def args = task.ext.args ?: ''
+    """
+    multiqc \\
+        --force \\
+        --config ${multiqc_config} \\
+        --filename multiqc_report.html \\
+        ${args} \\
+        inputs
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        multiqc: \$(multiqc --version 2>&1 | tail -n 1 | awk '{print \$NF}')
+    END_VERSIONS
+    """
+}

@@ -1,0 +1,34 @@
+process QC {
+    tag "${meta.id}"
+    label 'process_low'
+
+    input:
+    tuple val(meta), path(counts, stageAs: 'input/*')
+
+    output:
+    tuple val(meta), path("${prefix}.qc.h5ad")        , emit: h5ad
+    tuple val(meta), path("${prefix}.qc_metrics.tsv") , emit: metrics
+    tuple val(meta), path("${prefix}.qc_summary.json"), emit: summary
+    path "versions.yml"                                , emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    def args = task.ext.args ?: ''
+    prefix = task.ext.prefix ?: "${meta.id}"
+    """
+    cellassign-nf qc \\
+        ${counts} \\
+        -o ${prefix}.qc.h5ad \\
+        --metrics ${prefix}.qc_metrics.tsv \\
+        --summary ${prefix}.qc_summary.json \\
+        --sample ${meta.id} \\
+        ${args}
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        cellassign-nf: \$(cellassign-nf --version 2>&1 | tail -n 1 | awk '{print \$NF}')
+    END_VERSIONS
+    """
+}

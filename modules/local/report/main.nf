@@ -1,0 +1,40 @@
+process REPORT {
+    tag "${meta.id}"
+    label 'process_low'
+
+    input:
+    tuple val(meta), path(annotated), path(history), path(model), path(qc_summary)
+    val params_json
+
+    output:
+    tuple val(meta), path("report")           , emit: report
+    tuple val(meta), path("report/*_mqc.*")   , emit: mqc
+    path "versions.yml"                       , emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    // --no-umap comes from conf/modules.config (ext.args)
+    def args = task.ext.args ?: ''
+    """
+    cat <<'END_PARAMS' > params.json
+    ${params_json}
+    END_PARAMS
+
+    cellassign-nf report \\
+        ${annotated} \\
+        --history ${history} \\
+        --model ${model} \\
+        --qc-summary ${qc_summary} \\
+        --sample ${meta.id} \\
+        --outdir report \\
+        --params params.json \\
+        ${args}
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        cellassign-nf: \$(cellassign-nf --version 2>&1 | tail -n 1 | awk '{print \$NF}')
+    END_VERSIONS
+    """
+}

@@ -1,0 +1,41 @@
+process TRAIN {
+    tag "${meta.id}"
+    label 'process_high'
+    label 'process_gpu'
+
+    input:
+    tuple val(meta), path(h5ad), path(design)
+    path markers
+
+    output:
+    tuple val(meta), path("${prefix}.model.pt")         , emit: model
+    tuple val(meta), path("${prefix}.history.tsv")      , emit: history
+    tuple val(meta), path("${prefix}.probabilities.tsv"), emit: probabilities
+    path "versions.yml"                                 , emit: versions
+
+    when:
+    task.ext.when == null || task.ext.when
+
+    script:
+    // --device, --max-epochs, --lr, --batch-size, ... come from conf/modules.config (ext.args)
+    def args = task.ext.args ?: ''
+    prefix = task.ext.prefix ?: "${meta.id}"
+    """
+    export OMP_NUM_THREADS=${task.cpus} MKL_NUM_THREADS=${task.cpus} OPENBLAS_NUM_THREADS=${task.cpus}
+
+    cellassign-nf train \\
+        ${h5ad} \\
+        --markers ${markers} \\
+        --design ${design} \\
+        -o ${prefix}.model.pt \\
+        --history ${prefix}.history.tsv \\
+        --probabilities ${prefix}.probabilities.tsv \\
+        --threads ${task.cpus} \\
+        ${args}
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        cellassign-nf: \$(cellassign-nf --version 2>&1 | tail -n 1 | awk '{print \$NF}')
+    END_VERSIONS
+    """
+}

@@ -1,0 +1,145 @@
+/*
+ * CELLASSIGN: QC -> size factors -> design -> train -> annotate -> report -> MultiQC.
+ *
+ * per_sample mode: every sample flows on its own (one model per sample); only
+ *                  CELLTYPE_COUNTS and MULTIQC wait for all samples.
+ * cohort mode:     the QC'd samples are merged, one model is fitted over all of them
+ *                  with `sample` in the design, then every sample is annotated from
+ *                  the cohort probabilities (annotate --sample NAME) and reported.
+ */
+
+include { QC              } from '../modules/local/qc/main'
+include { MERGE           } from '../modules/local/merge/main'
+include { SIZE_FACTORS    } from '../modules/local/size_factors/main'
+include { DESIGN          } from '../modules/local/design/main'
+include { TRAIN           } from '../modules/local/train/main'
+include { ANNOTATE        } from '../modules/local/annotate/main'
+include { REPORT          } from '../modules/local/report/main'
+include { CELLTYPE_COUNTS } from '../modules/local/celltype_counts/main'
+include { MULTIQC         } from '../modules/local/multiqc/main'
+
+import org.yaml.snakeyaml.Yaml
+import org.yaml.snakeyaml.DumperOptions
+
+/*
+ * All versions.yml texts -> one YAML: {process: {tool: version}}, plus the workflow itself.
+ */
+def softwareVersionsYaml(List texts) {
+    def merged = new TreeMap()
+    texts.each { String text ->
+        def parsed = new Yaml().load(text)
+        if (parsed instanceof Map) {
+            parsed.each { process, tools ->
+                def simple = process.toString().tokenize(':')[-1]
+                merged[simple] = tools instanceof Map ? new TreeMap(tools.collectEntries { k, v -> [k.toString(), v.toString()] }) : tools.toString()
+            }
+        }
+    }
+    merged['Workflow'] = [
+        'Nextflow'     : workflow.nextflow.version.toString(),
+        'cellassign-nf': workflow.manifest.version.toString(),
+    ]
+    def options = new DumperOptions()
+    options.setDefaultFlowStyle(DumperOptions.FlowStyle.BLOCK)
+    return new Yaml(options).dump(merged)
+}
+
+workflow CELLASSIGN {
+    take:
+    ch_samples      // channel: [meta, counts]
+    ch_markers      // value channel: markers file
+    ch_params_json  // value channel: JSON text of the parameters, for the reports
+
+    main:
+    ch_versions = Channel.empty()
+
+    QC(ch_samples)
+    ch_versions = ch_versions.mix(QC.out.versions)
+
+    if (params.mode == 'cohort') {
+        // one model over all samples
+        ch_cohort = QC.out.h5ad
+            .map { _meta, h5ad -> h5ad }
+            .collect(sort: { a, b -> a.name <=> b.name })
+            .map { h5ads -> [[id: 'cohort'], h5ads] }
+        MERGE(ch_cohort)
+        ch_versions = ch_versions.mix(MERGE.out.versions)
+        ch_model_input = MERGE.out.h5ad
+    } else {
+        ch_model_input = QC.out.h5ad
+    }
+
+    SIZE_FACTORS(ch_model_input)
+    ch_versions = ch_versions.mix(SIZE_FACTORS.out.versions)
+
+    DESIGN(SIZE_FACTORS.out.h5ad)
+    ch_versions = ch_versions.mix(DESIGN.out.versions)
+
+    TRAIN(SIZE_FACTORS.out.h5ad.join(DESIGN.out.design, failOnMismatch: true, failOnDuplicate: true), ch_markers)
+    ch_versions = ch_versions.mix(TRAIN.out.versions)
+
+    if (params.mode == 'cohort') {
+        // every sample: its own cells, the cohort's probabilities, history and model
+        ch_cohort_fit = TRAIN.out.probabilities
+            .join(TRAIN.out.history)
+            .join(TRAIN.out.model)
+            .map { _meta, probabilities, history, model -> [probabilities, history, model] }
+        ch_per_sample = QC.out.h5ad.combine(ch_cohort_fit)
+        ch_annotate_input = ch_per_sample.map { meta, h5ad, probabilities, _history, _model -> [meta, h5ad, probabilities] }
+        ch_fit = ch_per_sample.map { meta, _h5ad, _probabilities, history, model -> [meta, history, model] }
+    } else {
+        ch_annotate_input = SIZE_FACTORS.out.h5ad.join(TRAIN.out.probabilities, failOnMismatch: true, failOnDuplicate: true)
+        ch_fit = TRAIN.out.history.join(TRAIN.out.model, failOnMismatch: true, failOnDuplicate: true)
+    }
+
+    ANNOTATE(ch_annotate_input)
+    ch_versions = ch_versions.mix(ANNOTATE.out.versions)
+
+    ch_report_input = ANNOTATE.out.h5ad
+        .join(ch_fit, failOnMismatch: true, failOnDuplicate: true)
+        .join(QC.out.summary, failOnMismatch: true, failOnDuplicate: true)
+    REPORT(ch_report_input, ch_params_json)
+    ch_versions = ch_versions.mix(REPORT.out.versions)
+
+    // samples x cell types, over all samples
+    CELLTYPE_COUNTS(
+        REPORT.out.report
+            .toSortedList { a, b -> a[0].id <=> b[0].id }
+            .map { items -> items.collect { _meta, dir -> dir } }
+    )
+    ch_versions = ch_versions.mix(CELLTYPE_COUNTS.out.versions)
+
+    ch_multiqc_report = Channel.empty()
+    if (!params.skip_multiqc) {
+        // the software versions of every step, shown in the MultiQC report
+        ch_mqc_versions = ch_versions
+            .map { f -> f.text }
+            .unique()
+            .collect(sort: true)
+            .map { texts -> softwareVersionsYaml(texts) }
+            .collectFile(name: 'cellassign_nf_software_mqc_versions.yml')
+        ch_multiqc_files = REPORT.out.mqc
+            .map { _meta, files -> files }
+            .flatten()
+            .mix(ch_mqc_versions)
+            .collect(sort: { a, b -> a.name <=> b.name })
+        MULTIQC(ch_multiqc_files, Channel.value(file(params.multiqc_config.toString())))
+        ch_multiqc_report = MULTIQC.out.report
+        ch_versions = ch_versions.mix(MULTIQC.out.versions)
+    }
+
+    // pipeline_info/software_versions.yml: every step, MultiQC, Nextflow and the pipeline
+    ch_versions
+        .map { f -> f.text }
+        .unique()
+        .collect(sort: true)
+        .map { texts -> softwareVersionsYaml(texts) }
+        .collectFile(name: 'software_versions.yml', storeDir: "${params.outdir}/pipeline_info")
+
+    emit:
+    annotated       = ANNOTATE.out.h5ad
+    predictions     = ANNOTATE.out.predictions
+    model           = TRAIN.out.model
+    celltype_counts = CELLTYPE_COUNTS.out.tsv
+    multiqc_report  = ch_multiqc_report
+}
