@@ -263,3 +263,15 @@ def test_nan_in_covariate(tmp_path, counts):
 def test_bad_formula(tmp_path, counts):
     _, path = counts
     assert_error(invoke("design", path, "-o", tmp_path / "d.tsv", "--formula", "~ batch +"), "cannot parse")
+
+
+def test_qc_sets_sample_level_obs(tmp_path, counts):
+    _, path = counts
+    r = invoke("qc", path, "--sample", "s9", "--obs", "donor=D1", "--obs", "site=Basel", "-o", tmp_path / "o.h5ad",
+               "--metrics", tmp_path / "m.tsv", "--summary", tmp_path / "s.json")
+    assert r.exit_code == 0, r.output
+    obs = ad.read_h5ad(tmp_path / "o.h5ad").obs
+    assert set(obs["donor"]) == {"D1"} and set(obs["site"]) == {"Basel"} and set(obs["sample"]) == {"s9"}
+    bad = invoke("qc", path, "--obs", "novalue", "-o", tmp_path / "o2.h5ad", "--metrics", tmp_path / "m2.tsv",
+                 "--summary", tmp_path / "s2.json")
+    assert bad.exit_code == 2 and "KEY=VALUE" in bad.output

@@ -169,6 +169,15 @@ def test_per_sample_annotations_match_truth(per_sample_run, sample):
     assert accuracy >= 0.90, f"{sample}: {accuracy:.3f} of cells agree with obs['true_celltype']"
 
 
+def test_samplesheet_columns_become_obs(per_sample_run):
+    import anndata as ad
+
+    runs = {"sample1": "run1", "sample2": "run2"}  # the sequencing_run column of the test samplesheet
+    for sample, run in runs.items():
+        obs = ad.read_h5ad(per_sample_run["outdir"] / sample / f"{sample}.annotated.h5ad").obs
+        assert set(obs["sequencing_run"].astype(str)) == {run}
+
+
 # --------------------------------------------------------------------------------------
 # (b) -resume: everything cached, same outputs
 # --------------------------------------------------------------------------------------

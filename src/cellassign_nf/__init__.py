@@ -1,4 +1,5 @@
 """cellassign-nf: CellAssign cell-type annotation for single-cell RNA-seq (PyTorch, minibatch EM)."""
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -6,8 +7,13 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
 
-from .api import CellAssign  # noqa: E402
-from .markers import marker_list_to_matrix, read_markers  # noqa: E402
-from .predict import assign_labels  # noqa: E402
+# imported on first use, so that `cellassign-nf --version` / `--help` start without torch
+_EXPORTS = {"CellAssign": "api", "marker_list_to_matrix": "markers", "read_markers": "markers",
+            "assign_labels": "predict"}
+__all__ = [*_EXPORTS, "__version__"]
 
-__all__ = ["CellAssign", "marker_list_to_matrix", "read_markers", "assign_labels", "__version__"]
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'cellassign_nf' has no attribute {name!r}")

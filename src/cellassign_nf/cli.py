@@ -10,8 +10,7 @@ import click
 
 from . import __version__
 from .errors import InputError
-from .qc import QCThresholds
-from .train import TrainSettings
+from .settings import QCThresholds, TrainSettings
 
 log = logging.getLogger("cellassign_nf")
 
@@ -131,8 +130,10 @@ def _covariates(value: str | None) -> list[str]:
 @click.option("--metrics", required=True, type=click.Path(), help="Per-cell QC metrics TSV.")
 @click.option("--summary", required=True, type=click.Path(), help="QC summary JSON.")
 @click.option("--sample", default=None, help="Sample name (default: file name).")
+@click.option("--obs", "obs_values", multiple=True, metavar="KEY=VALUE",
+              help="Set obs[KEY] = VALUE for all cells (sample-level covariates); repeatable.")
 @qc_options
-def qc(input, output, metrics, summary, sample, layer, **kw):
+def qc(input, output, metrics, summary, sample, obs_values, layer, **kw):
     """Compute QC metrics (scanpy) and filter cells.
 
     \b
@@ -141,7 +142,14 @@ def qc(input, output, metrics, summary, sample, layer, **kw):
     """
     from . import steps
 
-    steps.qc(input, output, metrics, summary, sample=sample, layer=layer, thresholds=_thresholds(kw))
+    pairs = {}
+    for item in obs_values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"'{item}' is not KEY=VALUE", param_hint="--obs")
+        pairs[key.strip()] = value
+    steps.qc(input, output, metrics, summary, sample=sample, layer=layer, thresholds=_thresholds(kw),
+             obs_values=pairs)
 
 
 @main.command()

@@ -2,27 +2,16 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .settings import QCThresholds
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class QCThresholds:
-    """Cells need at least ``min_counts`` UMIs and ``min_genes`` detected genes, and at most
-    ``max_mito_pct`` % mitochondrial counts; genes need ``min_cells`` cells (0 keeps all)."""
-
-    min_counts: int = 1
-    min_genes: int = 1
-    max_mito_pct: float = 100.0
-    min_cells: int = 0
-    mito_prefix: str = "MT-"
 
 
 def add_qc_metrics(adata: ad.AnnData, mito_prefix: str = "MT-") -> None:

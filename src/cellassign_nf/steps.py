@@ -35,7 +35,8 @@ def write_json(data: dict, path: str | Path) -> None:
 
 
 def qc(input: str | Path, output: str | Path, metrics: str | Path, summary: str | Path,
-       sample: str | None = None, layer: str | None = None, thresholds: QCThresholds | None = None) -> dict:
+       sample: str | None = None, layer: str | None = None, thresholds: QCThresholds | None = None,
+       obs_values: dict[str, str] | None = None) -> dict:
     """Read counts, compute QC metrics, filter cells; write the filtered h5ad, metrics and summary."""
     with stage_progress(["reading counts", "QC metrics and filtering", "writing outputs"]) as advance:
         adata = read_counts(input, layer=layer)
@@ -44,6 +45,10 @@ def qc(input: str | Path, output: str | Path, metrics: str | Path, summary: str 
         sample = sample or Path(input).name.split(".")[0]
         filtered, info = filter_cells(adata, thresholds or QCThresholds(), str(input))
         filtered.obs["sample"] = pd.Categorical([sample] * filtered.n_obs)
+        for key, value in (obs_values or {}).items():  # sample-level metadata, e.g. from a samplesheet
+            if key in filtered.obs:
+                log.warning("obs['%s'] of %s is replaced by the given value '%s'", key, input, value)
+            filtered.obs[key] = pd.Categorical([value] * filtered.n_obs)
         info = {"sample": sample, "input": str(input), **info}
         advance()
         write_table(metrics_table(adata), metrics)

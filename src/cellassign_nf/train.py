@@ -12,37 +12,10 @@ import pandas as pd
 import torch
 
 from .model import CellAssignModule, gamma_from_joint
+from .settings import TrainSettings
 from .predict import ModelData, marginal_log_likelihood
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainSettings:
-    """Options of :func:`fit` (the CLI and the Python API share them)."""
-
-    max_epochs: int = 400
-    lr: float = 0.1
-    batch_size: int = 1024
-    n_restarts: int = 3
-    seed: int = 0
-    validation_fraction: float = 0.1
-    early_stopping: bool = True
-    patience: int = 10
-    rel_tol: float = 1e-4
-    device: str = "auto"
-    fuse: str = "auto"  # compile the likelihood chain: auto (large fits only), on, off
-    progress: bool = True
-
-    def check(self) -> None:
-        if self.max_epochs < 1 or self.batch_size < 1 or self.n_restarts < 1 or self.patience < 1:
-            raise ValueError("max_epochs, batch_size, n_restarts and patience must be at least 1")
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
-        if self.fuse not in ("auto", "on", "off"):
-            raise ValueError(f"fuse must be auto, on or off, got {self.fuse}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
 
 
 @dataclass

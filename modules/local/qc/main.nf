@@ -17,6 +17,9 @@ process QC {
     script:
     def args = task.ext.args ?: ''
     prefix = task.ext.prefix ?: "${meta.id}"
+    // samplesheet columns beyond sample,counts become obs columns (sample-level covariates)
+    def obs = meta.findAll { k, v -> k != 'id' && v != null && v.toString() != '' }
+        .collect { k, v -> "--obs '${k}=${v.toString().replace("'", "")}'" }.join(' ')
     """
     cellassign-nf qc \\
         ${counts} \\
@@ -24,6 +27,7 @@ process QC {
         --metrics ${prefix}.qc_metrics.tsv \\
         --summary ${prefix}.qc_summary.json \\
         --sample ${meta.id} \\
+        ${obs} \\
         ${args}
 
     cat <<-END_VERSIONS > versions.yml

@@ -1,0 +1,44 @@
+"""Options of the QC and training steps (light: the CLI imports this before torch or scanpy)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class QCThresholds:
+    """Cells need at least ``min_counts`` UMIs and ``min_genes`` detected genes, and at most
+    ``max_mito_pct`` % mitochondrial counts; genes need ``min_cells`` cells (0 keeps all)."""
+
+    min_counts: int = 1
+    min_genes: int = 1
+    max_mito_pct: float = 100.0
+    min_cells: int = 0
+    mito_prefix: str = "MT-"
+
+
+@dataclass
+class TrainSettings:
+    """Options of :func:`fit` (the CLI and the Python API share them)."""
+
+    max_epochs: int = 400
+    lr: float = 0.1
+    batch_size: int = 1024
+    n_restarts: int = 3
+    seed: int = 0
+    validation_fraction: float = 0.1
+    early_stopping: bool = True
+    patience: int = 10
+    rel_tol: float = 1e-4
+    device: str = "auto"
+    fuse: str = "auto"  # compile the likelihood chain: auto (large fits only), on, off
+    progress: bool = True
+
+    def check(self) -> None:
+        if self.max_epochs < 1 or self.batch_size < 1 or self.n_restarts < 1 or self.patience < 1:
+            raise ValueError("max_epochs, batch_size, n_restarts and patience must be at least 1")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.fuse not in ("auto", "on", "off"):
+            raise ValueError(f"fuse must be auto, on or off, got {self.fuse}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
