@@ -109,3 +109,14 @@ def test_save_load_roundtrip(tmp_path, simulated):
     pd.testing.assert_frame_equal(loaded.delta, model.delta)
     pd.testing.assert_frame_equal(loaded.predict(small), model.predict(), atol=1e-6, rtol=1e-5)
     assert len(loaded.history) == len(model.history) and loaded.train_params["max_epochs"] == 20
+
+
+def test_prediction_in_small_chunks_equals_one_chunk(simulated, monkeypatch):
+    import cellassign_nf.predict as predict
+
+    model = CellAssign(simulated[:500].copy(), marker_list_to_matrix(MARKERS), size_factor_key="size_factor")
+    model.train(max_epochs=5, n_restarts=1, progress=False)
+    whole = model.predict()
+    monkeypatch.setitem(predict.CHUNK_ELEMENTS, "cpu", 7 * (model.module.n_genes + model.module.n_markers))
+    assert predict.chunk_size(model.module, model._data.x.device) == 7  # 72 chunks of 7 cells
+    pd.testing.assert_frame_equal(model.predict(), whole)
