@@ -43,7 +43,7 @@ QUICK_CASES = {
     "100k": dict(n=5_000, g=50, c=5, epochs=2),
     "wide": dict(n=1_000, g=200, c=20, epochs=1, peer_limit_batches=1, memory=True, batch_sweep=[64, 256]),
 }
-FULL_SCALING = dict(base=(20_000, 120, 8), factors=(0.5, 1.0, 2.0), epochs=3)
+FULL_SCALING = dict(base=(20_000, 120, 8), factors=(0.5, 1.0, 2.0), epochs=4)
 QUICK_SCALING = dict(base=(2_000, 30, 4), factors=(0.5, 1.0, 2.0), epochs=2)
 ALL_CASES = ["20k", "100k", "wide", "scaling", "rbf"]
 VALIDATION_FRACTION = 0.1  # both sides' default
