@@ -66,6 +66,7 @@ class CellAssign:
         self._design: pd.DataFrame | None = None
         self._design_columns: list[str] = []
         self._data: ModelData | None = None
+        self._beta0_init: torch.Tensor | None = None
         if adata is None:  # filled in by load()
             self.rho = marker_gene_matrix
             return
@@ -89,6 +90,8 @@ class CellAssign:
         self.data_cells, self._data = self._prepare(adata, design)
         x_max = float(self._data.x.max()) if self._data.x.numel() else 1.0
         self.v, self.b = basis_means(x_max, 0.0, n_centres)
+        # start of beta0 (the same for every restart): log mean of size-factor-scaled counts
+        self._beta0_init = torch.log((self._data.x / self._data.log_s.exp()[:, None]).mean(dim=0) + 1e-2)
 
     # --- data -------------------------------------------------------------------------------------
     @property
@@ -109,9 +112,9 @@ class CellAssign:
         if missing:
             raise InputError(None, f"the data lack {len(missing)} of the model's marker genes "
                              f"(e.g. {', '.join(missing[:5])})", "Predict on data with the same genes.")
-        counts = adata.layers[self.layer] if self.layer else adata.X
         if self.layer and self.layer not in adata.layers:
             raise InputError(None, f"no layer '{self.layer}'", "Name an existing layer.")
+        counts = adata.layers[self.layer] if self.layer else adata.X
         counts = as_count_matrix(counts, layers=list(adata.layers))
         if self.size_factor_key:
             if self.size_factor_key not in adata.obs:
@@ -144,14 +147,10 @@ class CellAssign:
 
     def _make_module(self, generator: torch.Generator | None = None) -> CellAssignModule:
         p = self.model_params
-        n_cov = len(self.design_columns)
-        beta0 = None
-        if self._data is not None:
-            scaled = self._data.x / self._data.log_s.exp()[:, None]
-            beta0 = torch.log(scaled.mean(dim=0) + 1e-2)
-        return CellAssignModule(torch.as_tensor(self.rho.to_numpy(dtype=np.float32)), n_cov, self.v, self.b,
-                                min_delta=p["min_delta"], dirichlet_concentration=p["dirichlet_concentration"],
-                                shrinkage=p["shrinkage"], beta0_init=beta0, generator=generator)
+        return CellAssignModule(torch.as_tensor(self.rho.to_numpy(dtype=np.float32)), len(self.design_columns),
+                                self.v, self.b, min_delta=p["min_delta"],
+                                dirichlet_concentration=p["dirichlet_concentration"],
+                                shrinkage=p["shrinkage"], beta0_init=self._beta0_init, generator=generator)
 
     # --- training and prediction ---------------------------------------------------------------
     def train(self, max_epochs: int = 400, lr: float = 0.1, batch_size: int = 1024, n_restarts: int = 3,
@@ -164,14 +163,13 @@ class CellAssign:
                                  seed=seed, validation_fraction=validation_fraction, early_stopping=early_stopping,
                                  patience=patience, rel_tol=rel_tol, device=device, fuse=fuse, progress=progress)
         dev = resolve_device(device)
-        d = self._data
-        data = ModelData(d.x.to(dev), d.log_s.to(dev), None if d.D is None else d.D.to(dev), d.log_factorial.to(dev))
+        data = self._data.to(dev)
         log.info("training on %s: %d cells x %d marker genes x %d types, %d covariate columns",
-                 dev, d.n_cells, len(self.genes), len(self.cell_types), len(self.design_columns))
+                 dev, data.n_cells, len(self.genes), len(self.cell_types), len(self.design_columns))
         result: FitResult = fit(data, self._make_module, settings)
         self.module = result.module.cpu()
         self.history, self.restarts = result.history, result.restarts
-        self.train_params = {**result.settings, "device": str(dev), "n_cells": d.n_cells}
+        self.train_params = {**result.settings, "device": str(dev), "n_cells": data.n_cells}
         return self
 
     def _require_trained(self) -> CellAssignModule:
@@ -190,8 +188,7 @@ class CellAssign:
         else:
             cells, data = self._prepare(adata, design)
         dev = resolve_device(device)
-        data = ModelData(data.x.to(dev), data.log_s.to(dev), None if data.D is None else data.D.to(dev),
-                         data.log_factorial.to(dev))
+        data = data.to(dev)
         gamma = predict_gamma(module.to(dev), data)
         module.cpu()
         return pd.DataFrame(gamma, index=cells, columns=self.cell_types)
@@ -256,10 +253,7 @@ class CellAssign:
         self.design_spec = DesignSpec(**payload["design_spec"])
         self._design_columns = payload["design_columns"]
         self.v, self.b = payload["v"], payload["b"]
-        module = CellAssignModule(torch.as_tensor(rho.to_numpy(dtype=np.float32)), len(payload["design_columns"]),
-                                  self.v, self.b, min_delta=self.model_params["min_delta"],
-                                  dirichlet_concentration=self.model_params["dirichlet_concentration"],
-                                  shrinkage=self.model_params["shrinkage"])
+        module = self._make_module()
         module.load_state_dict(payload["state_dict"])
         self.module = module
         self.history = pd.DataFrame(payload["history"])

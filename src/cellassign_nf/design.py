@@ -68,8 +68,10 @@ def make_design(obs: pd.DataFrame, covariates: Sequence[str] | None = None, form
             sd = float(col.std(ddof=0))
             spec.means[v], spec.sds[v] = float(col.mean()), sd if sd > 0 else 1.0
         else:
-            cats = col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else sorted(col.astype(str).unique())
-            spec.levels[str(v)] = [str(c) for c in cats if (col.astype(str) == str(c)).any()]
+            values = col.astype(str)
+            cats = col.cat.categories if isinstance(col.dtype, pd.CategoricalDtype) else sorted(values.unique())
+            present = set(values)
+            spec.levels[str(v)] = [str(c) for c in cats if str(c) in present]
     design = apply_design(obs, spec, source)
     spec.columns = list(design.columns)
     return design, spec

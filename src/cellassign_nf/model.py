@@ -74,16 +74,17 @@ def rbf_inverse_dispersion(mu: Tensor, log_a: Tensor, v: Sequence[float], b: flo
     return _RBFInverseDispersion.apply(mu, log_a, tuple(v), b)
 
 
-def nb_log_prob_kernel(x: Tensor, log_mu: Tensor, phi: Tensor) -> Tensor:
+def nb_log_prob_kernel(x: Tensor, log_mu: Tensor, phi: Tensor, mu: Tensor | None = None) -> Tensor:
     """log NB(x; mean mu, inverse dispersion phi) without the ``-lgamma(x + 1)`` term."""
-    mu = log_mu.exp()
+    mu = log_mu.exp() if mu is None else mu
     log_phi_mu = torch.log(phi + mu)
     return torch.lgamma(x + phi) - torch.lgamma(phi) + phi * torch.log(phi) + x * log_mu - (phi + x) * log_phi_mu
 
 
 def nb_terms(x: Tensor, log_mu: Tensor, log_a: Tensor, v: Sequence[float], b: float) -> Tensor:
     """log NB terms (without ``-lgamma(x+1)``) with phi(mu) from the RBF; memory independent of B."""
-    return nb_log_prob_kernel(x, log_mu, rbf_inverse_dispersion(log_mu.exp(), log_a, v, b))
+    mu = log_mu.exp()
+    return nb_log_prob_kernel(x, log_mu, rbf_inverse_dispersion(mu, log_a, v, b), mu)
 
 
 def _nb_terms_traceable(x: Tensor, log_mu: Tensor, log_a: Tensor, v: tuple[float, ...], b: float) -> Tensor:
@@ -94,7 +95,7 @@ def _nb_terms_traceable(x: Tensor, log_mu: Tensor, log_a: Tensor, v: tuple[float
     phi = torch.full_like(mu, PHI_LOWER_BOUND)
     for i, v_i in enumerate(v):
         phi = phi + a[i] * torch.exp(-b * (mu - v_i) ** 2)
-    return nb_log_prob_kernel(x, log_mu, phi)
+    return nb_log_prob_kernel(x, log_mu, phi, mu)
 
 
 _FUSED: dict[str, object] = {}
@@ -175,14 +176,12 @@ class CellAssignModule(nn.Module):
 
     def log_mu(self, log_s: Tensor, D: Tensor | None) -> Tensor:
         """log mu for the G base columns and the K marker columns: M x (G + K)."""
-        base = self.beta0.expand(log_s.shape[0], -1)
+        # per-column parameters are gathered before broadcasting over cells
+        column = self.beta0[self.column_gene] + torch.cat([torch.zeros_like(self.beta0), self.delta])
+        log_mu = log_s[:, None] + column
         if self.n_covariates:
-            base = base + D @ self.beta.T
-        offset = torch.cat([torch.zeros_like(self.beta0), self.delta])
-        return log_s[:, None] + base[:, self.column_gene] + offset
-
-    def phi(self, mu: Tensor) -> Tensor:
-        return rbf_inverse_dispersion(mu, self.log_a, self.v, self.b)
+            log_mu = log_mu + D @ self.beta[self.column_gene].T
+        return log_mu
 
     def log_likelihood(self, x: Tensor, log_s: Tensor, D: Tensor | None) -> Tensor:
         """sum_g log NB(x[n,g]; mu[n,g,c], phi[n,g,c]) for each cell and type, without the

@@ -29,6 +29,10 @@ class ModelData:
     def n_cells(self) -> int:
         return int(self.x.shape[0])
 
+    def to(self, device: torch.device) -> ModelData:
+        return ModelData(self.x.to(device), self.log_s.to(device), None if self.D is None else self.D.to(device),
+                         self.log_factorial.to(device))
+
     def batch(self, idx: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         return self.x[idx], self.log_s[idx], None if self.D is None else self.D[idx]
 

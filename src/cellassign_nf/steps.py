@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import anndata as ad
@@ -126,32 +127,18 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
         log.info("no obs['%s'] in %s: size factors computed from all genes", size_factor_key, input)
     design_matrix = read_design(design_path, adata.obs_names) if design_path else None
     settings = settings or TrainSettings()
-    with _markers_errors(markers, input):
+    try:
         model = CellAssign(adata, rho, size_factor_key=key, layer=layer, design=design_matrix, min_delta=min_delta)
-    model.train(max_epochs=settings.max_epochs, lr=settings.lr, batch_size=settings.batch_size,
-                n_restarts=settings.n_restarts, seed=settings.seed, device=settings.device,
-                validation_fraction=settings.validation_fraction, early_stopping=settings.early_stopping,
-                patience=settings.patience, rel_tol=settings.rel_tol, fuse=settings.fuse, progress=settings.progress)
+    except InputError as exc:  # name both files in errors from matching markers to the data
+        if exc.path is None:
+            exc.path = f"{markers} vs {input}"
+        raise
+    model.train(**asdict(settings))
     probabilities = model.predict(device=settings.device)
     model.save(model_out)
     write_table(model.history, history_out, index_label=None)
     write_table(probabilities, probabilities_out)
     return model
-
-
-class _markers_errors:
-    """Name the marker file and the data file in errors raised while matching them."""
-
-    def __init__(self, markers: str | Path, data: str | Path) -> None:
-        self.markers, self.data = markers, data
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if isinstance(exc, InputError) and exc.path is None:
-            exc.path = f"{self.markers} vs {self.data}"
-        return False
 
 
 def annotate(input: str | Path, probabilities: str | Path, output: str | Path, predictions: str | Path,
@@ -174,8 +161,9 @@ def annotate(input: str | Path, probabilities: str | Path, output: str | Path, p
         log.warning("%d cells have no probabilities (zero counts): labelled unassigned", len(missing))
     probs = probs.reindex(adata.obs_names)
     labels = assign_labels(probs.fillna(0.0), min_prob)
-    labels.loc[probs.isna().any(axis=1), "cellassign_celltype"] = "unassigned"
-    labels.loc[probs.isna().any(axis=1), "cellassign_prob"] = np.nan
+    no_probs = probs.isna().any(axis=1)
+    labels.loc[no_probs, "cellassign_celltype"] = "unassigned"
+    labels.loc[no_probs, "cellassign_prob"] = np.nan
     adata.obs["cellassign_celltype"] = labels["cellassign_celltype"]
     adata.obs["cellassign_prob"] = labels["cellassign_prob"]
     adata.obsm[PROBABILITIES_KEY] = probs

@@ -70,7 +70,7 @@ def fit(data: ModelData, make_module: Callable[[torch.Generator], CellAssignModu
         log.info("too few cells for a validation split: monitoring the training likelihood")
     rows: list[dict] = []
     summaries: list[dict] = []
-    best: tuple[float, CellAssignModule] | None = None
+    best: tuple[float, CellAssignModule, int] | None = None
     for restart in range(settings.n_restarts):
         gen = torch.Generator().manual_seed(settings.seed * 1009 + restart)
         module = make_module(gen).to(device)
@@ -89,9 +89,9 @@ def fit(data: ModelData, make_module: Callable[[torch.Generator], CellAssignModu
         log.info("restart %d/%d: %d epochs in %.1f s, log likelihood %.2f", restart + 1, settings.n_restarts,
                  len(history), seconds, final)
         if best is None or final > best[0]:
-            best = (final, module)
+            best = (final, module, restart)
     assert best is not None
-    selected = next(s["restart"] for s in summaries if s["final_loglik"] == best[0])
+    selected = best[2]
     history_df = pd.DataFrame(rows, columns=["restart", "epoch", "train_loglik", "val_loglik"])
     history_df["selected"] = history_df["restart"] == selected
     restarts_df = pd.DataFrame(summaries)
