@@ -87,7 +87,7 @@ def run_ours(args, adata, markers, rec):
     if _accepts(model.train, "fuse"):
         if args.fuse != "auto":
             train_kw["fuse"] = args.fuse
-        elif args.mode == "epochs":
+        elif args.mode == "epochs" and not args.device.startswith("cuda"):
             # a short timing run must use the path a real fit (max_epochs=400) of this size would use
             train_kw["fuse"] = _real_fit_fuses(model, markers, args.max_epochs)
         rec["fuse_setting"] = train_kw.get("fuse", "auto")
@@ -297,6 +297,7 @@ def main() -> int:
         import torch
 
         torch.cuda.reset_peak_memory_stats()
+        rec["gpu"] = torch.cuda.get_device_name()
     (run_ours if args.impl == "ours" else run_peer)(args, adata, markers, rec)
     rec["peak_rss_mb"] = peak_rss_mb()
     if args.device.startswith("cuda"):
