@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="kill a worker whose RSS passes this (default 2/3 of the machine's memory)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per worker before it is killed")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-e2e", action="store_true", help="per-epoch figures only (skip the end-to-end fits)")
     args = p.parse_args(argv)
 
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                 rec = run_worker(py, ["--impl", impl, *base, *extra], cap_mb, args.timeout, log)
                 case[f"{impl}_epochs"] = rec
                 log(f"    s/epoch {s_per_epoch(rec)}  peak RSS {rec.get('peak_rss_mb')} MiB")
-                if d.get("e2e"):
+                if d.get("e2e") and not args.no_e2e:
                     max_epochs = args.max_epochs or d.get("max_epochs", 400)
                     log(f"  {impl}: end to end, early stopping, max {max_epochs} epochs")
                     rec = run_worker(py, ["--impl", impl, *base, "--mode", "e2e", "--max-epochs", str(max_epochs)],

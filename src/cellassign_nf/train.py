@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import kernels
 from .cuda_graph import GraphedStep
 from .model import CellAssignModule, gamma_from_joint
 from .settings import TrainSettings
@@ -37,14 +38,18 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-# element-epochs (cells x (genes + marker entries) x epochs) above which compiling pays off
-FUSE_MIN_WORK = 2e9  # a cold compile costs ~20 s on 2 cores; fusing gains 1.35-1.45x per epoch
+# element-epochs (cells x (genes + marker entries) x epochs) from which the fused CPU kernel is
+# used by default: below it a fit takes a few seconds and the kernel's first compilation (numba,
+# a few seconds on 2 cores, cached on disk afterwards) would not pay; it runs in the background
+# anyway, so the plain chain trains until the kernel is ready.
+FUSE_MIN_WORK = 1e8
 
 
 def want_fusion(settings: TrainSettings, n_train: int, module: CellAssignModule) -> bool:
+    """Use the fused CPU likelihood kernel? (``on``/``off`` force it; CUDA uses a CUDA graph instead.)"""
     if settings.fuse != "auto":
         return settings.fuse == "on"
-    if next(module.buffers()).device.type == "cuda":  # the CUDA graph removes the launch cost instead
+    if next(module.buffers()).device.type != "cpu":
         return False
     work = n_train * (module.n_genes + module.n_markers) * min(settings.max_epochs, 100)
     return work >= FUSE_MIN_WORK
@@ -77,12 +82,10 @@ def fit(data: ModelData, make_module: Callable[[torch.Generator], CellAssignModu
     for restart in range(settings.n_restarts):
         gen = torch.Generator().manual_seed(settings.seed * 1009 + restart)
         module = make_module(gen).to(device)
-        if want_fusion(settings, len(train_np), module):
-            probe = train_idx[: min(256, train_idx.numel())]
-            if module.enable_fusion(*data.batch(probe)) and restart == 0:
-                log.info("using the compiled (fused) likelihood")
+        switch = _KernelSwitch(module, data, train_idx, settings) if want_fusion(settings, len(train_np), module) \
+            else None
         t0 = time.perf_counter()
-        history = _fit_one(module, data, train_idx, val_idx, settings, gen, restart)
+        history = _fit_one(module, data, train_idx, val_idx, settings, gen, restart, switch)
         final = marginal_log_likelihood(module, data) + float(module.log_prior().detach())
         seconds = time.perf_counter() - t0
         for h in history:
@@ -102,8 +105,34 @@ def fit(data: ModelData, make_module: Callable[[torch.Generator], CellAssignModu
     return FitResult(best[1], history_df, restarts_df, asdict(settings))
 
 
+class _KernelSwitch:
+    """Moves a module to the fused CPU kernel once it is compiled: at once with ``fuse='on'``,
+    else at the first epoch boundary after the background compilation ends (no compile wait)."""
+
+    def __init__(self, module: CellAssignModule, data: ModelData, train_idx: torch.Tensor,
+                 settings: TrainSettings) -> None:
+        self.module, self.data = module, data
+        self.probe = train_idx[: min(256, train_idx.numel())]
+        self.pending = True
+        if not kernels.supported(data.x, data.x):
+            self.pending = False
+            return
+        self.ready = kernels.warm_up_in_background()
+        if settings.fuse == "on":
+            self.ready.exception()  # wait
+            self()
+
+    def __call__(self) -> None:
+        if not self.pending or not self.ready.done():
+            return
+        self.pending = False
+        if self.module.enable_fusion(*self.data.batch(self.probe)):
+            log.debug("using the fused likelihood kernel")
+
+
 def _fit_one(module: CellAssignModule, data: ModelData, train_idx: torch.Tensor, val_idx: torch.Tensor,
-             settings: TrainSettings, gen: torch.Generator, restart: int) -> list[dict]:
+             settings: TrainSettings, gen: torch.Generator, restart: int,
+             switch: _KernelSwitch | None = None) -> list[dict]:
     """One restart: epochs of minibatch EM until early stopping; leaves the best state in ``module``."""
     n_train = train_idx.numel()
     batch_size = min(settings.batch_size, n_train)
@@ -124,6 +153,8 @@ def _fit_one(module: CellAssignModule, data: ModelData, train_idx: torch.Tensor,
     run_step = GraphedStep(step, batch_size, train_idx.device) if graphed else step
     with _progress(settings, restart) as bar:
         for epoch in range(1, settings.max_epochs + 1):
+            if switch is not None:
+                switch()
             perm = train_idx[torch.randperm(n_train, generator=gen).to(train_idx.device)]
             train_ll.zero_()
             for start in range(0, n_train, batch_size):
