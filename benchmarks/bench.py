@@ -77,15 +77,16 @@ def _tree_rss_mb(pid: int) -> float:
 
 def run_worker(python: str, args: list[str], cap_mb: float, timeout_s: float, log,
                compile_cache: str | None = None) -> dict:
-    """Run ``_worker.py`` with ``args``; kill it when its RSS passes ``cap_mb``. The worker gets an
-    empty torch.compile cache unless ``compile_cache`` names a shared one."""
+    """Run ``_worker.py`` with ``args``; kill it when its RSS passes ``cap_mb``. The worker gets
+    empty compile caches (numba, torch.compile) unless ``compile_cache`` names a shared one."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         out = fh.name
     cmd = [python, str(HERE / "_worker.py"), *args, "--out", out]
     env = dict(os.environ, PYTHONWARNINGS="ignore", TQDM_DISABLE="1")
-    # a cold torch.compile cache for every worker: what a fresh container (one Nextflow task) pays
+    # cold compile caches for every worker: what a fresh container (one Nextflow task) pays
     cache = compile_cache or tempfile.mkdtemp(prefix="inductor-")
     env["TORCHINDUCTOR_CACHE_DIR"] = cache
+    env["NUMBA_CACHE_DIR"] = os.path.join(cache, "numba")
     env["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
@@ -232,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800, help="seconds per worker before it is killed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-e2e", action="store_true", help="per-epoch figures only (skip the end-to-end fits)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of the per-epoch runs (default: per case)")
     args = p.parse_args(argv)
 
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -271,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cellassign-bench-") as tmp:
         workdir = Path(tmp)
         for name in [c for c in cases if c not in ("scaling", "rbf")]:
-            d = case_defs[name]
+            d = dict(case_defs[name])
+            if args.epochs:
+                d["epochs"] = args.epochs
             log(f"case {name}: simulating {d['n']:,} cells x {d['g']:,} markers x {d['c']} types")
             data, markers = write_data(workdir, d["n"], d["g"], d["c"], args.seed)
             base = ["--data", data, "--markers", markers, *common]

@@ -21,7 +21,7 @@ class GraphedStep:
     """Call ``step(idx)`` for a minibatch of cell indices; full-size minibatches are replayed
     from a CUDA graph after ``warmup`` eager steps, smaller ones (the last of an epoch) run
     eagerly. Everything ``step`` reads or writes must stay at fixed addresses (parameters, the
-    optimiser's state, a static accumulator): the optimiser needs ``capturable=True``."""
+    optimiser's state, a static accumulator), as ``optim.Adam`` keeps them."""
 
     def __init__(self, step: Callable[[Tensor], None], batch_size: int, device: torch.device,
                  warmup: int = 3) -> None:

@@ -31,7 +31,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SMALL_COUNT = 24  # below this count the rising factorial replaces lgamma / digamma
 PHI_PRODUCT_MAX = 1e10  # ... as long as the product (phi + j) stays far from overflowing
+_E_HALF, _E_MINUS_ONE = math.exp(-0.5), math.exp(-1.0)
 
 _numba = None
 _STATE: dict[str, object] = {}
@@ -89,9 +90,11 @@ def _rbf(mu: float, a: np.ndarray, v0: float, h: float, eps: float, want_e: bool
     rinv = 1.0 / r
     # centre k and upwards: e[i+1] = e[i] * exp(d) * exp(k - i - 1/2)
     ei = ek
+    c = _E_HALF  # exp(k - i + 1/2) for i = k + 1, k + 2, ...
     for i in range(k, n_centres):
         if i > k:
-            ei *= r * math.exp(k - i + 0.5)
+            ei *= r * c
+            c *= _E_MINUS_ONE
         w = a[i] * ei
         phi += w
         dphi -= w * (t - i)
@@ -99,8 +102,10 @@ def _rbf(mu: float, a: np.ndarray, v0: float, h: float, eps: float, want_e: bool
             e[i] = w
     # downwards: e[i-1] = e[i] * exp(-d) * exp(-(k - i) - 1/2)
     ei = ek
+    c = _E_HALF  # exp(i - k + 1/2) for i = k - 1, k - 2, ...
     for i in range(k - 1, -1, -1):
-        ei *= rinv * math.exp(i - k + 0.5)
+        ei *= rinv * c
+        c *= _E_MINUS_ONE
         w = a[i] * ei
         phi += w
         dphi -= w * (t - i)
@@ -284,13 +289,6 @@ def warm_up() -> float:
 
 
 _LOCK = threading.Lock()
-
-
-def warm_up_in_background() -> Future:
-    """Start :func:`warm_up` on a background thread (the plain chain trains meanwhile)."""
-    if "warming" not in _STATE:
-        _STATE["warming"] = ThreadPoolExecutor(1, thread_name_prefix="cellassign-compile").submit(warm_up)
-    return _STATE["warming"]  # type: ignore[return-value]
 
 
 if __name__ == "__main__":  # python -m cellassign_nf.kernels: fill numba's cache (image builds)

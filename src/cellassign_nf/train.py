@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import kernels
 from .cuda_graph import GraphedStep
 from .model import CellAssignModule, gamma_from_joint
+from .optim import Adam, ReduceOnPlateau
 from .settings import TrainSettings
 from .predict import ModelData, marginal_log_likelihood
 
@@ -38,21 +38,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-# element-epochs (cells x (genes + marker entries) x epochs) from which the fused CPU kernel is
-# used by default: below it a fit takes a few seconds and the kernel's first compilation (numba,
-# a few seconds on 2 cores, cached on disk afterwards) would not pay; it runs in the background
-# anyway, so the plain chain trains until the kernel is ready.
-FUSE_MIN_WORK = 1e8
-
-
 def want_fusion(settings: TrainSettings, n_train: int, module: CellAssignModule) -> bool:
-    """Use the fused CPU likelihood kernel? (``on``/``off`` force it; CUDA uses a CUDA graph instead.)"""
-    if settings.fuse != "auto":
-        return settings.fuse == "on"
-    if next(module.buffers()).device.type != "cpu":
-        return False
-    work = n_train * (module.n_genes + module.n_markers) * min(settings.max_epochs, 100)
-    return work >= FUSE_MIN_WORK
+    """Use the fused CPU likelihood kernel (``kernels.py``)? Only when asked (``fuse='on'``): on a
+    quiet 2-core Xeon it ran 1.4 s per epoch against the plain chain's 0.48 s (20,000 cells x 120
+    markers x 8 types; docs/performance.md), so ``auto`` keeps the plain chain on the CPU. On CUDA
+    ``auto`` replays the step as a CUDA graph instead (``use_cuda_graph``)."""
+    return settings.fuse == "on" and next(module.buffers()).device.type == "cpu"
 
 
 def split_cells(n_cells: int, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,10 +73,12 @@ def fit(data: ModelData, make_module: Callable[[torch.Generator], CellAssignModu
     for restart in range(settings.n_restarts):
         gen = torch.Generator().manual_seed(settings.seed * 1009 + restart)
         module = make_module(gen).to(device)
-        switch = _KernelSwitch(module, data, train_idx, settings) if want_fusion(settings, len(train_np), module) \
-            else None
+        if want_fusion(settings, len(train_np), module):
+            probe = train_idx[: min(256, train_idx.numel())]
+            if module.enable_fusion(*data.batch(probe)) and restart == 0:
+                log.info("using the fused likelihood kernel")
         t0 = time.perf_counter()
-        history = _fit_one(module, data, train_idx, val_idx, settings, gen, restart, switch)
+        history = _fit_one(module, data, train_idx, val_idx, settings, gen, restart)
         final = marginal_log_likelihood(module, data) + float(module.log_prior().detach())
         seconds = time.perf_counter() - t0
         for h in history:
@@ -105,44 +98,16 @@ def fit(data: ModelData, make_module: Callable[[torch.Generator], CellAssignModu
     return FitResult(best[1], history_df, restarts_df, asdict(settings))
 
 
-class _KernelSwitch:
-    """Moves a module to the fused CPU kernel once it is compiled: at once with ``fuse='on'``,
-    else at the first epoch boundary after the background compilation ends (no compile wait)."""
-
-    def __init__(self, module: CellAssignModule, data: ModelData, train_idx: torch.Tensor,
-                 settings: TrainSettings) -> None:
-        self.module, self.data = module, data
-        self.probe = train_idx[: min(256, train_idx.numel())]
-        self.pending = True
-        if not kernels.supported(data.x, data.x):
-            self.pending = False
-            return
-        self.ready = kernels.warm_up_in_background()
-        if settings.fuse == "on":
-            self.ready.exception()  # wait
-            self()
-
-    def __call__(self) -> None:
-        if not self.pending or not self.ready.done():
-            return
-        self.pending = False
-        if self.module.enable_fusion(*self.data.batch(self.probe)):
-            log.debug("using the fused likelihood kernel")
-
-
 def _fit_one(module: CellAssignModule, data: ModelData, train_idx: torch.Tensor, val_idx: torch.Tensor,
-             settings: TrainSettings, gen: torch.Generator, restart: int,
-             switch: _KernelSwitch | None = None) -> list[dict]:
+             settings: TrainSettings, gen: torch.Generator, restart: int) -> list[dict]:
     """One restart: epochs of minibatch EM until early stopping; leaves the best state in ``module``."""
     n_train = train_idx.numel()
     batch_size = min(settings.batch_size, n_train)
     graphed = use_cuda_graph(settings, train_idx.device)
-    # a CUDA graph needs the optimiser's state, the learning rate included, at fixed addresses
-    lr = torch.tensor(settings.lr, device=train_idx.device) if graphed else settings.lr
-    optimizer = torch.optim.Adam(module.parameters(), lr=lr, capturable=graphed)
+    optimizer = Adam(module.parameters(), lr=settings.lr)
     # halve the step size when the monitored likelihood stalls: big steps early, fine ones late
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=0.5, patience=max(1, settings.patience // 3), threshold=settings.rel_tol)
+    scheduler = ReduceOnPlateau(optimizer, factor=0.5, patience=max(1, settings.patience // 3),
+                                threshold=settings.rel_tol)
     best_value, best_state, wait = -math.inf, None, 0
     history: list[dict] = []
     train_ll = torch.zeros((), dtype=torch.float64, device=train_idx.device)
@@ -153,8 +118,6 @@ def _fit_one(module: CellAssignModule, data: ModelData, train_idx: torch.Tensor,
     run_step = GraphedStep(step, batch_size, train_idx.device) if graphed else step
     with _progress(settings, restart) as bar:
         for epoch in range(1, settings.max_epochs + 1):
-            if switch is not None:
-                switch()
             perm = train_idx[torch.randperm(n_train, generator=gen).to(train_idx.device)]
             train_ll.zero_()
             for start in range(0, n_train, batch_size):
@@ -170,9 +133,6 @@ def _fit_one(module: CellAssignModule, data: ModelData, train_idx: torch.Tensor,
                 raise FloatingPointError(f"the log likelihood became {train_mean} at epoch {epoch}; "
                                          "try a smaller learning rate (--lr)")
             scheduler.step(monitored)
-            if graphed and optimizer.param_groups[0]["lr"] is not lr:  # keep the graph's lr tensor
-                lr.fill_(float(optimizer.param_groups[0]["lr"]))
-                optimizer.param_groups[0]["lr"] = lr
             improved = not math.isfinite(best_value) or \
                 monitored > best_value + settings.rel_tol * max(abs(best_value), 1.0)
             if improved:
@@ -189,7 +149,7 @@ def _fit_one(module: CellAssignModule, data: ModelData, train_idx: torch.Tensor,
     return history
 
 
-def _em_step(module: CellAssignModule, optimizer: torch.optim.Optimizer, data: ModelData, idx: torch.Tensor,
+def _em_step(module: CellAssignModule, optimizer: Adam, data: ModelData, idx: torch.Tensor,
              n_train: int, train_ll: torch.Tensor) -> None:
     """One minibatch EM step: E step (gamma from the current parameters), then one Adam step on
     the expected complete-data log likelihood plus the log prior; adds the minibatch's marginal
@@ -200,7 +160,7 @@ def _em_step(module: CellAssignModule, optimizer: torch.optim.Optimizer, data: M
     gamma = gamma_from_joint(joint.detach())
     q = -(gamma * joint).sum() * (n_train / idx.numel())
     loss = (q - module.log_prior()) / n_train
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad()
     loss.backward()
     optimizer.step()
     module.clamp_()
