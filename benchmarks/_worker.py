@@ -87,9 +87,6 @@ def run_ours(args, adata, markers, rec):
     if _accepts(model.train, "fuse"):
         if args.fuse != "auto":
             train_kw["fuse"] = args.fuse
-        elif args.mode == "epochs":
-            # a short timing run must use the path a real fit (max_epochs=400) of this size would use
-            train_kw["fuse"] = _real_fit_fuses(model, markers, args.max_epochs)
         rec["fuse_setting"] = train_kw.get("fuse", "auto")
     # Per-epoch times without touching the package: every epoch ends with one validation pass
     # (train.marginal_log_likelihood); time-stamp those calls. Falls back to wall / epochs.
@@ -162,18 +159,6 @@ def _default(fn, name: str):
     except (TypeError, ValueError):
         return None
     return None if p is None or p.default is inspect.Parameter.empty else p.default
-
-
-def _real_fit_fuses(model, markers, max_epochs: int) -> str:
-    """What fuse='auto' would pick for a full fit of this data (see cellassign_nf.train.want_fusion)."""
-    try:
-        from cellassign_nf.train import FUSE_MIN_WORK
-    except ImportError:
-        return "auto"
-    n_cells = model._data.n_cells if getattr(model, "_data", None) is not None else 0
-    n_train = n_cells - int(round(0.1 * n_cells))
-    width = markers.shape[0] + int((markers.to_numpy() > 0).sum())
-    return "on" if n_train * width * min(max_epochs, 100) >= FUSE_MIN_WORK else "off"
 
 
 def run_peer(args, adata, markers, rec):
@@ -282,7 +267,7 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--n-centres", type=int, default=None, help="B, the number of RBF centres")
     p.add_argument("--limit-train-batches", type=int, default=None, help="peer only: stop each epoch early")
-    p.add_argument("--fuse", default="auto", choices=["auto", "on", "off"], help="ours: torch.compile'd likelihood")
+    p.add_argument("--fuse", default="auto", choices=["auto", "on", "off"], help="ours: fast paths (on: fused CPU kernel; off: plain)")
     p.add_argument("--predict", action="store_true", help="also predict after an 'epochs' run")
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -297,6 +282,7 @@ def main() -> int:
         import torch
 
         torch.cuda.reset_peak_memory_stats()
+        rec["gpu"] = torch.cuda.get_device_name()
     (run_ours if args.impl == "ours" else run_peer)(args, adata, markers, rec)
     rec["peak_rss_mb"] = peak_rss_mb()
     if args.device.startswith("cuda"):

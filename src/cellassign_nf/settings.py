@@ -30,7 +30,7 @@ class TrainSettings:
     patience: int = 10
     rel_tol: float = 1e-4
     device: str = "auto"
-    fuse: str = "auto"  # compile the likelihood chain: auto (large fits only), on, off
+    fuse: str = "auto"  # fast paths: auto (CUDA graph on GPUs), on (also the fused CPU kernel), off (plain)
     progress: bool = True
 
     def check(self) -> None:
