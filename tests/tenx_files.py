@@ -29,29 +29,34 @@ def gene_id(i: int) -> str:
     return f"ENSG{i:011d}"
 
 
-def tenx_sample(n_cells: int | None = None, seed: int = 0) -> dict:
-    """Demo sample 1 as a 10x sample: Ensembl-style IDs, the demo's gene names as symbols, plus
-    (as in real references) a second gene named CD3E (a marker) and a second MT-G11, both with
-    few counts, and three antibody-capture features. Returns counts (cells x features, CSR int),
-    barcodes, ids, names, types and the demo's true cell types."""
-    demo = ad.read_h5ad(DEMO / "sample1.h5ad")
+def tenx_sample(source: ad.AnnData | None = None, n_cells: int | None = None, dup_symbol: str = "CD3E",
+                seed: int = 0) -> dict:
+    """A sample as a counting tool writes it: Ensembl-style IDs (``ENSG...``), the source's gene
+    names as symbols, plus (as in real references) a second gene named ``dup_symbol`` (a marker)
+    and a second ``MT-G0``, both with few counts, and three antibody-capture features.
+    ``source``: counts with ``obs['true_celltype']`` (default: demo sample 1). Returns counts
+    (cells x features, CSR int), barcodes, ids, names, types and the true cell types."""
+    demo = ad.read_h5ad(DEMO / "sample1.h5ad") if source is None else source
     if n_cells is not None:
         demo = demo[:n_cells].copy()
     rng = np.random.default_rng(seed)
     n = demo.n_obs
     X = sp.csr_matrix(demo.X, dtype=np.int64)
     names = list(demo.var_names)
+    assert dup_symbol in names and "MT-G0" in names
     ids = [gene_id(i + 1) for i in range(len(names))]
-    # duplicated symbols: a low-count second CD3E (marker) and MT-G11, with IDs of their own
+    # duplicated symbols, low-count second genes with IDs of their own: the decoy CD3E comes
+    # first, so that "take the first match" would pick the wrong one
     extra = sp.csr_matrix((rng.random((n, 2)) < 0.01).astype(np.int64))
     adt = sp.csr_matrix(rng.poisson(20, size=(n, len(ADT))).astype(np.int64))
-    X = sp.hstack([X, extra, adt], format="csr")
-    names += ["CD3E", "MT-G11", *ADT]
-    ids += [gene_id(90001), gene_id(90002), *ADT]
+    X = sp.hstack([extra[:, :1], X, extra[:, 1:], adt], format="csr")
+    names = [dup_symbol, *names, "MT-G0", *ADT]
+    ids = [gene_id(90001), *ids, gene_id(90002), *ADT]
     types = ["Gene Expression"] * (len(names) - len(ADT)) + ["Antibody Capture"] * len(ADT)
     barcodes = [f"{bc}-1" for bc in _barcodes(n, rng)]
     return {"X": X, "barcodes": barcodes, "ids": ids, "names": names, "types": types,
-            "truth": pd.Series(demo.obs["true_celltype"].astype(str).to_numpy(), index=barcodes)}
+            "truth": pd.Series(demo.obs["true_celltype"].astype(str).to_numpy(), index=barcodes),
+            "real_id": ids[names.index(dup_symbol, 1)], "decoy_id": gene_id(90001)}
 
 
 def _barcodes(n: int, rng) -> list[str]:

@@ -138,7 +138,9 @@ def _text(values) -> np.ndarray:
 
 
 def _tenx_var(ids, names, types=None, genome=None) -> pd.DataFrame:
-    var = pd.DataFrame({GENE_IDS: _text(ids), GENE_SYMBOLS: _text(names)})
+    var = pd.DataFrame({GENE_IDS: _text(ids)})
+    if names is not None:  # a one-column genes.tsv has IDs only
+        var[GENE_SYMBOLS] = _text(names)
     var[FEATURE_TYPES] = _text(types) if types is not None else GENE_EXPRESSION
     if genome is not None:
         var["genome"] = _text(genome)
@@ -202,7 +204,7 @@ def read_10x_mtx(folder: str | Path) -> ad.AnnData:
         raise InputError(folder, f"matrix is {X.shape[1]} features x {X.shape[0]} barcodes, but {features.name} lists "
                          f"{len(feats)} features and {barcodes.name} {len(cells)} barcodes",
                          "The files come from different runs or are truncated; copy the folder again.")
-    names = feats[1] if feats.shape[1] > 1 else feats[0]
+    names = feats[1] if feats.shape[1] > 1 else None
     var = _tenx_var(feats[0], names, feats[2] if feats.shape[1] > 2 else None)
     return ad.AnnData(X, obs=pd.DataFrame(index=pd.Index(cells)), var=var)
 
