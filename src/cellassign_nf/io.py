@@ -326,7 +326,7 @@ def read_counts(path: str | Path, layer: str | None = None) -> ad.AnnData:
             kind = "Cell Ranger h5"
         else:
             raise InputError(path, f"unsupported file type '{path.suffix or path.name}'",
-                             "Give counts as .h5ad, Cell Ranger .h5, a 10x matrix folder or a Cell Ranger outs/ folder.")
+                             "Give counts as .h5ad, 10x .h5, or a 10x mtx folder (or a Cell Ranger outs/ folder).")
     except InputError:
         raise
     except Exception as exc:  # h5py/anndata/scipy raise many types for corrupt files
