@@ -83,3 +83,24 @@ def test_duplicated_marker_symbol_is_logged_and_resolved_to_the_expressed_gene(f
         assert f"marker CD3E: the gene symbol names 2 genes of the data ({s['decoy_id']}:" in text
         assert f"using {s['real_id']}, the one with the most counts" in text
         assert "markers matched by gene symbol (data's var['gene_symbols']): 39 of 39 panel genes found" in text
+
+
+def test_counts_folder_without_a_matrix_stops_before_any_task(tmp_path):
+    (tmp_path / "cellranger" / "S1" / "outs").mkdir(parents=True)
+    (tmp_path / "sheet.csv").write_text("sample,counts\nS1,cellranger/S1\n")
+    result = nextflow(["run", str(REPO), "--input", "sheet.csv", "--markers", "tme", "--outdir", "results",
+                       "-w", "work"], tmp_path, tmp_path / "nxf_home", timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert ("line 2: counts folder 'cellranger/S1' of sample 'S1' holds no matrix.mtx(.gz) and no Cell Ranger/STARsolo "
+            "filtered matrix") in output, output
+    assert not list((tmp_path / "work").glob("??/*"))
+
+
+def test_unknown_marker_panel_name_stops_before_any_task(tmp_path):
+    result = nextflow(["run", str(REPO), "-profile", "test", "--markers", "pbmc9", "--outdir", "results",
+                       "-w", "work"], tmp_path, tmp_path / "nxf_home", timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Parameter --markers: file" in output and "'pbmc9' is not a bundled panel (tme)" in output, output
+    assert not list((tmp_path / "work").glob("??/*"))
