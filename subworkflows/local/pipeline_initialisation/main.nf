@@ -211,8 +211,9 @@ def resolveMarkers(String value) {
 }
 
 def bundledPanels() {
-    def dir = file("${projectDir}/assets/markers")
-    return dir.isDirectory() ? dir.listFiles().findAll { f -> MARKER_SUFFIXES.any { f.name.endsWith(it) } }.collect { it.baseName }.sort() : []
+    def dir = new File("${projectDir}/assets/markers").canonicalFile  // a link into src/cellassign_nf/panels
+    def names = dir.isDirectory() ? (dir.list() as List) : []
+    return names.findAll { String n -> MARKER_SUFFIXES.any { n.endsWith(it) } }.collect { String n -> n.take(n.lastIndexOf('.')) }.sort()
 }
 
 def isMatrixFolder(folder) {
