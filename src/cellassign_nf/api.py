@@ -71,7 +71,7 @@ class CellAssign:
             self.rho = marker_gene_matrix
             return
         rho = validate_markers(marker_gene_matrix)
-        self.rho = match_markers(rho, adata.var_names)
+        self.rho = match_markers(rho, adata, layer=layer)
         self.rho.index.name, self.rho.columns.name = "gene", None
         covariates = ([batch_key] if batch_key else []) + list(categorical_covariate_keys or [])
         continuous = list(continuous_covariate_keys or [])

@@ -95,7 +95,8 @@ def main(ctx: click.Context, quiet: bool, verbose: bool) -> None:
 # --- shared options ---------------------------------------------------------------------------------
 def qc_options(f):
     for opt in reversed([
-        click.option("--layer", default=None, help="Layer holding raw counts (default: X)."),
+        click.option("--layer", default=None,
+                     help="h5ad: layer holding raw counts; X for X (default), raw for .raw."),
         click.option("--min-counts", type=click.IntRange(min=0), default=1, help="Minimum total UMI counts per cell."),
         click.option("--min-genes", type=click.IntRange(min=0), default=1, help="Minimum detected genes per cell."),
         click.option("--max-mito-pct", type=click.FloatRange(0, 100), default=100.0,
@@ -111,7 +112,8 @@ def train_options(f):
     d = TrainSettings()
     for opt in reversed([
         click.option("--markers", "-m", required=True, type=click.Path(),
-                     help="Markers: CSV/TSV binary genes x types matrix, YAML/JSON {type: [genes]}, or .txt 'type:g1,g2'."),
+                     help="Markers: CSV/TSV binary genes x types matrix, YAML/JSON {type: [genes]}, .txt 'type:g1,g2', "
+                          "or a bundled panel's name (cellassign-nf markers list)."),
         click.option("--size-factor-key", default="size_factor",
                      help="obs column with size factors; computed from all genes when absent."),
         click.option("--other", is_flag=True, help="Add an 'other' type without markers."),
@@ -302,7 +304,9 @@ def run(ctx, input, markers, outdir, sample, covariates, formula, min_prob, size
 
     t0 = time.perf_counter()
     out = Path(outdir)
-    sample = sample or Path(input).name.split(".")[0]
+    from .io import default_sample_name
+
+    sample = sample or default_sample_name(input)
     paths = {
         "qc": out / f"{sample}.qc.h5ad", "metrics": out / f"{sample}.qc_metrics.tsv",
         "summary": out / f"{sample}.qc_summary.json", "sf": out / f"{sample}.sf.h5ad",
@@ -352,6 +356,50 @@ def _print_summary(adata, outputs) -> None:
     console = Console(stderr=True)
     console.print(table)
     console.print("outputs:\n" + "\n".join(f"  {o}" for o in outputs))
+
+
+# --- bundled marker panels (issue 14) ---------------------------------------------------------------
+@main.group("markers")
+def markers_group() -> None:
+    """The marker panels bundled with cellassign-nf (give a NAME to --markers instead of a path)."""
+
+
+@markers_group.command("list")
+def markers_list() -> None:
+    """List the bundled panels: name, cell types, genes, file.
+
+    \b
+    Example:
+      cellassign-nf markers list
+    """
+    from .markers import bundled_panels, panel_header, read_markers
+
+    for name, path in bundled_panels().items():
+        rho = read_markers(path)
+        title = next(iter(panel_header(path)), "")
+        click.echo(f"{name}\t{rho.shape[1]} cell types\t{rho.shape[0]} genes\t{path}" + (f"\t{title}" if title else ""))
+
+
+@markers_group.command("show")
+@click.argument("name")
+def markers_show(name: str) -> None:
+    """Print a bundled panel (or a marker file): its origin and licence, then one line per type.
+
+    \b
+    Example:
+      cellassign-nf markers show tme
+    """
+    from .markers import panel_header, read_markers, resolve_markers
+
+    path = resolve_markers(name)
+    rho = read_markers(path)  # checks the file
+    if path.suffix == ".txt":  # already 'type:gene,...' lines, with its '#' header
+        click.echo(path.read_text().rstrip("\n"))
+        return
+    for line in panel_header(path):
+        click.echo(f"# {line}")
+    for cell_type in rho.columns:
+        click.echo(f"{cell_type}:{','.join(rho.index[rho[cell_type] > 0])}")
 
 
 from .cli_report import cohort_table_command, report_command  # noqa: E402

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,8 @@ from .errors import InputError
 
 log = logging.getLogger(__name__)
 
-COUNT_SUFFIXES = (".h5ad", ".h5", "directory of 10x matrix.mtx(.gz), features.tsv(.gz), barcodes.tsv(.gz)")
+COUNT_SUFFIXES = (".h5ad", ".h5", "directory of 10x matrix.mtx(.gz), features.tsv(.gz), barcodes.tsv(.gz)",
+                  "Cell Ranger outs/ or STARsolo Solo.out/ folder")
 
 
 @contextlib.contextmanager
@@ -46,46 +48,315 @@ def _require_file(path: Path) -> None:
         raise InputError(path, "file is not readable", "Check its permissions.")
 
 
+# --- gene identifiers -------------------------------------------------------------------------------
+GENE_IDS = "gene_ids"            # var column: stable gene IDs (e.g. Ensembl), when known
+GENE_SYMBOLS = "gene_symbols"    # var column: gene symbols (may repeat), when known
+FEATURE_TYPES = "feature_types"  # var column of 10x files: "Gene Expression", "Antibody Capture", ...
+GENE_EXPRESSION = "Gene Expression"
+INPUT_INFO_KEY = "cellassign_input"  # uns: what read_counts found (source file, gene index, features left out)
+# var columns that other tools use for the same two things (first match wins, case-insensitive)
+ID_COLUMNS = (GENE_IDS, "gene_id", "ensembl_id", "ensembl_ids", "ensembl", "feature_id", "gene_ensembl")
+SYMBOL_COLUMNS = (GENE_SYMBOLS, "gene_symbol", "gene_name", "gene_names", "feature_name", "symbol", "symbols")
+# Ensembl gene IDs of any species (ENSG, ENSMUSG, ENSDARG, ...), optionally with a version suffix
+ENSEMBL_GENE_ID = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
+
+
+def looks_like_gene_ids(names) -> bool:
+    """True when most of ``names`` are Ensembl gene IDs."""
+    names = [str(n) for n in names]
+    return bool(names) and sum(bool(ENSEMBL_GENE_ID.match(n)) for n in names) >= 0.5 * len(names)
+
+
+def strip_version(gene_id: str) -> str:
+    """``ENSG00000141510.17`` -> ``ENSG00000141510`` (other names unchanged)."""
+    gene_id = str(gene_id)
+    return gene_id.rsplit(".", 1)[0] if ENSEMBL_GENE_ID.match(gene_id) else gene_id
+
+
+def gene_symbols(adata: ad.AnnData) -> pd.Index:
+    """The genes' symbols: ``var['gene_symbols']`` when present, else the gene names."""
+    if GENE_SYMBOLS in adata.var:
+        return pd.Index(adata.var[GENE_SYMBOLS].astype(str))
+    return pd.Index(adata.var_names.astype(str))
+
+
+# --- finding the counts in a folder ------------------------------------------------------------------
+# in order of preference: Cell Ranger count (v3+ and v2), Cell Ranger multi, STARsolo
+_COUNTS_IN_FOLDER = (
+    "filtered_feature_bc_matrix.h5", "outs/filtered_feature_bc_matrix.h5",
+    "filtered_feature_bc_matrix", "outs/filtered_feature_bc_matrix",
+    "sample_filtered_feature_bc_matrix.h5", "sample_filtered_feature_bc_matrix",
+    "filtered_gene_bc_matrices_h5.h5", "outs/filtered_gene_bc_matrices_h5.h5",
+    "Solo.out/Gene/filtered", "Gene/filtered",
+)
+_MULTI_GLOB = "outs/per_sample_outs/*/count/sample_filtered_feature_bc_matrix.h5"
+
+
+def _has_mtx(folder: Path) -> bool:
+    return any((folder / n).is_file() for n in ("matrix.mtx", "matrix.mtx.gz"))
+
+
+def resolve_counts_path(path: str | Path) -> Path:
+    """The counts file that ``path`` stands for: itself for a file or a matrix folder; for a
+    Cell Ranger (``outs/`` or the run folder above it) or STARsolo output folder, its filtered
+    feature-barcode matrix (the ``.h5`` when present). The chosen file is logged."""
+    path = Path(path)
+    if not path.is_dir() or _has_mtx(path):
+        return path
+    for rel in _COUNTS_IN_FOLDER:
+        cand = path / rel
+        if (cand.is_file() and cand.suffix == ".h5") or (cand.is_dir() and _has_mtx(cand)):
+            log.info("counts: %s is a Cell Ranger/STARsolo output folder; reading its filtered matrix %s", path, cand)
+            return cand
+    multi = sorted(path.glob(_MULTI_GLOB))
+    if len(multi) == 1:
+        log.info("counts: %s is a Cell Ranger multi output folder; reading %s", path, multi[0])
+        return multi[0]
+    found = ", ".join(str(p.relative_to(path)) for p in multi) if multi else "none"
+    raise InputError(path, "folder holds no 10x matrix.mtx(.gz) and no Cell Ranger/STARsolo filtered matrix "
+                     f"(looked for matrix.mtx(.gz), {', '.join(_COUNTS_IN_FOLDER[:4])}, Solo.out/Gene/filtered; "
+                     f"Cell Ranger multi samples: {found})",
+                     "Point to a Cell Ranger outs/ folder, a filtered_feature_bc_matrix folder or .h5, or an .h5ad file.")
+
+
+def default_sample_name(path: str | Path) -> str:
+    """A sample name from a counts path: the file name before its first dot, or, for Cell Ranger
+    output (``RUN/outs``, ``RUN/outs/filtered_feature_bc_matrix(.h5)``), the run folder's name."""
+    path = Path(path).absolute()
+    parts = [p for p in (path, *path.parents) if p.name]
+    generic = {"outs", "filtered_feature_bc_matrix", "filtered_feature_bc_matrix.h5", "filtered", "gene", "solo.out",
+               "sample_filtered_feature_bc_matrix", "sample_filtered_feature_bc_matrix.h5", "count"}
+    for p in parts:
+        if p.name.lower() not in generic:
+            return p.name.split(".")[0]
+    return path.name.split(".")[0]
+
+
+# --- readers -------------------------------------------------------------------------------------------
+def _text(values) -> np.ndarray:
+    return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object)
+
+
+def _tenx_var(ids, names, types=None, genome=None) -> pd.DataFrame:
+    var = pd.DataFrame({GENE_IDS: _text(ids)})
+    if names is not None:  # a one-column genes.tsv has IDs only
+        var[GENE_SYMBOLS] = _text(names)
+    var[FEATURE_TYPES] = _text(types) if types is not None else GENE_EXPRESSION
+    if genome is not None:
+        var["genome"] = _text(genome)
+    var.index = pd.Index(var[GENE_IDS].to_numpy(), name=None)
+    return var
+
+
+def read_10x_h5(path: str | Path) -> ad.AnnData:
+    """Read a Cell Ranger feature-barcode matrix ``.h5`` (v3+ layout ``matrix/``, or the v2 layout
+    with one group per genome). Genes are indexed by their IDs; all features are returned."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if "matrix" in f:
+            g = f["matrix"]
+            feats = g["features"]
+            var = _tenx_var(feats["id"][:], feats["name"][:],
+                            feats["feature_type"][:] if "feature_type" in feats else None,
+                            feats["genome"][:] if "genome" in feats else None)
+            groups = [(g, var)]
+        else:  # Cell Ranger 2: /<genome>/{data,indices,indptr,shape,barcodes,genes,gene_names}
+            groups = [(f[k], _tenx_var(f[k]["genes"][:], f[k]["gene_names"][:], genome=[k] * f[k]["genes"].shape[0]))
+                      for k in f if isinstance(f[k], h5py.Group) and "indptr" in f[k]]
+            if not groups:
+                raise ValueError("neither a 'matrix' group (Cell Ranger 3+) nor genome groups (Cell Ranger 2)")
+        parts, barcodes = [], None
+        for g, var in groups:
+            n_genes, n_cells = (int(x) for x in g["shape"][:])
+            # stored genes x cells in CSC order = cells x genes in CSR order
+            X = sp.csr_matrix((g["data"][:].astype(np.float32), g["indices"][:], g["indptr"][:]),
+                              shape=(n_cells, n_genes))
+            parts.append((X, var))
+            barcodes = _text(g["barcodes"][:]) if barcodes is None else barcodes
+    X = sp.hstack([p[0] for p in parts], format="csr") if len(parts) > 1 else parts[0][0]
+    var = pd.concat([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    return ad.AnnData(X, obs=pd.DataFrame(index=pd.Index(barcodes)), var=var)
+
+
+def _first_file(folder: Path, names: tuple[str, ...]) -> Path | None:
+    return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
+def read_10x_mtx(folder: str | Path) -> ad.AnnData:
+    """Read a Cell Ranger / STARsolo matrix folder: ``matrix.mtx(.gz)``, ``features.tsv(.gz)``
+    (3 columns: ID, symbol, feature type) or ``genes.tsv(.gz)`` (2 columns: ID, symbol; or 1),
+    ``barcodes.tsv(.gz)``. Genes are indexed by their IDs; all features are returned."""
+    import scipy.io
+
+    folder = Path(folder)
+    matrix = _first_file(folder, ("matrix.mtx.gz", "matrix.mtx"))
+    features = _first_file(folder, ("features.tsv.gz", "features.tsv", "genes.tsv.gz", "genes.tsv"))
+    barcodes = _first_file(folder, ("barcodes.tsv.gz", "barcodes.tsv"))
+    missing = [n for n, p in (("features.tsv(.gz) or genes.tsv(.gz)", features), ("barcodes.tsv(.gz)", barcodes)) if p is None]
+    if missing:
+        raise InputError(folder, f"10x matrix folder lacks {' and '.join(missing)}",
+                         "Copy the whole filtered_feature_bc_matrix folder (matrix, features and barcodes files).")
+    feats = pd.read_csv(features, sep="\t", header=None, dtype=str, keep_default_na=False)
+    cells = pd.read_csv(barcodes, sep="\t", header=None, dtype=str, keep_default_na=False)[0].to_numpy()
+    X = sp.csr_matrix(scipy.io.mmread(matrix).T, dtype=np.float32)
+    if X.shape != (len(cells), len(feats)):
+        raise InputError(folder, f"matrix is {X.shape[1]} features x {X.shape[0]} barcodes, but {features.name} lists "
+                         f"{len(feats)} features and {barcodes.name} {len(cells)} barcodes",
+                         "The files come from different runs or are truncated; copy the folder again.")
+    names = feats[1] if feats.shape[1] > 1 else None
+    var = _tenx_var(feats[0], names, feats[2] if feats.shape[1] > 2 else None)
+    return ad.AnnData(X, obs=pd.DataFrame(index=pd.Index(cells)), var=var)
+
+
+def find_column(var: pd.DataFrame, candidates: tuple[str, ...]) -> str | None:
+    """The first column of ``var`` named like one of ``candidates`` (case-insensitive)."""
+    lower = {str(c).lower(): c for c in var.columns}
+    return next((lower[c] for c in candidates if c in lower), None)
+
+
+def _standardise_genes(adata: ad.AnnData, path: Path) -> dict:
+    """Give every gene a unique index and keep both identifiers: ``var['gene_ids']`` (when known)
+    and ``var['gene_symbols']`` (when known). Duplicated names are never an error."""
+    var = adata.var
+    id_col, sym_col = find_column(var, ID_COLUMNS), find_column(var, SYMBOL_COLUMNS)
+    names_are_ids = looks_like_gene_ids(adata.var_names)
+    if id_col is not None and id_col != GENE_IDS:
+        var[GENE_IDS] = var[id_col].astype(str)
+    elif id_col is None and names_are_ids:
+        var[GENE_IDS] = adata.var_names.astype(str)
+    if sym_col is not None and sym_col != GENE_SYMBOLS:
+        var[GENE_SYMBOLS] = var[sym_col].astype(str)
+    elif sym_col is None and not names_are_ids:
+        var[GENE_SYMBOLS] = adata.var_names.astype(str)
+    index = "var_names"
+    if adata.var_names.has_duplicates:
+        dups = adata.var_names[adata.var_names.duplicated()].unique()
+        example = ", ".join(map(str, dups[:5]))
+        if GENE_IDS in var and not var[GENE_IDS].duplicated().any():
+            adata.var_names = var[GENE_IDS].astype(str).to_numpy()
+            index = GENE_IDS
+            log.warning("genes of %s: %d names occur more than once (e.g. %s); genes are indexed by var['%s'] "
+                        "instead, names kept in var['%s']", path, len(dups), example, GENE_IDS, GENE_SYMBOLS)
+        else:
+            adata.var_names_make_unique()
+            index = "var_names (made unique)"
+            log.warning("genes of %s: %d names occur more than once (e.g. %s) and there are no unique gene IDs; "
+                        "repeats get a suffix (-1, -2, ...) in the index, the names are kept in var['%s']",
+                        path, len(dups), example, GENE_SYMBOLS)
+    return {"gene_index": index, "gene_ids": GENE_IDS in var, "gene_symbols": GENE_SYMBOLS in var}
+
+
+def _keep_gene_expression(adata: ad.AnnData, path: Path) -> tuple[ad.AnnData, dict[str, int]]:
+    """Drop non-gene features (antibody capture, CRISPR guides, ...) and say how many there were."""
+    if FEATURE_TYPES not in adata.var:
+        return adata, {}
+    types = adata.var[FEATURE_TYPES].astype(str)
+    other = types != GENE_EXPRESSION
+    if not other.any():
+        return adata, {}
+    counts = {str(k): int(v) for k, v in types[other].value_counts().items()}
+    examples = ", ".join(map(str, adata.var.loc[other.to_numpy(), GENE_SYMBOLS if GENE_SYMBOLS in adata.var else GENE_IDS][:3])) \
+        if (GENE_SYMBOLS in adata.var or GENE_IDS in adata.var) else ""
+    if not (~other).any():
+        raise InputError(path, f"has no Gene Expression features (only {', '.join(counts)})",
+                         "Give the gene expression counts of the sample.")
+    log.info("kept out of the model: %s (e.g. %s); %d Gene Expression features used",
+             ", ".join(f"{n} {t} features" for t, n in counts.items()), examples, int((~other).sum()))
+    return adata[:, (~other).to_numpy()].copy(), counts
+
+
+def _select_matrix(adata: ad.AnnData, layer: str | None, path: Path) -> ad.AnnData:
+    """Put the raw counts in ``X``: ``layer=None`` or ``"X"``: X; ``"raw"``/``".raw"``: ``adata.raw``
+    (with its genes), unless a layer of that name exists; otherwise the named layer."""
+    if layer is None or layer == "X":
+        return adata
+    if layer in adata.layers:
+        adata.X = adata.layers[layer]
+        return adata
+    if layer in ("raw", ".raw"):
+        if adata.raw is None:
+            raise InputError(path, f"has no .raw (layers: {', '.join(adata.layers) or 'none'})",
+                             "Name the layer that holds raw counts with --layer, or leave --layer out to use X.")
+        raw = adata.raw.to_adata()
+        raw.obs = adata.obs
+        log.info("counts: taken from .raw of %s (%d genes)", path, raw.n_vars)
+        return raw
+    raise InputError(path, f"has no layer '{layer}' (layers: {', '.join(adata.layers) or 'none'}"
+                     f"{'; .raw: --layer raw' if adata.raw is not None else ''})",
+                     "Name an existing layer with --layer, or leave it out (or give --layer X) to use X.")
+
+
+def _is_counts(X) -> bool:
+    values = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    values = values[: 1_000_000]
+    return bool(values.size == 0 or (np.all(np.isfinite(values)) and values.min() >= 0
+                                       and np.all(values == np.round(values))))
+
+
+def _count_sources(adata: ad.AnnData) -> list[str]:
+    """The ``--layer`` values under which this file holds raw integer counts (other than X)."""
+    found = [f"--layer {name}" for name in adata.layers if _is_counts(adata.layers[name])]
+    if adata.raw is not None and _is_counts(adata.raw.X):
+        found.append("--layer raw (.raw)")
+    return found
+
+
 def read_counts(path: str | Path, layer: str | None = None) -> ad.AnnData:
-    """Read raw counts from an h5ad file, a 10x ``.h5`` file or a 10x mtx folder.
+    """Read raw counts from an h5ad file, a Cell Ranger ``.h5`` file, a 10x/STARsolo matrix folder
+    or a Cell Ranger/STARsolo output folder (see :func:`resolve_counts_path`).
 
-    The returned AnnData has raw integer counts in ``X`` as a float32 CSR matrix (taken from
-    ``layer`` when given) and unique gene names; anything else raises :class:`InputError`.
+    The result has raw integer counts in ``X`` (float32 CSR) taken from ``layer`` when given
+    (``"X"``: X; ``"raw"``: ``.raw``), gene expression features only, a unique gene index, and
+    ``var['gene_ids']`` / ``var['gene_symbols']`` where known (10x files: indexed by gene ID).
+    ``uns['cellassign_input']`` says what was read. Anything else raises :class:`InputError`.
     """
-    import scanpy as sc
-
     path = Path(path)
     _require_file(path)
+    source = resolve_counts_path(path)
     try:
-        if path.is_dir():
-            if not any((path / n).exists() for n in ("matrix.mtx", "matrix.mtx.gz")):
-                raise InputError(path, "folder holds no 10x matrix.mtx(.gz)",
-                                 "Point to a Cell Ranger filtered_feature_bc_matrix folder, an .h5 or an .h5ad file.")
-            adata = sc.read_10x_mtx(path)
-        elif path.suffix == ".h5ad":
-            adata = ad.read_h5ad(path)
-        elif path.suffix == ".h5":
-            adata = sc.read_10x_h5(path)
+        if source.is_dir():
+            adata = read_10x_mtx(source)
+            kind = "10x matrix folder"
+        elif source.suffix == ".h5ad":
+            adata = ad.read_h5ad(source)
+            kind = "h5ad"
+        elif source.suffix == ".h5":
+            adata = read_10x_h5(source)
+            kind = "Cell Ranger h5"
         else:
             raise InputError(path, f"unsupported file type '{path.suffix or path.name}'",
-                             "Give counts as .h5ad, 10x .h5, or a 10x mtx folder.")
+                             "Give counts as .h5ad, 10x .h5, or a 10x mtx folder (or a Cell Ranger outs/ folder).")
     except InputError:
         raise
-    except Exception as exc:  # h5py/anndata raise many types for corrupt files
-        raise InputError(path, f"cannot be read as {'10x mtx' if path.is_dir() else path.suffix} ({type(exc).__name__}: {exc})",
+    except Exception as exc:  # h5py/anndata/scipy raise many types for corrupt files
+        what = "10x mtx" if source.is_dir() else source.suffix
+        raise InputError(source, f"cannot be read as {what} ({type(exc).__name__}: {exc})",
                          "Check that the file is complete and of the type its name says.") from exc
-    if layer is not None:
-        if layer not in adata.layers:
-            raise InputError(path, f"has no layer '{layer}' (layers: {', '.join(adata.layers) or 'none'})",
-                             "Name an existing layer with --layer, or leave it out to use X.")
-        adata.X = adata.layers[layer]
-    if adata.var_names.has_duplicates:
-        dups = adata.var_names[adata.var_names.duplicated()].unique()[:5]
-        raise InputError(path, f"has {adata.var_names.duplicated().sum()} duplicate gene names (e.g. {', '.join(map(str, dups))})",
-                         "Make them unique first, e.g. adata.var_names_make_unique(), or use gene IDs.")
+    if layer not in (None, "X") and kind != "h5ad":
+        raise InputError(path, f"--layer {layer} was given, but a {kind} has only one count matrix",
+                         "Leave --layer out for Cell Ranger and STARsolo files.")
+    adata = _select_matrix(adata, layer, source)
+    info = {"source": str(source), "kind": kind, **_standardise_genes(adata, source)}
+    adata, left_out = _keep_gene_expression(adata, source)
+    info["non_gene_features"] = left_out
     if adata.obs_names.has_duplicates:
-        raise InputError(path, "has duplicate cell barcodes", "Make them unique first, e.g. adata.obs_names_make_unique().")
-    adata.X = as_count_matrix(adata.X, path, layers=list(adata.layers))
+        raise InputError(source, "has duplicate cell barcodes", "Make them unique first, e.g. adata.obs_names_make_unique().")
+    try:
+        adata.X = as_count_matrix(adata.X, source, layers=list(adata.layers))
+    except InputError as exc:
+        sources = _count_sources(adata) if kind == "h5ad" else []
+        if sources:
+            exc.fix = f"CellAssign needs raw UMI counts; this file holds them under: {', '.join(sources)}."
+        raise
+    if info["gene_index"] == "var_names":
+        by_id = GENE_IDS in adata.var and bool((adata.var[GENE_IDS].astype(str) == adata.var_names).all())
+        info["gene_index"] = GENE_IDS if by_id else GENE_SYMBOLS if GENE_SYMBOLS in adata.var and bool(
+            (adata.var[GENE_SYMBOLS].astype(str) == adata.var_names).all()) else "var_names"
+    log.info("counts: %s (%s): %d cells x %d genes; genes indexed by %s; gene IDs %s, symbols %s", source, kind,
+             adata.n_obs, adata.n_vars, info["gene_index"], "known" if info["gene_ids"] else "unknown",
+             "known" if info["gene_symbols"] else "unknown")
+    adata.uns[INPUT_INFO_KEY] = info
     return adata
 
 

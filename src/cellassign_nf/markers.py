@@ -36,10 +36,9 @@ def marker_list_to_matrix(markers: Mapping[str, Sequence[str]], include_other: b
 
 def read_markers(path: str | Path) -> pd.DataFrame:
     """Read markers from a CSV/TSV binary matrix (genes x types), YAML/JSON ``{type: [genes]}``,
-    or a text file with one ``type:gene,gene,...`` line per type."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "marker file not found", "Check the --markers path.")
+    or a text file with one ``type:gene,gene,...`` line per type (``#`` lines are comments).
+    ``path`` may also name a bundled panel (:func:`bundled_panels`), e.g. ``"tme"``."""
+    path = resolve_markers(path)
     suffix = path.suffix.lower()
     try:
         if suffix in (".yaml", ".yml", ".json"):
@@ -54,7 +53,7 @@ def read_markers(path: str | Path) -> pd.DataFrame:
         elif suffix == ".txt":
             lists: dict[str, list[str]] = {}
             for n, line in enumerate(path.read_text().splitlines(), 1):
-                if not line.strip():
+                if not line.strip() or line.lstrip().startswith("#"):  # '#' lines: comments (origin, licence)
                     continue
                 if ":" not in line:
                     raise InputError(path, f"line {n} is not 'type:gene,gene,...'", "Use one line per cell type.")
@@ -100,24 +99,155 @@ def validate_markers(rho: pd.DataFrame, path: str | Path | None = None) -> pd.Da
     return values.astype(int)
 
 
-def match_markers(rho: pd.DataFrame, var_names: Sequence[str], markers_path: str | Path | None = None,
-                  data_path: str | Path | None = None) -> pd.DataFrame:
-    """Restrict ``rho`` to genes present in the data, in the data's order of appearance in ``rho``.
+# --- bundled panels -----------------------------------------------------------------------------------
+PANELS_DIR = Path(__file__).parent / "panels"  # also reachable as assets/markers/ in the repository
+MARKER_SUFFIXES = (".txt", ".csv", ".tsv", ".yaml", ".yml", ".json")
 
-    Missing genes are dropped with a warning; no overlap or a type left with no marker is an error.
+
+def bundled_panels() -> dict[str, Path]:
+    """Name -> file of the marker panels shipped with the package (``cellassign-nf markers list``)."""
+    if not PANELS_DIR.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(PANELS_DIR.iterdir()) if p.suffix in MARKER_SUFFIXES}
+
+
+def resolve_markers(value: str | Path) -> Path:
+    """A marker file path, or the file of the bundled panel of that name."""
+    path = Path(value)
+    if path.exists():
+        return path
+    panels = bundled_panels()
+    if str(value) in panels:
+        log.info("markers: bundled panel '%s' (%s)", value, panels[str(value)])
+        return panels[str(value)]
+    raise InputError(path, "marker file not found, and not the name of a bundled panel "
+                     f"({', '.join(panels) or 'none'})",
+                     "Check the --markers path, or see 'cellassign-nf markers list'.")
+
+
+def panel_header(path: str | Path) -> list[str]:
+    """The leading ``#`` comment lines of a panel file (its origin and licence), without the ``#``."""
+    lines = []
+    for line in Path(path).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].strip())
+    return lines
+
+
+# --- matching a panel to the data's genes --------------------------------------------------------------
+def _strip_version(name: str) -> str:
+    from .io import strip_version
+
+    return strip_version(name)
+
+
+def match_markers(rho: pd.DataFrame, data, markers_path: str | Path | None = None,
+                  data_path: str | Path | None = None, layer: str | None = None) -> pd.DataFrame:
+    """Restrict ``rho`` to the genes the data measure, re-indexed by the data's gene index.
+
+    ``data`` is an AnnData (or just its gene names). A panel of Ensembl IDs is matched to the
+    data's gene IDs (``var['gene_ids']`` or an ID index; version suffixes ignored), a panel of
+    symbols to its symbols (``var['gene_symbols']`` or the index), whatever the index holds.
+    A symbol found only when ignoring case matches with a warning. A panel gene that names
+    several of the data's genes (a duplicated symbol) uses the one with the most counts; each
+    such case is logged. Missing genes are dropped with a warning; no overlap, or a type left
+    with no marker, is an error. Rows keep the panel's order.
     """
-    present = pd.Index(var_names)
-    found = [g for g in rho.index if g in present]
-    missing = [g for g in rho.index if g not in present]
-    if not found:
+    import anndata as ad
+
+    from .io import GENE_IDS, GENE_SYMBOLS, ID_COLUMNS, SYMBOL_COLUMNS, find_column, looks_like_gene_ids
+
+    adata = data if isinstance(data, ad.AnnData) else None
+    var_names = pd.Index(map(str, adata.var_names if adata is not None else data))
+    var = adata.var if adata is not None else pd.DataFrame(index=var_names)
+    panel = [str(g) for g in rho.index]
+    by_ids = looks_like_gene_ids(panel)
+    names_are_ids = looks_like_gene_ids(var_names[:2000])
+    if by_ids:
+        col = find_column(var, ID_COLUMNS)
+        if col is not None:
+            keys, source = pd.Index(var[col].astype(str)), f"var['{col}']"
+        elif names_are_ids:
+            keys, source = var_names, "the gene index"
+        else:
+            raise InputError(markers_path, "the marker panel lists Ensembl gene IDs (e.g. "
+                             f"{', '.join(panel[:3])}) but the data have no gene IDs (genes: {', '.join(var_names[:3])})",
+                             "Use a panel of gene symbols, or counts that carry gene IDs (Cell Ranger .h5 or matrix "
+                             f"folder, or an h5ad with var['{GENE_IDS}']), checking against {data_path or 'the counts file'}.")
+        keys = pd.Index([_strip_version(k) for k in keys])
+        wanted = [_strip_version(g) for g in panel]
+        kind = "Ensembl gene ID"
+    else:
+        col = find_column(var, SYMBOL_COLUMNS)
+        if col is not None:
+            keys, source = pd.Index(var[col].astype(str)), f"var['{col}']"
+        elif not names_are_ids:
+            keys, source = var_names, "the gene index"
+        else:
+            raise InputError(markers_path, "the marker panel lists gene symbols (e.g. "
+                             f"{', '.join(panel[:3])}) but the data have only gene IDs (genes: {', '.join(var_names[:3])}) "
+                             "and no symbols", "Use a panel of Ensembl gene IDs, or counts that carry symbols (Cell Ranger "
+                             f".h5 or matrix folder, or an h5ad with var['{GENE_SYMBOLS}']), checking against "
+                             f"{data_path or 'the counts file'}.")
+        wanted = panel
+        kind = "gene symbol"
+    exact: dict[str, list[int]] = {}
+    folded: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        exact.setdefault(k, []).append(i)
+        folded.setdefault(k.upper(), []).append(i)
+
+    totals: dict[int, float] = {}
+
+    def total(i: int) -> float:
+        if i not in totals:
+            if adata is None:
+                totals[i] = 0.0
+            else:
+                X = adata.X if layer in (None, "X") or layer not in adata.layers else adata.layers[layer]
+                totals[i] = float(X[:, i].sum())
+        return totals[i]
+
+    chosen: list[tuple[str, int]] = []  # (panel gene, column)
+    missing, case_only, duplicated = [], [], []
+    for gene, key in zip(panel, wanted):
+        cols = exact.get(key)
+        if cols is None and not by_ids:
+            cols = folded.get(key.upper())
+            if cols is not None:
+                case_only.append(f"{gene} -> {'/'.join(sorted({keys[c] for c in cols}))}")
+        if cols is None:
+            missing.append(gene)
+            continue
+        col = cols[0]
+        if len(cols) > 1:
+            col = max(cols, key=lambda c: (total(c), -c))
+            duplicated.append(f"marker {gene}: the {kind} names {len(cols)} genes of the data ("
+                              + ", ".join(f"{var_names[c]}: {total(c):.0f} counts" for c in cols)
+                              + f"); using {var_names[col]}, the one with the most counts")
+        chosen.append((gene, col))
+    if not chosen:
         raise InputError(markers_path, "none of the marker genes is in the data "
-                         f"(markers: {', '.join(rho.index[:5])}; data genes: {', '.join(map(str, present[:5]))})",
-                         "Use the same gene naming in both (symbols vs. Ensembl IDs, case), "
+                         f"(markers: {', '.join(panel[:5])}; data {kind}s from {source}: "
+                         f"{', '.join(map(str, keys[:5]))})",
+                         "Use the same gene naming in both (symbols vs. Ensembl IDs, species), "
                          f"checking against {data_path or 'the counts file'}.")
+    log.info("markers matched by %s (data's %s): %d of %d panel genes found", kind, source, len(chosen), len(panel))
+    for message in duplicated:
+        log.warning("%s", message)
+    if case_only:
+        log.warning("%d marker genes match the data only when ignoring case: %s", len(case_only), ", ".join(case_only))
     if missing:
         log.warning("%d of %d marker genes are not in the data and are ignored: %s%s", len(missing), len(rho),
                     ", ".join(missing[:20]), " ..." if len(missing) > 20 else "")
-    sub = rho.loc[found]
+    sub = rho.loc[[g for g, _ in chosen]].copy()
+    sub.index = pd.Index([var_names[c] for _, c in chosen], name=rho.index.name)
+    if sub.index.has_duplicates:  # two panel genes resolved to the same data gene: one row, markers combined
+        dup = sub.index[sub.index.duplicated()].unique()
+        log.warning("marker genes %s name the same gene of the data; their rows are combined",
+                    "; ".join(f"{'/'.join(g for g, c in chosen if var_names[c] == d)} -> {d}" for d in dup))
+        sub = sub.groupby(level=0, sort=False).max()
     empty = [c for c in sub.columns if sub[c].sum() == 0 and rho[c].sum() > 0]
     if empty:
         raise InputError(markers_path, f"cell type(s) with no marker gene in the data: {', '.join(empty)}",

@@ -18,7 +18,9 @@ def add_qc_metrics(adata: ad.AnnData, mito_prefix: str = "MT-") -> None:
     """scanpy's QC metrics in ``obs``/``var`` (in place): total counts, genes, % mitochondrial."""
     import scanpy as sc
 
-    adata.var["mito"] = adata.var_names.str.upper().str.startswith(mito_prefix.upper())
+    from .io import gene_symbols  # symbols, also when genes are indexed by ID (10x files)
+
+    adata.var["mito"] = gene_symbols(adata).str.upper().str.startswith(mito_prefix.upper())
     sc.pp.calculate_qc_metrics(adata, qc_vars=["mito"], percent_top=None, log1p=False, inplace=True)
 
 

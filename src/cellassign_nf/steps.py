@@ -18,7 +18,7 @@ import pandas as pd
 from .api import CellAssign
 from .design import make_design, read_design
 from .errors import InputError
-from .io import atomic_path, read_counts, read_h5ad, read_table, write_h5ad, write_table
+from .io import INPUT_INFO_KEY, atomic_path, default_sample_name, read_counts, read_h5ad, read_table, write_h5ad, write_table
 from .markers import OTHER, read_markers
 from .predict import assign_labels
 from .qc import QCThresholds, filter_cells, metrics_table
@@ -43,14 +43,15 @@ def qc(input: str | Path, output: str | Path, metrics: str | Path, summary: str 
         adata = read_counts(input, layer=layer)
         adata.layers.clear()
         advance()
-        sample = sample or Path(input).name.split(".")[0]
+        sample = sample or default_sample_name(input)
         filtered, info = filter_cells(adata, thresholds or QCThresholds(), str(input))
         filtered.obs["sample"] = pd.Categorical([sample] * filtered.n_obs)
         for key, value in (obs_values or {}).items():  # sample-level metadata, e.g. from a samplesheet
             if key in filtered.obs:
                 log.warning("obs['%s'] of %s is replaced by the given value '%s'", key, input, value)
             filtered.obs[key] = pd.Categorical([value] * filtered.n_obs)
-        info = {"sample": sample, "input": str(input), **info}
+        info = {"sample": sample, "input": str(input), **info,
+                "counts": adata.uns.get(INPUT_INFO_KEY, {})}  # file read, gene index, non-gene features left out
         advance()
         write_table(metrics_table(adata), metrics)
         write_json(info, summary)

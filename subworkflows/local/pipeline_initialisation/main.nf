@@ -13,6 +13,16 @@ import groovy.json.JsonSlurper
 RESERVED_SAMPLE_NAMES = ['cohort', 'multiqc', 'pipeline_info']
 REQUIRED_COLUMNS      = ['sample', 'counts']
 COUNTS_EXTENSIONS     = ['.h5ad', '.h5']
+// A counts folder that is not itself a matrix folder: where the counting tools put the filtered
+// matrix, in order of preference (the same list as cellassign_nf.io.resolve_counts_path)
+COUNTS_IN_FOLDER      = [
+    'filtered_feature_bc_matrix.h5', 'outs/filtered_feature_bc_matrix.h5',
+    'filtered_feature_bc_matrix', 'outs/filtered_feature_bc_matrix',
+    'sample_filtered_feature_bc_matrix.h5', 'sample_filtered_feature_bc_matrix',
+    'filtered_gene_bc_matrices_h5.h5', 'outs/filtered_gene_bc_matrices_h5.h5',
+    'Solo.out/Gene/filtered', 'Gene/filtered',
+]
+MARKER_SUFFIXES       = ['.txt', '.csv', '.tsv', '.yaml', '.yml', '.json']
 
 /*
  * Stop the run with one message (Nextflow prints it as "ERROR ~ <message>").
@@ -163,9 +173,9 @@ def validateParameters(Map params, String schemaPath) {
     if (params.design_formula && !params.design_formula.toString().trim().startsWith('~')) {
         fail("Parameter --design_formula: '${params.design_formula}' is not a formula. Give one that starts with '~', e.g. --design_formula '~ batch + donor'.")
     }
-    def markers = file(params.markers.toString())
-    if (!markers.exists()) {
-        fail("Parameter --markers: file ${markers} does not exist. Give the marker table (CSV/TSV genes x types, or YAML/JSON {type: [genes]}).")
+    def markers = resolveMarkers(params.markers.toString())
+    if (markers == null) {
+        fail("Parameter --markers: file ${file(params.markers.toString())} does not exist and '${params.markers}' is not a bundled panel (${bundledPanels().join(', ') ?: 'none'}). Give the marker table (CSV/TSV genes x types, YAML/JSON {type: [genes]}, .txt type:gene,gene lines) or a bundled panel's name.")
     }
     if (markers.isDirectory()) {
         fail("Parameter --markers: ${markers} is a folder. Give the marker table file (CSV/TSV genes x types, or YAML/JSON {type: [genes]}).")
@@ -181,6 +191,58 @@ def validateParameters(Map params, String schemaPath) {
             log.warn "Profile awsbatch: --outdir ${params.outdir} is not on S3; results are copied to the machine running Nextflow."
         }
     }
+}
+
+/*
+ * --markers: a file, or the name of a bundled panel (assets/markers/NAME.txt, ...); null if neither.
+ */
+def resolveMarkers(String value) {
+    def given = file(value)
+    if (given.exists()) {
+        return given
+    }
+    if (value ==~ /[A-Za-z0-9_.-]+/) {
+        def bundled = MARKER_SUFFIXES.collect { file("${projectDir}/assets/markers/${value}${it}") }.find { it.exists() }
+        if (bundled) {
+            return bundled.toRealPath()  // assets/markers is a link into src/: stage the file itself
+        }
+    }
+    return null
+}
+
+def bundledPanels() {
+    def dir = new File("${projectDir}/assets/markers").canonicalFile  // a link into src/cellassign_nf/panels
+    def names = dir.isDirectory() ? (dir.list() as List) : []
+    return names.findAll { String n -> MARKER_SUFFIXES.any { n.endsWith(it) } }.collect { String n -> n.take(n.lastIndexOf('.')) }.sort()
+}
+
+def isMatrixFolder(folder) {
+    return folder.isDirectory() && ['matrix.mtx.gz', 'matrix.mtx'].any { folder.resolve(it).exists() }
+}
+
+/*
+ * A counts folder from the samplesheet -> the file (or matrix folder) to read: the folder itself
+ * when it holds matrix.mtx(.gz), else the filtered matrix of a Cell Ranger (run folder, outs/),
+ * Cell Ranger multi or STARsolo output folder. The choice is logged; no match stops the run.
+ */
+def resolveCountsFolder(counts, String at, String sample, String countsText) {
+    if (!counts.isDirectory() || isMatrixFolder(counts)) {
+        return counts
+    }
+    for (String rel : COUNTS_IN_FOLDER) {
+        def cand = counts.resolve(rel)
+        if (rel.endsWith('.h5') ? (cand.exists() && !cand.isDirectory()) : isMatrixFolder(cand)) {
+            log.info "Sample '${sample}': counts folder ${counts} is Cell Ranger/STARsolo output; using ${cand}"
+            return cand
+        }
+    }
+    def multi = file("${counts}/outs/per_sample_outs/*/count/sample_filtered_feature_bc_matrix.h5", type: 'file') as List
+    if (multi.size() == 1) {
+        log.info "Sample '${sample}': counts folder ${counts} is Cell Ranger multi output; using ${multi[0]}"
+        return multi[0]
+    }
+    def why = multi ? "Cell Ranger multi output with ${multi.size()} samples" : 'no matrix.mtx(.gz) and no Cell Ranger/STARsolo filtered matrix'
+    fail("${at}: counts folder '${countsText}' of sample '${sample}' holds ${why} (looked for matrix.mtx(.gz), outs/filtered_feature_bc_matrix(.h5), Solo.out/Gene/filtered). Point to the sample's Cell Ranger outs/ folder, its filtered_feature_bc_matrix folder or .h5 file, or an .h5ad file.")
 }
 
 /*
@@ -307,6 +369,7 @@ def readSamplesheet(String input) {
         if (!counts.isDirectory() && !COUNTS_EXTENSIONS.any { counts.name.toLowerCase().endsWith(it) }) {
             fail("${at}: counts file '${countsText}' of sample '${sample}' is not an .h5ad, a 10x .h5 file or a 10x matrix folder. Convert it to .h5ad or give the 10x output.")
         }
+        counts = resolveCountsFolder(counts, at, sample, countsText)
         def meta = [id: sample]
         header.findAll { !(it in REQUIRED_COLUMNS) }.each { String col -> meta[col] = row[col] }
         rows << [meta, counts]
@@ -324,7 +387,7 @@ def reportParameters(Map params) {
         'validation_fraction', 'patience', 'min_delta', 'other', 'device', 'min_prob',
     ]
     def out = [pipeline: 'cellassign-nf', pipeline_version: workflow.manifest.version?.toString(),
-               markers: file(params.markers.toString()).name]
+               markers: (resolveMarkers(params.markers.toString()) ?: file(params.markers.toString())).name]
     keys.each { k -> out[k] = params[k] instanceof Number || params[k] instanceof Boolean || params[k] == null ? params[k] : params[k].toString() }
     return JsonOutput.toJson(out)
 }
@@ -342,7 +405,11 @@ workflow PIPELINE_INITIALISATION {
     def rows = readSamplesheet(input.toString())
     log.info "cellassign-nf ${workflow.manifest.version}: ${rows.size()} sample(s) [${rows.collect { it[0].id }.join(', ')}], mode ${params.mode}, outdir ${params.outdir}"
     ch_samples = Channel.fromList(rows)
-    ch_markers = Channel.value(file(markers.toString()))
+    def markersFile = resolveMarkers(markers.toString()) ?: file(markers.toString())
+    if (markersFile.toString() != file(markers.toString()).toString()) {
+        log.info "Markers: bundled panel '${markers}' (${markersFile})"
+    }
+    ch_markers = Channel.value(markersFile)
     ch_params_json = Channel.value(reportParameters(params))
 
     emit:

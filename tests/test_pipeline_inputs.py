@@ -1,0 +1,106 @@
+"""The pipeline on inputs as core facilities have them (one real `-profile test` run, CPU).
+
+Two samples simulated from the bundled TME panel, handed over as Cell Ranger output folders in
+the samplesheet: PBMC_1 as a run folder holding outs/filtered_feature_bc_matrix.h5 (plus the raw
+matrix and a BAM that must not be read), with a second low-count gene named CD3E (a marker)
+and a second MT-G0, as in real references, and antibody-capture features; PBMC_2 as an outs/
+folder holding the filtered_feature_bc_matrix/ mtx folder. Markers: `--markers tme`.
+"""
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import pandas as pd
+import pytest
+
+from cellassign_nf.markers import read_markers
+from cellassign_nf.simulate import simulate
+
+from tenx_files import ADT, tenx_sample, write_cellranger_h5, write_mtx_folder
+from test_pipeline import REPO, _explain, nextflow
+
+SAMPLES = ("PBMC_1", "PBMC_2")
+
+
+@pytest.fixture(scope="module")
+def facility_run(tmp_path_factory):
+    launch = tmp_path_factory.mktemp("facility")
+    tme = read_markers("tme")
+    data = {}
+    for i, name in enumerate(SAMPLES):
+        sim = simulate(tme, n_cells=400, n_other_genes=120, n_mito_genes=5, seed=20 + i, gene_seed=5)
+        data[name] = tenx_sample(sim, dup_symbol="CD3E", seed=i)
+    run1 = launch / "cellranger" / "PBMC_1"
+    write_cellranger_h5(run1 / "outs" / "filtered_feature_bc_matrix.h5", data["PBMC_1"])
+    write_cellranger_h5(run1 / "outs" / "raw_feature_bc_matrix.h5", data["PBMC_2"])  # must not be read
+    (run1 / "outs" / "possorted_genome_bam.bam").write_bytes(b"")
+    write_mtx_folder(launch / "cellranger" / "PBMC_2" / "outs" / "filtered_feature_bc_matrix", data["PBMC_2"])
+    (launch / "samplesheet.csv").write_text("sample,counts\nPBMC_1,cellranger/PBMC_1\nPBMC_2,cellranger/PBMC_2/outs\n")
+    (launch / "no_covariates.config").write_text("params.covariates = null\n")
+    result = nextflow(["run", str(REPO), "-profile", "test", "-c", "no_covariates.config",
+                       "--input", "samplesheet.csv", "--markers", "tme", "--outdir", "results", "-w", "work"],
+                      launch, tmp_path_factory.mktemp("nxf_home"))
+    print(f"facility inputs run: {result.wall_s:.0f} s wall")  # type: ignore[attr-defined]
+    assert result.returncode == 0, _explain(result)
+    return {"launch": launch, "outdir": launch / "results", "result": result, "data": data}
+
+
+def test_counts_folders_resolve_to_the_filtered_matrix(facility_run):
+    out = facility_run["result"].stdout
+    launch = facility_run["launch"]
+    assert (f"Sample 'PBMC_1': counts folder {launch}/cellranger/PBMC_1 is Cell Ranger/STARsolo output; "
+            f"using {launch}/cellranger/PBMC_1/outs/filtered_feature_bc_matrix.h5") in out, out
+    assert (f"Sample 'PBMC_2': counts folder {launch}/cellranger/PBMC_2/outs is Cell Ranger/STARsolo output; "
+            f"using {launch}/cellranger/PBMC_2/outs/filtered_feature_bc_matrix") in out, out
+    assert "Markers: bundled panel 'tme'" in out
+
+
+@pytest.mark.parametrize("sample", SAMPLES)
+def test_outputs_keep_barcodes_and_gene_ids_and_annotate_correctly(facility_run, sample):
+    s = facility_run["data"][sample]
+    outdir = facility_run["outdir"] / sample
+    annotated = ad.read_h5ad(outdir / f"{sample}.annotated.h5ad")
+    assert set(annotated.obs_names) <= set(s["barcodes"]) and annotated.n_obs >= 0.95 * len(s["barcodes"])
+    assert annotated.var_names[0] == s["decoy_id"] and s["real_id"] in annotated.var_names
+    assert list(annotated.var["gene_symbols"][:2]) == ["CD3E", "VIM"]
+    assert not set(ADT) & set(annotated.var_names)
+    predictions = pd.read_csv(outdir / f"{sample}.predictions.tsv", sep="\t", index_col=0)
+    accuracy = (predictions["cellassign_celltype"] == s["truth"].reindex(predictions.index)).mean()
+    assert accuracy > 0.85, accuracy
+    summary = json.loads((outdir / f"{sample}.qc_summary.json").read_text())
+    assert summary["counts"]["non_gene_features"] == {"Antibody Capture": 3}
+    assert summary["counts"]["gene_index"] == "gene_ids"
+    assert summary["n_mito_genes"] == 6  # MT- genes found by symbol; genes are indexed by ID
+
+
+def test_duplicated_marker_symbol_is_logged_and_resolved_to_the_expressed_gene(facility_run):
+    logs = [" ".join(p.read_text().split()) for p in (facility_run["launch"] / "work").glob("*/*/.command.log")]
+    train_logs = [t for t in logs if "markers matched by gene symbol" in t]
+    assert len(train_logs) == 2, "expected one TRAIN log per sample"
+    s = facility_run["data"]["PBMC_1"]  # both samples have the same gene IDs
+    for text in train_logs:
+        assert f"marker CD3E: the gene symbol names 2 genes of the data ({s['decoy_id']}:" in text
+        assert f"using {s['real_id']}, the one with the most counts" in text
+        assert "markers matched by gene symbol (data's var['gene_symbols']): 39 of 39 panel genes found" in text
+
+
+def test_counts_folder_without_a_matrix_stops_before_any_task(tmp_path):
+    (tmp_path / "cellranger" / "S1" / "outs").mkdir(parents=True)
+    (tmp_path / "sheet.csv").write_text("sample,counts\nS1,cellranger/S1\n")
+    result = nextflow(["run", str(REPO), "--input", "sheet.csv", "--markers", "tme", "--outdir", "results",
+                       "-w", "work"], tmp_path, tmp_path / "nxf_home", timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert ("line 2: counts folder 'cellranger/S1' of sample 'S1' holds no matrix.mtx(.gz) and no Cell Ranger/STARsolo "
+            "filtered matrix") in output, output
+    assert not list((tmp_path / "work").glob("??/*"))
+
+
+def test_unknown_marker_panel_name_stops_before_any_task(tmp_path):
+    result = nextflow(["run", str(REPO), "-profile", "test", "--markers", "pbmc9", "--outdir", "results",
+                       "-w", "work"], tmp_path, tmp_path / "nxf_home", timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Parameter --markers: file" in output and "'pbmc9' is not a bundled panel (tme)" in output, output
+    assert not list((tmp_path / "work").glob("??/*"))
