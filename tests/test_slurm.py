@@ -202,7 +202,6 @@ def nxf_home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
     """A one-node SLURM cluster, started here and stopped (by its recorded pids) at the end."""
-    assert os.geteuid() == 0, "tests/test_slurm.py starts slurmd, which needs root"
     folder = tmp_path_factory.mktemp("local_slurm")
     env = {**os.environ, "CELLASSIGN_SLURM_DIR": str(folder)}
     start = subprocess.run([str(LOCAL_SLURM), "start"], env=env, capture_output=True, text=True, timeout=600)
@@ -533,3 +532,14 @@ def test_slurm_job_completion_log_lists_every_job(gpu_run, cohort_runs):
         for row in _trace(outdir):
             if row["status"] in ("COMPLETED", "FAILED"):
                 assert row["native_id"] in records, (row, sorted(records))
+
+
+def test_slurm_without_gpu_profile_keeps_train_on_cpu(cohort_runs):
+    """-profile test,slurm (no gpu): TRAIN is an ordinary CPU job in the default partition."""
+    train = [r for r in _trace(cohort_runs["outdir"]) if _step(r) == "TRAIN"]
+    assert len(train) == 1 and train[0]["status"] == "COMPLETED", train
+    job = _slurm_job(train[0]["native_id"], cohort_runs["conf"])
+    assert job["Partition"] == "cpu" and job["JOB_GRES"] == "(null)", job
+    script = (Path(train[0]["workdir"]) / ".command.run").read_text()
+    assert "gres" not in script and "#SBATCH -p" not in script, script[:600]
+    assert "--device auto" in (Path(train[0]["workdir"]) / ".command.sh").read_text()
