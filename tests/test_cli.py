@@ -268,3 +268,51 @@ def test_qc_sets_sample_level_obs(tmp_path, counts):
     bad = invoke("qc", path, "--obs", "novalue", "-o", tmp_path / "o2.h5ad", "--metrics", tmp_path / "m2.tsv",
                  "--summary", tmp_path / "s2.json")
     assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
+
+
+# --- --device cuda where CUDA is not usable (a GPU node without a working GPU) -------------------------
+def _cli_without_gpu(tmp_path, *args):
+    """The real command in a fresh process with every GPU hidden (CUDA_VISIBLE_DEVICES=''), so CUDA is
+    unusable whether or not this machine has a GPU."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, "-c", "from cellassign_nf.cli import main; main()", "--quiet", *map(str, args)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_device_cuda_without_gpu_fails_in_one_line(tmp_path, counts, markers, command):
+    _, path = counts
+    if command == "train":
+        args = ["train", path, "--markers", markers, "-o", tmp_path / "m.pt", "--history", tmp_path / "h.tsv",
+                "--probabilities", tmp_path / "p.tsv", *FAST, "--device", "cuda"]
+        outputs = ["m.pt", "h.tsv", "p.tsv"]
+    else:
+        args = ["run", path, "--markers", markers, "--outdir", tmp_path / "out", *FAST, "--device", "cuda"]
+        outputs = ["out"]
+    result = _cli_without_gpu(tmp_path, *args)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --device cuda: a GPU was requested but CUDA is not usable"), \
+        result.stderr
+    assert "CUDA_VISIBLE_DEVICES=''" in lines[0] and "--gres=gpu:1" in lines[0] and "--device cpu" in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+    for name in outputs:  # fails before any step: nothing written
+        assert not (tmp_path / name).exists(), name
+
+
+def test_device_cuda_without_gpu_is_a_value_error_for_the_api(monkeypatch):
+    import torch
+
+    from cellassign_nf.errors import InputError
+    from cellassign_nf.train import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="a GPU was requested but CUDA is not usable") as info:
+        resolve_device("cuda")
+    assert isinstance(info.value, InputError)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")

@@ -140,6 +140,10 @@ def train_options(f):
 
 
 def _settings(ctx: click.Context, kw: dict) -> TrainSettings:
+    if kw["device"] == "cuda":  # a GPU was asked for: fail in one line before reading any data
+        from .train import resolve_device
+
+        resolve_device("cuda")
     if kw.get("threads"):
         import torch
 
@@ -303,6 +307,7 @@ def run(ctx, input, markers, outdir, sample, covariates, formula, min_prob, size
     from . import steps
 
     t0 = time.perf_counter()
+    settings = _settings(ctx, kw)  # --device cuda without a usable GPU fails here, before any step
     out = Path(outdir)
     from .io import default_sample_name
 
@@ -320,7 +325,7 @@ def run(ctx, input, markers, outdir, sample, covariates, formula, min_prob, size
     steps.design(paths["sf"], paths["design"], _covariates(covariates), formula)
     steps.train(paths["sf"], markers, paths["model"], paths["history"], paths["probabilities"],
                 design_path=paths["design"], size_factor_key=size_factor_key, other=other, min_delta=min_delta,
-                settings=_settings(ctx, kw))
+                settings=settings)
     adata = steps.annotate(paths["sf"], paths["probabilities"], paths["annotated"], paths["predictions"],
                            min_prob=min_prob)
     for tmp in ("qc", "sf"):

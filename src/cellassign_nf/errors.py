@@ -20,3 +20,10 @@ class InputError(Exception):
         where = f"{self.path}: " if self.path else ""
         fix = f" {self.fix}" if self.fix else ""
         return f"{where}{self.problem}.{fix}"
+
+
+class DeviceError(InputError, ValueError):
+    """A GPU was asked for (``--device cuda``) but CUDA is not usable here. Exit code 2 from the CLI."""
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        super().__init__(None, problem, fix)

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from .cuda_graph import GraphedStep
+from .errors import DeviceError
 from .model import CellAssignModule, gamma_from_joint
 from .optim import Adam, ReduceOnPlateau
 from .settings import TrainSettings
@@ -34,8 +35,21 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is available; use --device auto or cpu")
+        raise DeviceError(cuda_problem(), "Check that the job got a GPU (SLURM --gres=gpu:1, docker --gpus all, "
+                          "apptainer --nv), that nvidia-smi lists it and that PyTorch is a CUDA build; "
+                          "or use --device cpu (pipeline: --device cpu, or drop -profile gpu)")
     return dev
+
+
+def cuda_problem() -> str:
+    """Why CUDA is not usable, in one sentence: PyTorch build, visible devices."""
+    import os
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    build = f"PyTorch {torch.__version__} is a CPU-only build" if torch.version.cuda is None else \
+        f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}) sees no usable GPU"
+    seen = "CUDA_VISIBLE_DEVICES is not set" if visible is None else f"CUDA_VISIBLE_DEVICES={visible!r}"
+    return f"--device cuda: a GPU was requested but CUDA is not usable ({build}; {seen})"
 
 
 def want_fusion(settings: TrainSettings, n_train: int, module: CellAssignModule) -> bool:
