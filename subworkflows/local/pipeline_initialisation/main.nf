@@ -378,6 +378,67 @@ def readSamplesheet(String input) {
 }
 
 /*
+ * Containers: every image the tasks will use must be there before the first task starts.
+ * docker: present locally, or pullable; apptainer / singularity: a .sif that exists, or a
+ * name they can pull (a bare local Docker name like cellassign-nf:0.1.0 is not one).
+ * Otherwise one line: the image and the command that builds it.
+ */
+CONTAINER_BUILD_COMMAND = 'scripts/build-images'
+
+def runCommand(List<String> command, long timeoutMs) {
+    def out = new StringBuilder()
+    def proc
+    try {
+        proc = command.execute()
+    } catch (IOException e) {
+        return [127, "${command[0]}: command not found"]
+    }
+    proc.consumeProcessOutput(out, out)
+    proc.waitForOrKill(timeoutMs)
+    return [proc.exitValue(), out.toString().trim().readLines().findAll { it.trim() }.with { it ? it[-1] : '' }]
+}
+
+def containerImages() {
+    def images = workflow.container instanceof Map ? workflow.container.values() : [workflow.container]
+    return images.findAll { it }*.toString().unique()
+}
+
+def isLocalDockerName(String image) {
+    // no registry, no user: docker.io/library/<name>, where this pipeline's image is never published
+    return !image.contains('://') && !image.contains('/')
+}
+
+def checkContainerImages() {
+    def engine = workflow.containerEngine
+    def images = containerImages()
+    if (engine == 'docker') {
+        def (int rc, String why) = runCommand(['docker', 'version', '--format', '{{.Server.Version}}'], 60_000)
+        if (rc != 0) {
+            fail("Profile docker: the Docker daemon does not answer (${why}). Start it (systemctl start docker, or dockerd as root) and run again.")
+        }
+        images.each { image ->
+            if (runCommand(['docker', 'image', 'inspect', image], 60_000)[0] == 0) {
+                return
+            }
+            def (int pullRc, String pullWhy) = runCommand(['docker', 'pull', '-q', image], 1_800_000)
+            if (pullRc != 0) {
+                fail("Container image ${image} is not here and docker cannot pull it (${pullWhy}). Build it with: ${CONTAINER_BUILD_COMMAND} (or give --container_image with an image you have).")
+            }
+        }
+    } else if (engine in ['apptainer', 'singularity']) {
+        images.each { image ->
+            def local = image.startsWith('/') || image.startsWith('./') || image.endsWith('.sif') || image.endsWith('.img')
+            if (local && !file(image).exists()) {
+                fail("Container image ${image} (${engine}) does not exist. Build it with: ${CONTAINER_BUILD_COMMAND} && ${engine} build ${file(image).name} docker-daemon://cellassign-nf:${workflow.manifest.version}, then give --container_image /path/to/${file(image).name}.")
+            }
+            if (!local && isLocalDockerName(image)) {
+                fail("Container image ${image} is a local Docker name that ${engine} cannot pull. Build the .sif with: ${CONTAINER_BUILD_COMMAND} && ${engine} build cellassign-nf_${workflow.manifest.version}.sif docker-daemon://${image}, then give --container_image /path/to/cellassign-nf_${workflow.manifest.version}.sif.")
+            }
+        }
+    }
+}
+
+/*
  * The parameters shown in every report (those that change the results).
  */
 def reportParameters(Map params) {
@@ -403,6 +464,7 @@ workflow PIPELINE_INITIALISATION {
         validateParameters(params, schemaPath)
     }
     def rows = readSamplesheet(input.toString())
+    checkContainerImages()
     log.info "cellassign-nf ${workflow.manifest.version}: ${rows.size()} sample(s) [${rows.collect { it[0].id }.join(', ')}], mode ${params.mode}, outdir ${params.outdir}"
     ch_samples = Channel.fromList(rows)
     def markersFile = resolveMarkers(markers.toString()) ?: file(markers.toString())

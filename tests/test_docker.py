@@ -1,0 +1,403 @@
+"""The pipeline in its container, for real.
+
+A Docker daemon (started here when none answers, stopped again by its pid), the image built by
+scripts/build-images, and `-profile test,docker` run to the end per sample and in cohort mode.
+Every task must have run inside the image: the execution trace names the image, and a probe
+(a sitecustomize.py mounted into the container through a test-only config) records, from each
+Python process a task starts, the interpreter it ran on; the host's Python must never appear.
+The per-sample labels must equal those of the same run without a container, and the published
+files must belong to the calling user. A `-profile docker` run whose image is missing, and an apptainer run
+with a Docker name it cannot pull, must stop before any task with one line naming the image and
+the command that builds it.
+
+If no daemon answers and dockerd cannot be started, the tests fail with dockerd's own error.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NEXTFLOW = REPO / "scripts" / "nextflow"
+BUILD_IMAGES = REPO / "scripts" / "build-images"
+SAMPLES = ["sample1", "sample2"]
+RUN_TIMEOUT = 1800      # s; one test-profile run takes minutes on 2 CPUs
+BUILD_TIMEOUT = 3600    # s; a cold build (debootstrap base, ~4 GB of wheels) takes ~15 min here
+DAEMON_START_S = 120    # s; how long dockerd may take to answer
+
+VERSION = re.search(r'^version\s*=\s*"([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+IMAGE = f"cellassign-nf:{VERSION}"
+
+# Written into every Python process a task starts inside the container (PYTHONPATH points at it):
+# one JSON line per process in the task's directory.
+PROBE = r'''
+import json, os, socket, sys
+try:
+    with open(os.path.join(os.environ.get("NXF_TASK_WORKDIR") or os.getcwd(), "python_probe.jsonl"), "a") as fh:
+        fh.write(json.dumps({"executable": sys.executable, "prefix": sys.prefix, "argv0": sys.argv[0] if sys.argv else "",
+                             "uid": os.getuid(), "gid": os.getgid(), "in_docker": os.path.exists("/.dockerenv"),
+                             "hostname": socket.gethostname(), "home": os.environ.get("HOME", "")}) + "\n")
+except OSError:
+    pass
+'''
+
+
+def _explain(result: subprocess.CompletedProcess) -> str:
+    return f"exit {result.returncode}\n--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
+
+
+def _docker_client() -> str:
+    """Debian's client (docker.io): another one found first on PATH may lack BuildKit support."""
+    for candidate in (os.environ.get("DOCKER"), "/usr/bin/docker", shutil.which("docker")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    pytest.fail("no docker client: install Docker (Debian: apt-get install docker.io; scripts/setup does it)")
+
+
+def _daemon_answers(client: str) -> subprocess.CompletedProcess:
+    return subprocess.run([client, "version", "--format", "{{.Server.Version}}"], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+# --------------------------------------------------------------------------------------
+# Session fixtures: the daemon, the image, the runs
+# --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def docker(tmp_path_factory):
+    """The docker client, with a daemon that answers: the running one, or a dockerd started here."""
+    client = _docker_client()
+    if _daemon_answers(client).returncode == 0:
+        yield client
+        return
+    dockerd = shutil.which("dockerd") or "/usr/sbin/dockerd"
+    command = [dockerd] if os.geteuid() == 0 else ["sudo", "-n", dockerd]
+    log_path = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
+    with open(log_path, "wb") as log:
+        daemon = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  start_new_session=True)
+    try:
+        deadline = time.monotonic() + DAEMON_START_S
+        while True:
+            answer = _daemon_answers(client)
+            if answer.returncode == 0:
+                break
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                state = f"exited with code {daemon.returncode}" if daemon.poll() is not None else \
+                    f"did not answer within {DAEMON_START_S} s"
+                log_tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-25:])
+                pytest.fail(f"dockerd ({' '.join(command)}) {state}; its log:\n{log_tail}\n"
+                            f"client: {answer.stderr.strip()}")
+            time.sleep(1)
+        print(f"started dockerd (pid {daemon.pid}), log {log_path}")
+        yield client
+    finally:
+        if daemon.poll() is None:
+            daemon.terminate()  # SIGTERM to our dockerd (or to sudo, which passes it on)
+            try:
+                daemon.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def client_dir(tmp_path_factory, docker) -> Path:
+    """A folder to put first on PATH, so that Nextflow's `docker` is the client the tests use."""
+    folder = tmp_path_factory.mktemp("docker_client")
+    (folder / "docker").symlink_to(docker)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def built_image(docker, client_dir):
+    """scripts/build-images, as a user runs it (a rebuild is a cache hit)."""
+    env = os.environ.copy()
+    env["PATH"] = os.pathsep.join([str(client_dir), env.get("PATH", "")])
+    start = time.monotonic()
+    result = subprocess.run([str(BUILD_IMAGES)], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=BUILD_TIMEOUT, check=False)
+    wall = time.monotonic() - start
+    print(f"scripts/build-images: {wall:.0f} s wall")
+    assert result.returncode == 0, _explain(result)
+    info = subprocess.run([docker, "run", "--rm", "-u", f"{os.getuid()}:{os.getgid()}", IMAGE, "python", "-c",
+                           "import json, sys, torch; print(json.dumps({'prefix': sys.prefix, 'executable': "
+                           "sys.executable, 'version': sys.version.split()[0], 'torch': torch.__version__, "
+                           "'cuda': torch.version.cuda}))"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert info.returncode == 0, _explain(info)
+    return {"result": result, "wall_s": wall, "python": json.loads(info.stdout.strip().splitlines()[-1])}
+
+
+def _env(nxf_home: Path, client_dir: Path | None = None) -> dict[str, str]:
+    env = os.environ.copy()
+    # The host's cellassign-nf stays on PATH in every run: inside the container it must not be used.
+    path = [str(Path(sys.executable).parent)]
+    if (REPO / ".venv" / "bin").is_dir():
+        path.append(str(REPO / ".venv" / "bin"))
+    if client_dir is not None:
+        path.insert(0, str(client_dir))
+    env["PATH"] = os.pathsep.join(path + [env.get("PATH", "")])
+    env["NXF_HOME"] = str(nxf_home)
+    env["NXF_OFFLINE"] = "true"
+    env["NXF_ANSI_LOG"] = "false"
+    env.setdefault("NXF_OPTS", "-Xms64m -Xmx1g")
+    return env
+
+
+def nextflow(args: list[str], cwd: Path, env: dict[str, str], timeout: int = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+    start = time.monotonic()
+    result = subprocess.run([str(NEXTFLOW), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=timeout, check=False)
+    result.wall_s = time.monotonic() - start  # type: ignore[attr-defined]
+    return result
+
+
+@pytest.fixture(scope="session")
+def nxf_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("nxf_home_docker")
+
+
+def _probe_config(folder: Path) -> Path:
+    """Test-only config: mount the probe read-only into every container and put it on PYTHONPATH."""
+    probe = folder / "probe"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text(PROBE)
+    config = folder / "probe.config"
+    config.write_text(f"process.containerOptions = '-v {probe}:{probe}:ro -e PYTHONPATH={probe}'\n")
+    return config
+
+
+def _docker_run(tmp_path_factory, nxf_home, client_dir, built_image, name: str, extra: list[str]):
+    launch = tmp_path_factory.mktemp(name)
+    config = _probe_config(launch)
+    result = nextflow(["run", str(REPO), "-profile", "test,docker", "-c", str(config), *extra,
+                       "--outdir", "results", "-w", "work"], launch, _env(nxf_home, client_dir))
+    print(f"-profile test,docker {' '.join(extra) or '(per sample)'}: {result.wall_s:.0f} s wall")  # type: ignore[attr-defined]
+    assert result.returncode == 0, _explain(result)
+    return {"launch": launch, "outdir": launch / "results", "result": result}
+
+
+def _plain_run(tmp_path_factory, nxf_home, name: str, extra: list[str]):
+    launch = tmp_path_factory.mktemp(name)
+    result = nextflow(["run", str(REPO), "-profile", "test", *extra, "--outdir", "results", "-w", "work"],
+                      launch, _env(nxf_home))
+    assert result.returncode == 0, _explain(result)
+    return {"launch": launch, "outdir": launch / "results", "result": result}
+
+
+@pytest.fixture(scope="session")
+def docker_per_sample(tmp_path_factory, nxf_home, client_dir, built_image):
+    return _docker_run(tmp_path_factory, nxf_home, client_dir, built_image, "docker_per_sample", [])
+
+
+@pytest.fixture(scope="session")
+def docker_cohort(tmp_path_factory, nxf_home, client_dir, built_image):
+    return _docker_run(tmp_path_factory, nxf_home, client_dir, built_image, "docker_cohort", ["--mode", "cohort"])
+
+
+@pytest.fixture(scope="session")
+def plain_per_sample(tmp_path_factory, nxf_home):
+    return _plain_run(tmp_path_factory, nxf_home, "plain_per_sample", [])
+
+
+def _trace(outdir: Path) -> list[dict[str, str]]:
+    traces = sorted((outdir / "pipeline_info").glob("execution_trace_*.txt"))
+    assert traces, f"no execution trace in {outdir / 'pipeline_info'}"
+    with open(traces[-1], newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
+
+
+def _labels(outdir: Path) -> dict[str, dict[str, str]]:
+    labels = {}
+    for sample in SAMPLES:
+        with open(outdir / sample / f"{sample}.predictions.tsv", newline="") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+        assert rows, f"{sample}: no predictions"
+        key, label = list(rows[0])[0], "cellassign_celltype" if "cellassign_celltype" in rows[0] else list(rows[0])[1]
+        labels[sample] = {row[key]: row[label] for row in rows}
+    return labels
+
+
+# --------------------------------------------------------------------------------------
+# The image
+# --------------------------------------------------------------------------------------
+
+def test_build_images_prints_the_name_nextflow_uses_and_its_size(built_image, tmp_path, nxf_home):
+    lines = built_image["result"].stdout.strip().splitlines()
+    assert re.fullmatch(rf"{re.escape(IMAGE)}\t\d+\.\d\d GB", lines[-1]), built_image["result"].stdout
+    config = nextflow(["config", str(REPO), "-profile", "docker", "-o", "flat"], tmp_path, _env(nxf_home), timeout=300)
+    assert config.returncode == 0, _explain(config)
+    assert f"process.container = '{IMAGE}'" in config.stdout.splitlines(), config.stdout
+    assert "docker.runOptions = '-u $(id -u):$(id -g)'" in config.stdout.splitlines(), config.stdout
+
+
+def test_image_python_is_the_pinned_one_with_cuda_torch(built_image):
+    python = built_image["python"]
+    assert python["version"].startswith("3.11."), python  # the version requirements.txt is pinned with
+    torch_pin = re.search(r"^torch==(\S+)", (REPO / "requirements.txt").read_text(), re.M).group(1)
+    assert python["torch"].split("+")[0] == torch_pin, python
+    assert python["cuda"], f"the image's torch has no CUDA runtime, so it cannot serve GPU training: {python}"
+    assert python["prefix"] != sys.prefix and not python["executable"].startswith(sys.prefix), python
+
+
+def test_rebuild_is_a_cache_hit(built_image, client_dir):
+    """A second build with nothing changed reuses every layer (CI's rebuilds after a code change
+    rerun only the last, package layer)."""
+    env = os.environ.copy()
+    env["PATH"] = os.pathsep.join([str(client_dir), env.get("PATH", "")])
+    start = time.monotonic()
+    again = subprocess.run([str(BUILD_IMAGES)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+                           check=False)
+    wall = time.monotonic() - start
+    assert again.returncode == 0, _explain(again)
+    assert again.stdout.strip().splitlines()[-1] == built_image["result"].stdout.strip().splitlines()[-1]
+    for step in ("pip install -r requirements.txt", "pip install --no-deps ."):
+        number = re.search(rf"^(#\d+) \[.*{re.escape(step)}", again.stderr, re.M)
+        assert number and re.search(rf"^{number.group(1)} CACHED$", again.stderr, re.M), \
+            f"'{step}' was not a cache hit:\n{again.stderr[-4000:]}"
+    assert wall < 300, f"a rebuild with nothing changed took {wall:.0f} s"
+
+
+# --------------------------------------------------------------------------------------
+# -profile test,docker: every task in the image, the same labels as without a container
+# --------------------------------------------------------------------------------------
+
+def _assert_ran_in_the_image(run, built_image, expected_counts: dict[str, int]):
+    trace = _trace(run["outdir"])
+    counts: dict[str, int] = {}
+    for row in trace:
+        counts[row["process"].split(":")[-1]] = counts.get(row["process"].split(":")[-1], 0) + 1
+    assert counts == expected_counts, counts
+    image_prefix = built_image["python"]["prefix"]
+    for row in trace:
+        where = f"{row['process']} ({row['tag']}), {row['workdir']}"
+        assert row["status"] == "COMPLETED", where
+        assert row["container"] == IMAGE, f"{where}: trace container field is '{row['container']}'"
+        assert row["native_id"], where
+        workdir = Path(row["workdir"])
+        wrapper = (workdir / ".command.run").read_text()
+        # the docker profile's run options (the shell expands them when the task starts; the probe
+        # below checks the result)
+        assert re.search(rf"docker run .*-u \$\(id -u\):\$\(id -g\) .*{re.escape(IMAGE)}", wrapper), where
+        probe = workdir / "python_probe.jsonl"
+        assert probe.is_file(), f"{where}: no Python process of the task wrote the probe"
+        records = [json.loads(line) for line in probe.read_text().splitlines()]
+        assert records, where
+        for rec in records:
+            assert rec["in_docker"], f"{where}: a Python process ran outside a container: {rec}"
+            assert rec["prefix"] == image_prefix and rec["executable"].startswith(image_prefix + "/"), \
+                f"{where}: ran on {rec['executable']} (prefix {rec['prefix']}), not the image's {image_prefix}"
+            assert (rec["uid"], rec["gid"]) == (os.getuid(), os.getgid()), f"{where}: ran as {rec['uid']}:{rec['gid']}"
+        # every subcommand the task ran came from the image: cellassign-nf, or multiqc for MULTIQC
+        tools = {Path(rec["argv0"]).name for rec in records}
+        assert tools & {"cellassign-nf", "multiqc"}, f"{where}: {tools}"
+
+
+def _assert_published_files_belong_to_the_user(outdir: Path):
+    files = [p for p in outdir.rglob("*")]
+    assert files
+    wrong = [(str(p), p.lstat().st_uid, p.lstat().st_gid) for p in files
+             if (p.lstat().st_uid, p.lstat().st_gid) != (os.getuid(), os.getgid())]
+    assert wrong == [], wrong[:10]
+
+
+PER_SAMPLE_TASKS = {"QC": 2, "SIZE_FACTORS": 2, "DESIGN": 2, "TRAIN": 2, "ANNOTATE": 2, "REPORT": 2,
+                    "CELLTYPE_COUNTS": 1, "MULTIQC": 1}
+COHORT_TASKS = {"QC": 2, "MERGE": 1, "SIZE_FACTORS": 1, "DESIGN": 1, "TRAIN": 1, "ANNOTATE": 2, "REPORT": 2,
+                "CELLTYPE_COUNTS": 1, "MULTIQC": 1}
+
+
+def test_docker_per_sample_every_task_ran_in_the_image(docker_per_sample, built_image):
+    _assert_ran_in_the_image(docker_per_sample, built_image, PER_SAMPLE_TASKS)
+
+
+def test_docker_per_sample_published_files_belong_to_the_user(docker_per_sample):
+    _assert_published_files_belong_to_the_user(docker_per_sample["outdir"])
+    assert (docker_per_sample["outdir"] / "multiqc" / "multiqc_report.html").is_file()
+    for s in SAMPLES:
+        assert (docker_per_sample["outdir"] / s / "report" / f"{s}.report.html").is_file()
+
+
+def test_docker_per_sample_labels_equal_a_run_without_container(docker_per_sample, plain_per_sample):
+    in_docker, plain = _labels(docker_per_sample["outdir"]), _labels(plain_per_sample["outdir"])
+    for s in SAMPLES:
+        assert len(in_docker[s]) > 100 and in_docker[s].keys() == plain[s].keys()
+        differ = [c for c in plain[s] if in_docker[s][c] != plain[s][c]]
+        assert differ == [], f"{s}: {len(differ)} cells labelled differently in the container, e.g. {differ[:5]}"
+
+
+def test_docker_cohort_every_task_ran_in_the_image(docker_cohort, built_image):
+    _assert_ran_in_the_image(docker_cohort, built_image, COHORT_TASKS)
+    _assert_published_files_belong_to_the_user(docker_cohort["outdir"])
+    assert (docker_cohort["outdir"] / "cohort" / "cohort.model.pt").is_file()
+
+
+def test_docker_cohort_annotates_both_samples_from_one_model(docker_cohort):
+    """Cohort mode in the container (its labels are not compared with a run without container,
+    to keep CI short: the per-sample comparison above covers every step's code path but MERGE)."""
+    import anndata
+
+    for s in SAMPLES:
+        obs = anndata.read_h5ad(docker_cohort["outdir"] / s / f"{s}.annotated.h5ad").obs
+        accuracy = float((obs["cellassign_celltype"].astype(str) == obs["true_celltype"].astype(str)).mean())
+        assert accuracy >= 0.90, f"cohort mode in docker, {s}: {accuracy:.3f} agree with obs['true_celltype']"
+
+
+# --------------------------------------------------------------------------------------
+# A missing image stops the run before any task, with one line
+# --------------------------------------------------------------------------------------
+
+def _task_dirs(workdir: Path) -> list[Path]:
+    return [p for p in workdir.glob("??/*") if p.is_dir()] if workdir.exists() else []
+
+
+def _stopped_before_any_task(result, launch: Path, image: str) -> str:
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    lines = [line for line in output.splitlines() if image in line]
+    assert len(lines) == 1, output
+    assert "Exception" not in output and "\tat " not in output, output
+    assert _task_dirs(launch / "work") == [], "a task was started"
+    return lines[0]
+
+
+def test_docker_run_with_a_missing_image_stops_before_any_task(tmp_path, nxf_home, client_dir, docker):
+    missing = "cellassign-nf:no-such-version"
+    result = nextflow(["run", str(REPO), "-profile", "test,docker", "--container_image", missing,
+                       "--outdir", "results", "-w", "work"], tmp_path, _env(nxf_home, client_dir), timeout=600)
+    line = _stopped_before_any_task(result, tmp_path, missing)
+    assert "Build it with: scripts/build-images" in line, line
+
+
+def test_apptainer_run_with_a_docker_name_stops_with_the_sif_recipe(tmp_path, nxf_home):
+    result = nextflow(["run", str(REPO), "-profile", "test,apptainer", "--outdir", "results", "-w", "work"],
+                      tmp_path, _env(nxf_home), timeout=600)
+    line = _stopped_before_any_task(result, tmp_path, IMAGE)
+    assert f"apptainer build cellassign-nf_{VERSION}.sif docker-daemon://{IMAGE}" in line, line
+    assert "--container_image /path/to/" in line, line
+    missing_sif = tmp_path / "missing" / f"cellassign-nf_{VERSION}.sif"
+    result = nextflow(["run", str(REPO), "-profile", "test,singularity", "--container_image", str(missing_sif),
+                       "--outdir", "results", "-w", "work"], tmp_path, _env(nxf_home), timeout=600)
+    line = _stopped_before_any_task(result, tmp_path, str(missing_sif))
+    assert "does not exist" in line and f"singularity build cellassign-nf_{VERSION}.sif docker-daemon://" in line, line
+
+
+def test_apptainer_gpu_profile_resolves_the_one_image_and_nv(tmp_path, nxf_home):
+    config = nextflow(["config", str(REPO), "-profile", "apptainer,gpu", "-o", "flat"], tmp_path, _env(nxf_home),
+                      timeout=300)
+    assert config.returncode == 0, _explain(config)
+    lines = config.stdout.splitlines()
+    assert "apptainer.enabled = true" in lines and "apptainer.autoMounts = true" in lines, config.stdout
+    assert f"process.container = '{IMAGE}'" in lines, config.stdout
+    assert not any("withLabel:process_gpu'.container " in line for line in lines), config.stdout
+    assert any("'--nv'" in line for line in lines if "containerOptions" in line), config.stdout
