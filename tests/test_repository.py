@@ -58,3 +58,47 @@ def test_reference_data_ships_with_origin_and_licence():
     for needed in ["example_counts.csv", "example_cells.csv", "example_markers.csv", "example_fit_gamma.csv",
                    "example_fit_delta.csv", "example_fit_celltypes.csv"]:
         assert needed in names, f"{needed} is not committed under tests/data"
+
+
+def _local_imports(folder: Path) -> dict[str, set[str]]:
+    """For each module in ``folder``: the sibling modules it imports (anywhere in the file)."""
+    import ast
+
+    modules = {p.stem: p for p in folder.glob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+        graph[name] = found & modules.keys() - {name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path + [node, nxt]
+            if nxt not in state and (found := visit(nxt, path + [node])):
+                return found
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start, [])):
+            return found
+    return None
+
+
+def test_benchmark_scripts_import_without_circles():
+    graph = _local_imports(ROOT / "benchmarks")
+    assert {"bench", "harness", "report", "rbf_memory"} <= graph.keys()
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+    assert graph["harness"] == set()  # the shared helpers import no other script
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) is not None  # the check itself finds a loop
