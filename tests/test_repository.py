@@ -102,3 +102,22 @@ def test_benchmark_scripts_import_without_circles():
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
     assert graph["harness"] == set()  # the shared helpers import no other script
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) is not None  # the check itself finds a loop
+
+
+def test_model_doc_names_what_the_code_has():
+    """docs/model.md names symbols as in the code: each `identifier` it cites exists in the package
+    or the tests (file names as files); the original implementation's own names are listed."""
+    doc = (ROOT / "docs" / "model.md").read_text()
+    code = "\n".join(p.read_text() for p in [*(ROOT / "src" / "cellassign_nf").rglob("*.py"),
+                                              *(ROOT / "tests").glob("*.py")])
+    original_names = {"ld_mean", "ld_var", "num_runs", "theta"}  # the R package's names; theta: math
+    cited = set(re.findall(r"`([A-Za-z_][A-Za-z0-9_.]*)(?:\(\))?`", doc))
+    assert len(cited) > 50
+    missing = []
+    for name in sorted(cited - original_names):
+        if name.endswith(".py"):
+            if not list((ROOT / "src" / "cellassign_nf").rglob(name)):
+                missing.append(name)
+        elif not re.search(r"\b" + re.escape(name.split(".")[-1]) + r"\b", code):
+            missing.append(name)
+    assert not missing, f"docs/model.md names what the code does not have: {missing}"

@@ -1,7 +1,7 @@
 """Counts simulated from the CellAssign model with known cell types: the one simulator of the
 project (tests, demo data, benchmarks).
 
-The generative model of [docs/model.md](../../docs/model.md), per cell n, gene g, type c and batch
+The generative model of docs/model.md (section 2), per cell n, gene g, type c and batch
 b (the first batch is the reference):
 
     z[n]        ~ Categorical(pi)                                    obs["true_celltype"]
