@@ -121,3 +121,22 @@ def test_model_doc_names_what_the_code_has():
         elif not re.search(r"\b" + re.escape(name.split(".")[-1]) + r"\b", code):
             missing.append(name)
     assert not missing, f"docs/model.md names what the code does not have: {missing}"
+
+
+def _function_body_lengths(path: Path):
+    """(name, lines of the body without its docstring) of every function in a module."""
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body[1:] if (isinstance(node.body[0], ast.Expr) and isinstance(
+                getattr(node.body[0], "value", None), ast.Constant) and len(node.body) > 1) else node.body
+            yield node.name, node.end_lineno - body[0].lineno + 1
+
+
+def test_functions_are_of_a_readable_size():
+    """No function body of the package over 60 lines (docstrings and signatures not counted)."""
+    too_long = [f"{p.relative_to(ROOT)}:{name} ({n} lines)"
+                for p in sorted((ROOT / "src" / "cellassign_nf").rglob("*.py"))
+                for name, n in _function_body_lengths(p) if n > 60]
+    assert not too_long, "split these: " + ", ".join(too_long)
