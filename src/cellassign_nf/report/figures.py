@@ -141,7 +141,12 @@ def compute_umap(norm: ad.AnnData, seed: int = 0) -> ad.AnnData:
         emb = emb[:, emb.var["highly_variable"]].copy()
     n_comps = int(max(2, min(50, emb.n_obs - 1, emb.n_vars - 1)))
     sc.pp.pca(emb, n_comps=n_comps, random_state=seed)
-    sc.pp.neighbors(emb, n_neighbors=int(min(15, emb.n_obs - 1)), n_pcs=n_comps, random_state=seed)
+    # Exact neighbours (scikit-learn), not scanpy's default PyNNDescent from 8,192 cells on: the
+    # pinned pynndescent returns a scipy sparse *array*, which scanpy 1.11's neighbour code
+    # cannot read (`'csr_array' object has no attribute 'getnnz'`). Exact search is also
+    # deterministic and takes seconds at the 50,000-cell cap on PCA coordinates.
+    sc.pp.neighbors(emb, n_neighbors=int(min(15, emb.n_obs - 1)), n_pcs=n_comps, random_state=seed,
+                    transformer="sklearn")
     sc.tl.umap(emb, random_state=seed)
     return emb
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,19 +49,27 @@ class FigureSink:
         self.outdir, self.sample = outdir, sample
         self.figures: list[ReportFigure] = []
 
-    def add(self, key: str, title: str, fig: Figure | None, caption: str) -> ReportFigure | None:
-        if fig is None:
-            return None
-        png = figure_png(fig)
+    def add(self, section: _Section, key: str, title: str, draw: Callable[[], Figure | None], caption: str) -> bool:
+        """Draw one figure into ``section``. Figures are optional: one that cannot be drawn
+        becomes a note in its section and a warning in the log, and the report goes on."""
+        try:
+            fig = draw()
+            if fig is None:
+                return False
+            png = figure_png(fig)
+        except Exception as exc:  # noqa: BLE001 - any failure of an optional figure
+            import matplotlib.pyplot as plt  # the Agg backend is already selected by .figures
+
+            log.warning("%s: %s could not be drawn: %s: %s", self.sample, title, type(exc).__name__, exc)
+            log.debug("traceback of the failed figure", exc_info=True)
+            section.notes.append(f"{title} could not be drawn ({type(exc).__name__}: {exc}).")
+            plt.close("all")
+            return False
         path = write_bytes(self.outdir / f"{self.sample}_{key}.png", png)
         rf = ReportFigure(key, title, png, path, caption)
         self.figures.append(rf)
-        return rf
-
-    def into(self, section: _Section, *args: Any) -> None:
-        """``add`` the figure, and put it in ``section`` if there is one."""
-        f = self.add(*args)
-        section.figures += [f] if f else []
+        section.figures.append(rf)
+        return True
 
 
 def build_sections(inp: ReportInputs, sink: FigureSink, versions: Mapping[str, str], *, umap: bool,
@@ -84,8 +92,8 @@ def celltypes_section(inp: ReportInputs, sink: FigureSink) -> _Section:
                  "'unassigned'.")
     s.tables.append(_table(["cell type", "cells", "% of cells"],
                            [[t, int(n), round(100 * n / max(summary.n_cells, 1), 2)] for t, n in counts.items()]))
-    sink.into(s, "celltype_counts", "Cell-type counts", plot_celltype_counts(counts),
-              "Number (and share) of cells assigned to each type.")
+    sink.add(s, "celltype_counts", "Cell-type counts", lambda: plot_celltype_counts(counts),
+             "Number (and share) of cells assigned to each type.")
     return s
 
 
@@ -105,8 +113,8 @@ def probability_section(inp: ReportInputs, sink: FigureSink) -> _Section:
     ]))
     if not np.isfinite(probs).all():
         s.notes.append(f"{int((~np.isfinite(probs)).sum()):,} cells have no probability (not scored by the model).")
-    sink.into(s, "probability", "Assignment probability", plot_probability_histogram(probs, thr),
-              "Distribution of the top assignment probability; dashed line: threshold.")
+    sink.add(s, "probability", "Assignment probability", lambda: plot_probability_histogram(probs, thr),
+             "Distribution of the top assignment probability; dashed line: threshold.")
     return s
 
 
@@ -115,15 +123,11 @@ def markers_section(inp: ReportInputs, sink: FigureSink, norm: ad.AnnData) -> _S
                  "Marker genes of the model (grouped by the type they mark) on normalised data "
                  "(normalize_total to 10,000, log1p). Colour: mean expression scaled 0-1 per gene; "
                  "size: fraction of cells expressing. Each type should over-express its own block.")
-    try:
-        fig = plot_marker_expression(norm, inp.model.rho, inp.cell_types)
-    except Exception as exc:  # a plotting failure must not cost the whole report
-        log.warning("marker dot plot failed: %s", exc)
-        fig = None
-        s.notes.append(f"Marker dot plot could not be drawn ({type(exc).__name__}: {exc}).")
-    if fig is None and not s.notes:
+    drawn = sink.add(s, "marker_expression", "Marker expression",
+                     lambda: plot_marker_expression(norm, inp.model.rho, inp.cell_types),
+                     "Dot plot of marker genes by assigned type (scanpy).")
+    if not drawn and not s.notes:
         s.notes.append("None of the model's marker genes are in the annotated data; no dot plot.")
-    sink.into(s, "marker_expression", "Marker expression", fig, "Dot plot of marker genes by assigned type (scanpy).")
     return s
 
 
@@ -140,11 +144,14 @@ def umap_section(inp: ReportInputs, sink: FigureSink, norm: ad.AnnData, umap: bo
     elif n_obs < UMAP_MIN_CELLS:
         s.notes.append(f"UMAP skipped: only {n_obs} cells.")
     else:
-        t0 = time.perf_counter()
-        emb = compute_umap(norm)
-        log.info("UMAP of %d cells in %.1f s", emb.n_obs, time.perf_counter() - t0)
-        sink.into(s, "umap", "UMAP", plot_umap(emb, inp.cell_types),
-                  "Left: assigned type; right: top assignment probability (low-probability cells drawn on top).")
+        def draw_umap() -> Figure:
+            t0 = time.perf_counter()
+            emb = compute_umap(norm)
+            log.info("UMAP of %d cells in %.1f s", emb.n_obs, time.perf_counter() - t0)
+            return plot_umap(emb, inp.cell_types)
+
+        sink.add(s, "umap", "UMAP", draw_umap,
+                 "Left: assigned type; right: top assignment probability (low-probability cells drawn on top).")
     return s
 
 
@@ -160,8 +167,8 @@ def training_section(inp: ReportInputs, sink: FigureSink) -> _Section:
     if hist.empty:
         s.notes.append("The training history is empty.")
     else:
-        sink.into(s, "training", "Training curves", plot_training_curves(hist),
-                  "Log likelihood per cell by epoch; bold: selected restart.")
+        sink.add(s, "training", "Training curves", lambda: plot_training_curves(hist),
+                 "Log likelihood per cell by epoch; bold: selected restart.")
     return s
 
 
@@ -169,8 +176,8 @@ def delta_section(inp: ReportInputs, sink: FigureSink) -> _Section:
     s = _Section("delta", "Fitted over-expression (delta)",
                  "delta[g, c]: the fitted log fold over-expression of marker g in type c relative to "
                  "types it does not mark (exp(delta) = fold change). Grey cells: g is not a marker of c.")
-    sink.into(s, "delta", "Delta heat map", plot_delta(inp.model.delta, inp.model.rho),
-              "Fitted delta per marker gene and type.")
+    sink.add(s, "delta", "Delta heat map", lambda: plot_delta(inp.model.delta, inp.model.rho),
+             "Fitted delta per marker gene and type.")
     return s
 
 
@@ -189,8 +196,8 @@ def qc_section(inp: ReportInputs, sink: FigureSink) -> _Section:
         s.tables.append(_table(["metric", "value"], [[k, v] for k, v in flatten(qc.other).items()],
                                "Other QC numbers"))
     if SIZE_FACTOR_KEY in adata.obs:
-        sink.into(s, "size_factors", "Size factors", plot_size_factors(adata.obs[SIZE_FACTOR_KEY]),
-                  "Distribution of size factors (log scale); dotted line: median.")
+        sink.add(s, "size_factors", "Size factors", lambda: plot_size_factors(adata.obs[SIZE_FACTOR_KEY]),
+                 "Distribution of size factors (log scale); dotted line: median.")
     else:
         s.notes.append(f"obs['{SIZE_FACTOR_KEY}'] is not in the annotated data; no size-factor plot.")
     return s
