@@ -135,7 +135,7 @@ def run_ours(args, adata, markers, rec):
         t2 = time.perf_counter()
         pred = model.predict()
         rec["predict_s"] = time.perf_counter() - t2
-        truth = adata.obs.loc[pred.index, "cell_type"].astype(str)
+        truth = adata.obs.loc[pred.index, "true_celltype"].astype(str)
         rec["accuracy"] = accuracy(pred, truth)
         rec["final_val_loglik"] = float(hist["val_loglik"].iloc[-1]) if len(hist) else None
         rec["val_curve"] = [float(v) for v in hist["val_loglik"]]  # log likelihood per cell
@@ -239,7 +239,7 @@ def run_peer(args, adata, markers, rec):
         pred = model.predict()
         rec["predict_s"] = time.perf_counter() - t2
         pred.index = adata.obs_names
-        rec["accuracy"] = accuracy(pred, adata.obs["cell_type"].astype(str))
+        rec["accuracy"] = accuracy(pred, adata.obs["true_celltype"].astype(str))
         hist = model.history.get("elbo_validation")
         rec["final_val_loglik"] = None if hist is None else -float(hist.iloc[-1, 0])
         rec["val_curve"] = [] if hist is None else [-float(v) for v in hist.iloc[:, 0]]  # -loss per cell

@@ -14,22 +14,19 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
-import os
-import platform
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from simulate import marker_subset, simulate  # noqa: E402
+from harness import (  # noqa: E402
+    default_python, has_module, loadavg, machine_info, run_worker, s_per_epoch, terms_per_s, write_data,
+)
+from rbf_memory import measure  # noqa: E402
+from report import render_markdown, render_plot  # noqa: E402
 
 # name -> (cells, markers, types, epochs for the per-epoch figures, extra)
 FULL_CASES = {
@@ -50,171 +47,11 @@ FULL_SCALING = dict(base=(20_000, 120, 8), factors=(0.5, 1.0, 2.0), epochs=4)
 QUICK_SCALING = dict(base=(2_000, 30, 4), factors=(0.5, 1.0, 2.0), epochs=2)
 ALL_CASES = ["20k", "100k", "wide", "scaling", "rbf", "1m"]
 DEFAULT_CASES = ["20k", "100k", "wide", "scaling", "rbf"]  # 1m: the GPU case, ask for it
-VALIDATION_FRACTION = 0.1  # both sides' default
-
-
-# ---------------------------------------------------------------------------------------------
-# running one worker with a memory watchdog
-# ---------------------------------------------------------------------------------------------
-def _tree_rss_mb(pid: int) -> float:
-    """RSS of a process and its children (Linux /proc), MiB."""
-    total = 0.0
-    pids = [pid]
-    try:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        pids += [int(k) for k in kids]
-    except OSError:
-        pass
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) / 1024.0
-        except OSError:
-            pass
-    return total
-
-
-def run_worker(python: str, args: list[str], cap_mb: float, timeout_s: float, log,
-               compile_cache: str | None = None) -> dict:
-    """Run ``_worker.py`` with ``args``; kill it when its RSS passes ``cap_mb``. The worker gets
-    empty compile caches (numba, torch.compile) unless ``compile_cache`` names a shared one."""
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
-        out = fh.name
-    cmd = [python, str(HERE / "_worker.py"), *args, "--out", out]
-    env = dict(os.environ, PYTHONWARNINGS="ignore", TQDM_DISABLE="1")
-    # cold compile caches for every worker: what a fresh container (one Nextflow task) pays
-    cache = compile_cache or tempfile.mkdtemp(prefix="inductor-")
-    env["TORCHINDUCTOR_CACHE_DIR"] = cache
-    env["NUMBA_CACHE_DIR"] = os.path.join(cache, "numba")
-    env["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
-    sampled, killed = 0.0, None
-    try:
-        while proc.poll() is None:
-            rss = _tree_rss_mb(proc.pid)
-            sampled = max(sampled, rss)
-            if rss > cap_mb:
-                killed = f"killed at the memory cap ({cap_mb / 1024:.1f} GiB RSS)"
-            elif time.perf_counter() - t0 > timeout_s:
-                killed = f"killed at the time limit ({timeout_s:.0f} s)"
-            if killed:
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.05)
-        output = proc.communicate()[0].decode(errors="replace")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    rec: dict = {}
-    if not killed and proc.returncode == 0:
-        try:
-            rec = json.loads(Path(out).read_text())
-        except (OSError, json.JSONDecodeError):
-            rec = {}
-    Path(out).unlink(missing_ok=True)
-    if compile_cache is None:
-        shutil.rmtree(cache, ignore_errors=True)
-    if not rec:
-        rec = {"failed": killed or f"exit code {proc.returncode}", "log_tail": output[-3000:]}
-        log(f"    FAILED: {rec['failed']}\n" + "\n".join("      " + l for l in output.strip().splitlines()[-15:]))
-    rec["sampled_peak_rss_mb"] = sampled
-    rec["wall_s"] = time.perf_counter() - t0
-    return rec
-
-
-# ---------------------------------------------------------------------------------------------
-# derived figures
-# ---------------------------------------------------------------------------------------------
-def n_train(n: int) -> int:
-    return n - int(round(n * VALIDATION_FRACTION))
-
-
-def s_per_epoch(rec: dict) -> float | None:
-    """Steady-state seconds per epoch: median of the epoch times after the first (warm-up) one;
-    wall time of train() / epochs where no epoch times were recorded. None for runs cut to a
-    few minibatches per epoch (memory-only runs)."""
-    if not rec or rec.get("failed") or rec.get("limit_train_batches"):
-        return None
-    times = rec.get("epoch_times") or []
-    if len(times) >= 2:
-        rest = sorted(times[1:])
-        return rest[len(rest) // 2] if len(rest) % 2 else 0.5 * (rest[len(rest) // 2 - 1] + rest[len(rest) // 2])
-    if len(times) == 1:
-        return times[0]
-    if rec.get("epochs_run"):
-        return rec["train_s"] / rec["epochs_run"]
-    return None
-
-
-def terms_per_s(rec: dict) -> float | None:
-    spe = s_per_epoch(rec)
-    if not spe:
-        return None
-    return n_train(rec["n_cells"]) * rec["n_markers"] * rec["n_types"] / spe
-
-
-def mem_mb(rec: dict, device: str) -> float | None:
-    if not rec or rec.get("failed"):
-        return None
-    if device.startswith("cuda"):
-        return rec.get("cuda_peak_mb")
-    return rec.get("peak_rss_mb")
 
 
 # ---------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------
-def machine_info() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "nproc": os.cpu_count()}
-    try:
-        info["nproc"] = int(subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip())
-    except (OSError, ValueError):
-        pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                info["mem_gib"] = int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return info
-
-
-def _loadavg() -> str | None:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return None
-
-
-def has_module(python: str, module: str) -> bool:
-    try:
-        r = subprocess.run([python, "-c", f"import {module}"], capture_output=True, timeout=300)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0
-
-
-def default_python(venv: str) -> str:
-    p = REPO / venv / "bin" / "python"
-    return str(p) if p.exists() else sys.executable
-
-
-def write_data(workdir: Path, n: int, g: int, c: int, seed: int) -> tuple[str, str]:
-    sim = simulate(n, g, c, seed=seed)
-    a = marker_subset(sim.adata, sim.markers)
-    data, markers = workdir / f"sim_{n}_{g}_{c}.h5ad", workdir / f"markers_{n}_{g}_{c}.csv"
-    a.write_h5ad(data)
-    sim.markers.to_csv(markers)
-    return str(data), str(markers)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", help="write the report here (Markdown) plus a PNG and a JSON beside it")
@@ -243,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     case_defs = QUICK_CASES if args.quick else FULL_CASES
     scaling = QUICK_SCALING if args.quick else FULL_SCALING
     info = machine_info()
-    info["loadavg_start"] = _loadavg()
+    info["loadavg_start"] = loadavg()
     cap_mb = (args.mem_cap_gib * 1024) if args.mem_cap_gib else info.get("mem_gib", 24) * 1024 * 2 / 3
     ours_py = args.ours_python or default_python(".venv")
     peer_py = args.peer_python or default_python(".venv-bench")
@@ -331,17 +168,13 @@ def main(argv: list[str] | None = None) -> int:
                                                "terms_per_s": terms_per_s(rec), "peak_rss_mb": rec.get("peak_rss_mb")})
 
         if "rbf" in cases:
-            from rbf_memory import measure
-
             log("rbf: peak memory against the number of RBF centres B")
             results["rbf"] = measure(ours_py, peer_py if run_peer else None, quick=args.quick, device=args.device,
                                      batch_size=args.batch_size, cap_mb=cap_mb, log=log)
 
     results["total_s"] = time.perf_counter() - start
-    results["machine"]["loadavg_end"] = _loadavg()
+    results["machine"]["loadavg_end"] = loadavg()
     results["versions"] = collect_versions(results)
-    from report import render_markdown, render_plot  # noqa: E402
-
     md = render_markdown(results, cmd="python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     print()
     print(md)

@@ -17,7 +17,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench import default_python, has_module, machine_info, mem_mb, run_worker, write_data  # noqa: E402
+from harness import default_python, has_module, machine_info, mem_mb, run_worker, write_data  # noqa: E402
 
 FULL = dict(n=4_000, g=200, c=20, centres=(5, 10, 20, 40))
 QUICK = dict(n=1_000, g=50, c=8, centres=(5, 10, 20))

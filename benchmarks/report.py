@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bench import mem_mb, n_train, s_per_epoch, terms_per_s
+from harness import mem_mb, s_per_epoch, terms_per_s
+from rbf_memory import to_markdown as rbf_markdown
 
 TARGETS = {"terms": 10.0, "e2e": 10.0, "memory": 0.1}
 
@@ -264,19 +265,18 @@ def render_markdown(results: dict, cmd: str) -> str:
             L.append("Growth exponents of s/epoch: " + "; ".join(exps) + ".\n")
 
     if results.get("rbf"):
-        from rbf_memory import to_markdown
-
         L.append("## Peak memory against the number of RBF centres B\n")
-        L.append(to_markdown(results["rbf"]))
+        L.append(rbf_markdown(results["rbf"]))
 
     L.append("<!-- PLOT -->\n")
     L.append("## Method\n")
     L.append(
-        "* Data: simulated from the CellAssign model itself (`benchmarks/simulate.py`): negative binomial "
-        "counts given the true type, markers over-expressed by a log-normal fold change around 3.5×, "
-        "10% of markers shared by a second type, per-cell log-normal size factors; 300 non-marker genes "
-        "are simulated too and `obs['size_factor']` is total counts over all genes / mean. Both sides get "
-        "the same marker-only AnnData and the same size factors.\n"
+        "* Data: simulated from the CellAssign model itself (`cellassign_nf.simulate`, with the settings "
+        "of `benchmarks/harness.py`): negative binomial counts given the true type, markers over-expressed "
+        "by a log-normal fold change around 3.5×, 10% of markers shared by a second type, per-cell "
+        "log-normal size factors; 300 non-marker genes are simulated too and `obs['size_factor']` is total "
+        "counts over all genes / mean. Both sides get the same marker-only AnnData and the same size "
+        "factors.\n"
         "* Each figure comes from a separate subprocess (ours under `.venv`, the peer under `.venv-bench`), "
         "so peaks never mix; the harness also samples RSS and kills a worker over the memory cap "
         f"({_mib(results['mem_cap_mb'])} here), reporting the peer's peak as above the cap and, from a sweep "

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ORIGINAL = ROOT.parent / "shared" / "data" / "cellassign-original"
+ORIGINAL = ROOT / "tests" / "data" / "cellassign-original"  # see its README.md: origin, licence
 DEMO = ROOT / "assets" / "demo"
 
 

@@ -283,12 +283,10 @@ def test_umap_above_the_approximate_neighbour_threshold() -> None:
 def test_a_figure_that_fails_becomes_a_note(pipeline: dict[str, Path], tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """An optional part that cannot be made (here the UMAP) leaves a note; the report is written."""
-    import cellassign_nf.report as report_mod
-
     def broken(*args, **kwargs):
         raise AttributeError("'csr_array' object has no attribute 'getnnz'")
 
-    monkeypatch.setattr(report_mod, "compute_umap", broken)
+    monkeypatch.setattr("cellassign_nf.report.sections.compute_umap", broken)  # where the page calls it
     res = make_report(pipeline["annotated"], history=pipeline["history"], model=pipeline["model"],
                       qc_summary=pipeline["qc_summary"], sample="soft", outdir=tmp_path)
     assert res.html.exists() and not (tmp_path / "soft_umap.png").exists()

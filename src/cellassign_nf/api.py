@@ -1,4 +1,7 @@
-"""The user-facing model: ``CellAssign(adata, markers).train().predict()``, in the scvi-tools style."""
+"""The user-facing model: ``CellAssign(adata, markers).train().predict()``, in the scvi-tools style.
+
+The model, its fit and its initialisation are explained in docs/model.md.
+"""
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,4 @@
-"""The CellAssign model: the math of DESIGN.md section 2, under its names.
+"""The CellAssign model: the math of docs/model.md, under its names.
 
 For cell n, marker gene g and cell type c::
 
@@ -140,7 +140,7 @@ class CellAssignModule(nn.Module):
         self.delta_log_mean = nn.Parameter(torch.zeros(()))
         self.delta_log_log_variance = nn.Parameter(torch.zeros(()))
 
-    # --- the quantities of DESIGN.md section 2 ---------------------------------------------------
+    # --- the quantities of docs/model.md section 2 -----------------------------------------------
     @property
     def delta(self) -> Tensor:
         """delta at the K marker entries (the G x C matrix is ``delta_matrix()``)."""

@@ -1,4 +1,5 @@
-"""Prediction: assignment probabilities (gamma) computed in chunks, labels with a threshold."""
+"""Prediction: assignment probabilities (gamma) computed in chunks, labels with a threshold
+(docs/model.md section 7)."""
 from __future__ import annotations
 
 from collections.abc import Iterator

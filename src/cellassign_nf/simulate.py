@@ -1,7 +1,27 @@
-"""Data simulated from the CellAssign model with known cell types (tests, demo, benchmarks)."""
+"""Counts simulated from the CellAssign model with known cell types: the one simulator of the
+project (tests, demo data, benchmarks).
+
+The generative model of docs/model.md (section 2), per cell n, gene g, type c and batch
+b (the first batch is the reference):
+
+    z[n]        ~ Categorical(pi)                                    obs["true_celltype"]
+    s[n]        ~ LogNormal(0, size_factor_sd)                       per-cell capture efficiency
+    beta0[g]    ~ Normal(beta0_mean, beta0_sd)                       var["beta0"]
+    delta[g,c]  ~ Uniform(delta_range)                               where rho[g,c] = 1
+                  or LogNormal(log(log(fold_change)), delta_sd)      (when fold_change is given)
+    beta[g,b]   ~ Normal(0, batch_effect)                            b after the reference
+    log mu[n,g] = log s[n] + beta0[g] + beta[g, batch[n]] + rho[g,z[n]] * delta[g,z[n]]
+    x[n,g]      ~ NegativeBinomial(mean mu[n,g], inverse dispersion phi[g])
+    phi[g]      = phi * exp(phi_sd * Normal(0, 1))
+
+Genes: the markers (rows of ``rho``, in order), then ``n_other_genes`` genes without a type
+effect (``GENE0000``...), then ``n_mito_genes`` (``MT-G0``...). :func:`random_markers` draws a
+marker matrix of any size for benchmarks.
+"""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import anndata as ad
 import numpy as np
@@ -9,6 +29,24 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .markers import marker_list_to_matrix
+
+_CHUNK_VALUES = 2_000_000  # cells x genes drawn at once: bounds the float64 temporaries
+
+
+def random_markers(n_markers: int, n_types: int, p_shared: float = 0.1, seed: int = 0) -> pd.DataFrame:
+    """A binary marker matrix (``marker_0000``... x ``type_00``...): every gene marks one type,
+    types balanced, and a fraction ``p_shared`` of the genes marks a second type as well."""
+    if n_markers < n_types:
+        raise ValueError(f"need at least one marker per type: {n_markers} markers < {n_types} types")
+    rng = np.random.default_rng(seed)
+    rho = np.zeros((n_markers, n_types), dtype=np.int64)
+    owner = rng.permutation(np.arange(n_markers) % n_types)
+    rho[np.arange(n_markers), owner] = 1
+    shared = np.flatnonzero(rng.random(n_markers) < p_shared)
+    if n_types > 1:
+        rho[shared, (owner[shared] + rng.integers(1, n_types, size=shared.size)) % n_types] = 1
+    return pd.DataFrame(rho, index=[f"marker_{g:04d}" for g in range(n_markers)],
+                        columns=[f"type_{c:02d}" for c in range(n_types)])
 
 
 def simulate(
@@ -23,40 +61,118 @@ def simulate(
     phi: float = 5.0,
     seed: int = 0,
     gene_seed: int | None = None,
+    *,
+    fold_change: float | None = None,
+    delta_sd: float = 0.2,
+    beta0_mean: float = -0.5,
+    beta0_sd: float = 1.0,
+    other_beta0_mean: float | None = None,
+    phi_sd: float = 0.0,
+    proportion_sd: float | None = None,
+    min_cells_per_type: int = 0,
+    size_factor_sd: float = 0.4,
+    size_factors: Literal["true", "library"] = "true",
+    sparse: bool = True,
 ) -> ad.AnnData:
-    """Counts from the CellAssign model: ``mu = s * exp(beta0 + delta * rho + beta * batch)``,
-    NB with inverse dispersion ``phi``.
+    """Counts from the CellAssign model (see the module docstring for the model).
 
-    ``obs`` holds ``true_celltype``, ``batch`` and the true ``size_factor``; ``var`` holds
-    ``beta0``; ``uns['simulation']`` the true ``delta`` and per-batch effects ``beta``
-    (the first batch is the reference). Gene parameters are drawn with ``gene_seed`` (default
-    ``seed``), so several samples can share them.
+    Cells draw with ``seed``, gene parameters with ``gene_seed`` (default ``seed``), so several
+    samples can share their genes. Options beyond the defaults:
+
+    * ``fold_change``/``delta_sd``: log-normal ``delta`` around ``log(fold_change)`` instead of
+      uniform on ``delta_range``;
+    * ``other_beta0_mean``: base expression mean of the non-marker genes (default
+      ``beta0_mean``);
+    * ``phi_sd``: per-gene dispersion, log-normal around ``phi``;
+    * ``proportions`` fixed, or ``proportion_sd`` drawn log-normal (default: equal);
+      ``min_cells_per_type`` cells of every type at least;
+    * ``size_factors="library"``: ``obs["size_factor"]`` from the counts as the pipeline computes
+      it (total counts over all genes / mean), the truth kept in ``obs["size_factor_true"]``;
+    * ``sparse=False``: dense float32 ``X`` (big benchmark data).
+
+    Returns an AnnData with ``obs["true_celltype"]``, ``obs["batch"]``, ``obs["size_factor"]``,
+    ``var["beta0"]`` and in ``uns["simulation"]`` the true ``delta`` (markers x types), ``beta``
+    (markers x batches), ``phi`` and ``pi``.
     """
     rng = np.random.default_rng(seed)
     gene_rng = np.random.default_rng(seed if gene_seed is None else gene_seed)
     rho = markers if isinstance(markers, pd.DataFrame) else marker_list_to_matrix(markers)
-    types = list(rho.columns)
-    C = len(types)
-    p = np.full(C, 1.0 / C) if proportions is None else np.asarray(proportions, float) / np.sum(proportions)
-    z = rng.choice(C, size=n_cells, p=p)
+    types, G = list(rho.columns), len(rho)
     genes = list(rho.index) + [f"GENE{i:04d}" for i in range(n_other_genes)] + [f"MT-G{i}" for i in range(n_mito_genes)]
-    G_all, G = len(genes), len(rho)
-    beta0 = gene_rng.normal(-0.5, 1.0, G_all)
-    delta = gene_rng.uniform(*delta_range, size=rho.shape) * rho.to_numpy()
+
+    pi = _proportions(len(types), proportions, proportion_sd, rng)
+    z = _cell_types(n_cells, pi, min_cells_per_type, rng)
+    beta0 = _base_expression(len(genes), G, beta0_mean, beta0_sd, other_beta0_mean, gene_rng)
+    delta = _over_expression(rho, delta_range, fold_change, delta_sd, gene_rng)
     batch = rng.integers(0, len(batches), n_cells)
-    beta = np.zeros((G_all, len(batches)))
-    beta[:, 1:] = gene_rng.normal(0.0, batch_effect, (G_all, len(batches) - 1)) if len(batches) > 1 else 0.0
-    s = rng.lognormal(0.0, 0.4, n_cells)
-    log_mu = np.log(s)[:, None] + beta0[None, :] + beta[:, batch].T
-    log_mu[:, :G] += delta[:, z].T
-    mu = np.exp(log_mu)
-    counts = rng.negative_binomial(phi, phi / (phi + mu)).astype(np.float32)
-    adata = ad.AnnData(sp.csr_matrix(counts))
+    beta = np.zeros((len(genes), len(batches)))
+    if len(batches) > 1:
+        beta[:, 1:] = gene_rng.normal(0.0, batch_effect, (len(genes), len(batches) - 1))
+    phi_g = np.exp(np.log(phi) + phi_sd * gene_rng.standard_normal(len(genes))) if phi_sd else np.float64(phi)
+    s = rng.lognormal(0.0, size_factor_sd, n_cells)
+
+    X = _counts(s, beta0, beta, batch, delta, z, phi_g, rng, sparse)
+    adata = ad.AnnData(X)
     adata.obs_names = [f"cell{i:06d}" for i in range(n_cells)]
     adata.var_names = genes
     adata.obs["true_celltype"] = pd.Categorical(np.asarray(types)[z], categories=types)
     adata.obs["batch"] = pd.Categorical(np.asarray(batches)[batch], categories=list(batches))
-    adata.obs["size_factor"] = s
+    if size_factors == "library":
+        library = np.maximum(np.asarray(X.sum(axis=1), dtype=np.float64).ravel(), 1.0)
+        adata.obs["size_factor"] = library / library.mean()
+        adata.obs["size_factor_true"] = s
+    else:
+        adata.obs["size_factor"] = s
     adata.var["beta0"] = beta0
-    adata.uns["simulation"] = {"delta": delta, "beta": beta[:G], "phi": phi}
+    adata.uns["simulation"] = {"delta": delta, "beta": beta[:G], "phi": phi_g, "pi": pi}
     return adata
+
+
+def _proportions(C: int, proportions, proportion_sd, rng) -> np.ndarray:
+    if proportions is not None:
+        p = np.asarray(proportions, float)
+        return p / p.sum()
+    if proportion_sd is not None:
+        w = np.exp(proportion_sd * rng.standard_normal(C))
+        return w / w.sum()
+    return np.full(C, 1.0 / C)
+
+
+def _cell_types(n_cells: int, pi: np.ndarray, min_per_type: int, rng) -> np.ndarray:
+    C = len(pi)
+    k = min(min_per_type, n_cells // C)
+    if not k:
+        return rng.choice(C, size=n_cells, p=pi)
+    z = np.concatenate([np.repeat(np.arange(C), k), rng.choice(C, n_cells - k * C, p=pi)])
+    return rng.permutation(z)
+
+
+def _base_expression(G_all: int, G: int, mean: float, sd: float, other_mean: float | None, rng) -> np.ndarray:
+    loc = np.full(G_all, mean)
+    if other_mean is not None:
+        loc[G:] = other_mean
+    return loc + sd * rng.standard_normal(G_all)
+
+
+def _over_expression(rho: pd.DataFrame, delta_range, fold_change, delta_sd, rng) -> np.ndarray:
+    if fold_change is None:
+        return rng.uniform(*delta_range, size=rho.shape) * rho.to_numpy()
+    return np.exp(np.log(np.log(fold_change)) + delta_sd * rng.standard_normal(rho.shape)) * rho.to_numpy()
+
+
+def _counts(s, beta0, beta, batch, delta, z, phi, rng, sparse: bool):
+    """Negative binomial counts, drawn in chunks of cells (same stream as one draw)."""
+    n_cells, (G_all, G) = len(s), (len(beta0), len(delta))
+    chunk = max(1, _CHUNK_VALUES // max(1, G_all))
+    parts, dense = [], None if sparse else np.empty((n_cells, G_all), dtype=np.float32)
+    for lo in range(0, n_cells, chunk):
+        hi = min(n_cells, lo + chunk)
+        log_mu = np.log(s[lo:hi])[:, None] + beta0[None, :] + beta[:, batch[lo:hi]].T
+        log_mu[:, :G] += delta[:, z[lo:hi]].T
+        mu = np.exp(log_mu)
+        x = rng.negative_binomial(phi, phi / (phi + mu)).astype(np.float32)
+        if sparse:
+            parts.append(sp.csr_matrix(x))
+        else:
+            dense[lo:hi] = x
+    return sp.vstack(parts, format="csr") if sparse else dense

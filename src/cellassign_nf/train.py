@@ -1,4 +1,7 @@
-"""Training: minibatch EM with Adam, validation split, early stopping, random restarts."""
+"""Training: minibatch EM with Adam, validation split, early stopping, random restarts.
+
+The algorithm, what is detached and why: docs/model.md section 5.
+"""
 from __future__ import annotations
 
 import logging

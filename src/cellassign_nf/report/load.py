@@ -1,0 +1,183 @@
+"""Reading the report's inputs (annotated h5ad, training history, QC summary, parameters, model
+file), each checked, with one clear error for a bad file."""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from ..errors import InputError
+from .base import (
+    CELLTYPE_KEY, HISTORY_COLUMNS, PROB_KEY, SAMPLE_NAME_RE, ModelLike, QCSummary, _is_number, _require_file,
+)
+
+if TYPE_CHECKING:
+    import anndata as ad
+
+
+def check_sample_name(sample: str) -> str:
+    """Sample names become file names and MultiQC sample names: keep them simple."""
+    if not SAMPLE_NAME_RE.match(sample or ""):
+        raise InputError(None, f"sample name '{sample}' is not usable in file names",
+                         "Use letters, digits, '.', '_', '+' or '-' only, starting with a letter or digit.")
+    return sample
+
+
+def load_annotated(path: str | Path) -> ad.AnnData:
+    """Read the annotated h5ad of ``cellassign-nf annotate`` and check what the report uses."""
+    import anndata as ad
+
+    path = Path(path)
+    _require_file(path, "annotated h5ad")
+    try:
+        adata = ad.read_h5ad(path)
+    except Exception as exc:  # h5py/anndata raise many types for bad files
+        raise InputError(path, f"cannot be read as h5ad ({type(exc).__name__}: {exc})",
+                         "Give the annotated h5ad written by `cellassign-nf annotate`.") from exc
+    fix = "Give the annotated h5ad written by `cellassign-nf annotate`."
+    if adata.n_obs == 0:
+        raise InputError(path, "has no cells", "Check the QC thresholds: every cell was filtered out.")
+    for key in (CELLTYPE_KEY, PROB_KEY):
+        if key not in adata.obs:
+            raise InputError(path, f"has no obs['{key}']", fix)
+    probs = pd.to_numeric(adata.obs[PROB_KEY], errors="coerce")
+    if (probs < 0).any() or (probs > 1 + 1e-6).any():  # NaN (cells the model could not score) is allowed
+        raise InputError(path, f"obs['{PROB_KEY}'] holds values outside [0, 1]", fix)
+    return adata
+
+
+def load_history(path: str | Path) -> pd.DataFrame:
+    """Read ``history.tsv`` (``restart, epoch, train_loglik, val_loglik, selected``)."""
+    path = Path(path)
+    _require_file(path, "training history")
+    try:
+        hist = pd.read_csv(path, sep="\t")
+    except Exception as exc:
+        raise InputError(path, f"cannot be read as a TSV table ({exc})",
+                         "Give the history.tsv written by `cellassign-nf train`.") from exc
+    return check_history(hist, path)
+
+
+def check_history(hist: pd.DataFrame, path: str | Path | None = None) -> pd.DataFrame:
+    """Check and normalise a training-history table (columns as in history.tsv)."""
+    missing = [c for c in HISTORY_COLUMNS if c not in hist.columns]
+    if missing:
+        raise InputError(path, f"training history lacks column(s) {', '.join(missing)}",
+                         "Give the history.tsv written by `cellassign-nf train`.")
+    hist = hist.copy()
+    for col in ("restart", "epoch"):
+        hist[col] = pd.to_numeric(hist[col], errors="coerce")
+    for col in ("train_loglik", "val_loglik"):
+        hist[col] = pd.to_numeric(hist[col], errors="coerce")
+    if hist[["restart", "epoch"]].isna().any().any():
+        raise InputError(path, "training history has non-numeric restart or epoch values",
+                         "Give the history.tsv written by `cellassign-nf train`.")
+    hist["restart"] = hist["restart"].astype(int)
+    hist["epoch"] = hist["epoch"].astype(int)
+    hist["selected"] = hist["selected"].map(_as_bool)
+    return hist.sort_values(["restart", "epoch"]).reset_index(drop=True)
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes", "t")
+    try:
+        return bool(value) and not (isinstance(value, float) and math.isnan(value))
+    except (TypeError, ValueError):
+        return False
+
+
+_QC_ALIASES: dict[str, tuple[str, ...]] = {
+    "cells_before": ("cells_before", "n_cells_before", "cells_in", "n_cells_in", "input_cells", "cells_input"),
+    "cells_after": ("cells_after", "n_cells_after", "cells_out", "n_cells_out", "cells_passed", "n_cells_passed",
+                    "cells_kept", "output_cells"),
+    "genes_before": ("genes_before", "n_genes_before", "genes_in", "n_genes_in", "input_genes", "genes_input"),
+    "genes_after": ("genes_after", "n_genes_after", "genes_out", "n_genes_out", "genes_passed", "n_genes_passed",
+                    "genes_kept", "output_genes"),
+}
+_QC_THRESHOLD_KEYS = ("thresholds", "params", "parameters", "filters", "settings")
+_QC_THRESHOLD_NAMES = ("min_counts", "min_genes", "max_mito_pct", "min_cells", "mito_prefix", "max_counts",
+                       "max_genes", "layer")
+
+
+def load_qc_summary(path: str | Path) -> QCSummary:
+    """Read the QC step's summary JSON."""
+    path = Path(path)
+    _require_file(path, "QC summary")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"is not valid JSON ({exc})",
+                         "Give the summary JSON written by `cellassign-nf qc --summary`.") from exc
+    if not isinstance(raw, dict):
+        raise InputError(path, "is not a JSON object", "Give the summary JSON written by `cellassign-nf qc --summary`.")
+    return parse_qc_summary(raw)
+
+
+def parse_qc_summary(raw: Mapping[str, Any]) -> QCSummary:
+    """Normalise a QC summary dict: cell and gene counts before/after, thresholds, the rest."""
+    flat = dict(raw)
+    # Accept {"cells": {"before": .., "after": ..}, "genes": {...}} as well as flat keys.
+    for what in ("cells", "genes"):
+        sub = flat.get(what)
+        if isinstance(sub, Mapping):
+            for when in ("before", "after"):
+                if when in sub:
+                    flat.setdefault(f"{what}_{when}", sub[when])
+            flat.pop(what)
+    qc = QCSummary()
+    used: set[str] = set()
+    for attr, names in _QC_ALIASES.items():
+        for name in names:
+            if name in flat and _is_number(flat[name]):
+                setattr(qc, attr, int(flat[name]))
+                used.add(name)
+                break
+    for key in _QC_THRESHOLD_KEYS:
+        if isinstance(flat.get(key), Mapping):
+            qc.thresholds.update(flat[key])
+            used.add(key)
+    for name in _QC_THRESHOLD_NAMES:
+        if name in flat and name not in used:
+            qc.thresholds.setdefault(name, flat[name])
+            used.add(name)
+    for key, value in flat.items():
+        if key in used or key in ("cells", "genes"):
+            continue
+        qc.other[key] = value
+    return qc
+
+
+def load_params(path: str | Path | None) -> dict[str, Any]:
+    """Read the run's parameters JSON (``--params``); ``{}`` when not given."""
+    if path is None:
+        return {}
+    path = Path(path)
+    _require_file(path, "parameters JSON")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"is not valid JSON ({exc})", "Give a JSON object of parameter names and values.") from exc
+    if not isinstance(raw, dict):
+        raise InputError(path, "is not a JSON object", "Give a JSON object of parameter names and values.")
+    return raw
+
+
+def load_model(path: str | Path) -> ModelLike:
+    """Load the fitted model file with ``cellassign_nf.api.CellAssign.load``."""
+    path = Path(path)
+    _require_file(path, "model file")
+    from ..api import CellAssign
+
+    try:
+        model = CellAssign.load(path)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(path, f"cannot be read as a cellassign-nf model ({type(exc).__name__}: {exc})",
+                         "Give the model file written by `cellassign-nf train`.") from exc
+    return model  # type: ignore[return-value]

@@ -1,0 +1,83 @@
+"""``make_report``: the per-sample report from the outputs of the earlier steps."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..errors import InputError
+from .base import DEFAULT_UMAP_MAX_CELLS, ModelLike, QCSummary, ReportResult, SampleSummary, _fmt, write_text
+from .html import render_html, software_versions
+from .load import (
+    check_history, check_sample_name, load_annotated, load_history, load_model, load_params, load_qc_summary,
+)
+from .multiqc import write_multiqc_files
+from .sections import FigureSink, ReportInputs, build_sections
+from .summary import summarise
+
+log = logging.getLogger(__name__)
+
+
+def make_report(
+    annotated: str | Path,
+    *,
+    history: str | Path | pd.DataFrame,
+    model: str | Path | ModelLike,
+    qc_summary: str | Path | QCSummary,
+    sample: str,
+    outdir: str | Path,
+    umap: bool = True,
+    umap_max_cells: int = DEFAULT_UMAP_MAX_CELLS,
+    params: str | Path | Mapping[str, Any] | None = None,
+    multiqc: bool = True,
+) -> ReportResult:
+    """Write ``outdir/SAMPLE.report.html``, its PNG figures and the MultiQC files.
+
+    ``history``, ``model``, ``qc_summary`` and ``params`` are paths to the step outputs, or the
+    already loaded objects. The HTML page is written last.
+    """
+    sample = check_sample_name(sample)
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise InputError(outdir, "exists and is not a folder", "Give a folder for --outdir.")
+    inp = load_inputs(annotated, history, model, qc_summary, params, sample)
+    outdir.mkdir(parents=True, exist_ok=True)
+    sink = FigureSink(outdir, sample)
+    versions = software_versions()
+    sections = build_sections(inp, sink, versions, umap=umap, umap_max_cells=umap_max_cells)
+    notes = [n for sec in sections for n in sec.notes]
+    mqc_files = write_multiqc_files(inp.summary, outdir) if multiqc else []
+    page = render_html(sample, sections, summary_cards(inp.summary, inp.cell_types), versions)
+    html_path = write_text(outdir / f"{sample}.report.html", page)
+    log.info("report written to %s", html_path)
+    return ReportResult(html_path, [f.path for f in sink.figures], mqc_files, inp.summary, notes)
+
+
+def load_inputs(annotated: Any, history: Any, model: Any, qc_summary: Any, params: Any, sample: str) -> ReportInputs:
+    """Load what is given as paths, check what is given as objects, and summarise the sample."""
+    adata = load_annotated(annotated) if not _is_anndata(annotated) else annotated
+    hist = load_history(history) if not isinstance(history, pd.DataFrame) else check_history(history)
+    mdl = load_model(model) if isinstance(model, (str, Path)) else model
+    qc = load_qc_summary(qc_summary) if isinstance(qc_summary, (str, Path)) else qc_summary
+    run_params = load_params(params) if isinstance(params, (str, Path)) or params is None else dict(params)
+    cell_types = [str(t) for t in mdl.cell_types]
+    summary = summarise(sample, adata, hist, qc, cell_types)
+    return ReportInputs(adata, hist, mdl, qc, run_params, cell_types, summary)
+
+
+def summary_cards(summary: SampleSummary, cell_types: list[str]) -> list[tuple[str, str]]:
+    """The numbers shown first, as cards at the top of the page."""
+    return [
+        ("cells after QC", f"{summary.n_cells:,}"),
+        ("assigned", f"{summary.pct_assigned:.1f}%"),
+        ("most frequent type", summary.top_type or "–"),
+        ("cell types in model", str(len(cell_types))),
+        ("final validation log lik.", _fmt(summary.final_val_loglik)),
+    ]
+
+
+def _is_anndata(obj: Any) -> bool:
+    return type(obj).__name__ == "AnnData"

@@ -1,0 +1,219 @@
+"""The sections of the per-sample page, one function each, in page order. Each returns a
+``_Section`` (tables, figures, notes); figures are written as PNG files as they are made."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .base import (
+    PROB_KEY, SIZE_FACTOR_KEY, UMAP_MIN_CELLS, ModelLike, QCSummary, ReportFigure, SampleSummary, flatten,
+    write_bytes,
+)
+from .figures import (
+    compute_umap, figure_png, normalise, plot_celltype_counts, plot_delta, plot_marker_expression,
+    plot_probability_histogram, plot_size_factors, plot_training_curves, plot_umap,
+)
+from .html import _Section, _table
+
+if TYPE_CHECKING:
+    import anndata as ad
+    from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReportInputs:
+    """Everything the page is made of, loaded and checked."""
+
+    adata: ad.AnnData
+    history: pd.DataFrame
+    model: ModelLike
+    qc: QCSummary
+    params: dict[str, Any]
+    cell_types: list[str]
+    summary: SampleSummary
+
+
+class FigureSink:
+    """Renders figures to PNG, writes each as ``outdir/SAMPLE_KEY.png`` and keeps them for the page."""
+
+    def __init__(self, outdir: Path, sample: str) -> None:
+        self.outdir, self.sample = outdir, sample
+        self.figures: list[ReportFigure] = []
+
+    def add(self, section: _Section, key: str, title: str, draw: Callable[[], Figure | None], caption: str) -> bool:
+        """Draw one figure into ``section``. Figures are optional: one that cannot be drawn
+        becomes a note in its section and a warning in the log, and the report goes on."""
+        try:
+            fig = draw()
+            if fig is None:
+                return False
+            png = figure_png(fig)
+        except Exception as exc:  # noqa: BLE001 - any failure of an optional figure
+            import matplotlib.pyplot as plt  # the Agg backend is already selected by .figures
+
+            log.warning("%s: %s could not be drawn: %s: %s", self.sample, title, type(exc).__name__, exc)
+            log.debug("traceback of the failed figure", exc_info=True)
+            section.notes.append(f"{title} could not be drawn ({type(exc).__name__}: {exc}).")
+            plt.close("all")
+            return False
+        path = write_bytes(self.outdir / f"{self.sample}_{key}.png", png)
+        rf = ReportFigure(key, title, png, path, caption)
+        self.figures.append(rf)
+        section.figures.append(rf)
+        return True
+
+
+def build_sections(inp: ReportInputs, sink: FigureSink, versions: Mapping[str, str], *, umap: bool,
+                   umap_max_cells: int) -> list[_Section]:
+    """All sections of the page, in order."""
+    sections = [celltypes_section(inp, sink), probability_section(inp, sink)]
+    norm = normalise(inp.adata)
+    sections += [markers_section(inp, sink, norm), umap_section(inp, sink, norm, umap, umap_max_cells)]
+    del norm
+    sections += [training_section(inp, sink), delta_section(inp, sink), qc_section(inp, sink),
+                 parameters_section(inp), versions_section(versions)]
+    return sections
+
+
+def celltypes_section(inp: ReportInputs, sink: FigureSink) -> _Section:
+    summary = inp.summary
+    counts = summary.counts
+    s = _Section("celltypes", "Cell types",
+                 "Cells per assigned type. Cells whose top probability is below the threshold are "
+                 "'unassigned'.")
+    s.tables.append(_table(["cell type", "cells", "% of cells"],
+                           [[t, int(n), round(100 * n / max(summary.n_cells, 1), 2)] for t, n in counts.items()]))
+    sink.add(s, "celltype_counts", "Cell-type counts", lambda: plot_celltype_counts(counts),
+             "Number (and share) of cells assigned to each type.")
+    return s
+
+
+def probability_section(inp: ReportInputs, sink: FigureSink) -> _Section:
+    summary = inp.summary
+    s = _Section("probability", "Assignment probability",
+                 "Each cell's highest posterior type probability (gamma). A mass near 1 means confident "
+                 "assignments; many cells near 1/number-of-types means the markers do not separate them.")
+    probs = inp.adata.obs[PROB_KEY].to_numpy(dtype=float)
+    thr = summary.min_prob
+    s.tables.append(_table(["statistic", "value"], [
+        ["threshold (min_prob)", thr],
+        ["cells below threshold (unassigned)", summary.n_unassigned],
+        ["% unassigned", round(100 * summary.n_unassigned / max(summary.n_cells, 1), 2)],
+        ["median probability", float(np.nanmedian(probs)) if np.isfinite(probs).any() else None],
+        ["cells with probability ≥ 0.9", int((probs >= 0.9).sum())],
+    ]))
+    if not np.isfinite(probs).all():
+        s.notes.append(f"{int((~np.isfinite(probs)).sum()):,} cells have no probability (not scored by the model).")
+    sink.add(s, "probability", "Assignment probability", lambda: plot_probability_histogram(probs, thr),
+             "Distribution of the top assignment probability; dashed line: threshold.")
+    return s
+
+
+def markers_section(inp: ReportInputs, sink: FigureSink, norm: ad.AnnData) -> _Section:
+    s = _Section("markers", "Marker expression by assigned type",
+                 "Marker genes of the model (grouped by the type they mark) on normalised data "
+                 "(normalize_total to 10,000, log1p). Colour: mean expression scaled 0-1 per gene; "
+                 "size: fraction of cells expressing. Each type should over-express its own block.")
+    drawn = sink.add(s, "marker_expression", "Marker expression",
+                     lambda: plot_marker_expression(norm, inp.model.rho, inp.cell_types),
+                     "Dot plot of marker genes by assigned type (scanpy).")
+    if not drawn and not s.notes:
+        s.notes.append("None of the model's marker genes are in the annotated data; no dot plot.")
+    return s
+
+
+def umap_section(inp: ReportInputs, sink: FigureSink, norm: ad.AnnData, umap: bool, umap_max_cells: int) -> _Section:
+    n_obs = inp.adata.n_obs
+    s = _Section("umap", "UMAP", "2-D UMAP of the normalised data (all genes; top 2,000 highly variable genes "
+                 "when there are more), PCA, 15-nearest-neighbour graph; coloured by assigned type and by "
+                 "assignment probability.")
+    if not umap:
+        s.notes.append("UMAP skipped (--no-umap).")
+    elif n_obs > umap_max_cells:
+        s.notes.append(f"UMAP skipped: {n_obs:,} cells is more than --umap-max-cells {umap_max_cells:,}. "
+                       "Raise --umap-max-cells to compute it.")
+    elif n_obs < UMAP_MIN_CELLS:
+        s.notes.append(f"UMAP skipped: only {n_obs} cells.")
+    else:
+        def draw_umap() -> Figure:
+            t0 = time.perf_counter()
+            emb = compute_umap(norm)
+            log.info("UMAP of %d cells in %.1f s", emb.n_obs, time.perf_counter() - t0)
+            return plot_umap(emb, inp.cell_types)
+
+        sink.add(s, "umap", "UMAP", draw_umap,
+                 "Left: assigned type; right: top assignment probability (low-probability cells drawn on top).")
+    return s
+
+
+def training_section(inp: ReportInputs, sink: FigureSink) -> _Section:
+    hist = inp.history
+    s = _Section("training", "Training",
+                 "Mean log likelihood per cell on the training and held-out validation cells, per epoch; "
+                 "one line per random restart, the selected restart (best final likelihood) in bold.")
+    fin = hist.groupby("restart").tail(1)
+    s.tables.append(_table(["restart", "epochs", "final train log lik.", "final validation log lik.", "selected"],
+                           [[int(r.restart), int(r.epoch), r.train_loglik, r.val_loglik, bool(hist.loc[
+                               hist.restart == r.restart, "selected"].any())] for r in fin.itertuples()]))
+    if hist.empty:
+        s.notes.append("The training history is empty.")
+    else:
+        sink.add(s, "training", "Training curves", lambda: plot_training_curves(hist),
+                 "Log likelihood per cell by epoch; bold: selected restart.")
+    return s
+
+
+def delta_section(inp: ReportInputs, sink: FigureSink) -> _Section:
+    s = _Section("delta", "Fitted over-expression (delta)",
+                 "delta[g, c]: the fitted log fold over-expression of marker g in type c relative to "
+                 "types it does not mark (exp(delta) = fold change). Grey cells: g is not a marker of c.")
+    sink.add(s, "delta", "Delta heat map", lambda: plot_delta(inp.model.delta, inp.model.rho),
+             "Fitted delta per marker gene and type.")
+    return s
+
+
+def qc_section(inp: ReportInputs, sink: FigureSink) -> _Section:
+    qc, adata = inp.qc, inp.adata
+    s = _Section("qc", "Quality control", "Cells and genes before and after QC filtering, the thresholds used, "
+                 "and the size factors (total counts over all genes, divided by the mean) used by the model.")
+    s.tables.append(_table(["", "before QC", "after QC"], [
+        ["cells", qc.cells_before, qc.cells_after],
+        ["genes", qc.genes_before, qc.genes_after],
+    ], "Cells and genes"))
+    if qc.thresholds:
+        s.tables.append(_table(["threshold", "value"], [[k, v] for k, v in flatten(qc.thresholds).items()],
+                               "Thresholds"))
+    if qc.other:
+        s.tables.append(_table(["metric", "value"], [[k, v] for k, v in flatten(qc.other).items()],
+                               "Other QC numbers"))
+    if SIZE_FACTOR_KEY in adata.obs:
+        sink.add(s, "size_factors", "Size factors", lambda: plot_size_factors(adata.obs[SIZE_FACTOR_KEY]),
+                 "Distribution of size factors (log scale); dotted line: median.")
+    else:
+        s.notes.append(f"obs['{SIZE_FACTOR_KEY}'] is not in the annotated data; no size-factor plot.")
+    return s
+
+
+def parameters_section(inp: ReportInputs) -> _Section:
+    s = _Section("parameters", "Parameters")
+    train_params = dict(getattr(inp.model, "train_params", {}) or {})
+    s.tables.append(_table(["training setting (model file)", "value"], [[k, v] for k, v in flatten(train_params).items()])
+                    if train_params else _table(["training setting (model file)", "value"], [["–", "none recorded"]]))
+    if inp.params:
+        s.tables.append(_table(["run parameter (--params)", "value"], [[k, v] for k, v in flatten(inp.params).items()]))
+    else:
+        s.notes.append("No --params file was given; only the model's training settings are shown.")
+    return s
+
+
+def versions_section(versions: Mapping[str, str]) -> _Section:
+    return _Section("versions", "Software versions", tables=[_table(["software", "version"], list(versions.items()))])
