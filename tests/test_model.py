@@ -98,3 +98,71 @@ def test_delta_matrix_zero_off_markers():
     m, rho, *_ = _tiny_module()
     d = m.delta_matrix().numpy()
     assert np.all(d[rho == 0] == 0) and np.all(d[rho == 1] > 0)
+
+
+# --- the priors at values where a wrong formula shows (issue 13) ---------------------------------
+
+@pytest.mark.parametrize("alpha", [0.01, 0.7])
+def test_log_prior_away_from_the_starting_point(alpha):
+    """Non-zero mean, variance != 1, a non-default Dirichlet concentration: an SD/variance mix-up,
+    a sign flip of the mean or an ignored concentration changes the value."""
+    m, rho, *_ = _tiny_module()
+    m.dirichlet_concentration = alpha
+    mean, variance = 0.9, 0.3
+    with torch.no_grad():
+        m.delta_log_mean.fill_(mean)
+        m.delta_log_log_variance.fill_(math.log(variance))
+    pi = torch.softmax(m.theta_logit, -1).detach().numpy()
+    dl = m.delta_log.detach().numpy()
+    expected = stats.dirichlet.logpdf(pi, np.full(3, alpha)) + stats.norm.logpdf(dl, mean, math.sqrt(variance)).sum()
+    assert float(m.log_prior().detach()) == pytest.approx(expected, rel=1e-9)
+
+
+def test_log_prior_without_shrinkage_is_the_dirichlet_alone():
+    m, rho, *_ = _tiny_module()
+    with torch.no_grad():
+        m.delta_log_mean.fill_(0.5)
+    m.shrinkage = False
+    pi = torch.softmax(m.theta_logit, -1).detach().numpy()
+    assert float(m.log_prior().detach()) == pytest.approx(stats.dirichlet.logpdf(pi, np.full(3, 0.01)), rel=1e-9)
+
+
+def test_gamma_is_the_posterior_of_the_joint():
+    """gamma[n,c] = p(z=c | x) from Bayes' rule on the scipy reference (not just rows summing to 1)."""
+    from cellassign_nf.model import gamma_from_joint
+
+    m, rho, x, s, D, v, b = _tiny_module()
+    joint = m.joint_log_prob(torch.tensor(x), torch.tensor(np.log(s)), torch.tensor(D))
+    expected = np.exp(_numpy_reference(m, rho, x, s, D, v, b))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(gamma_from_joint(joint).detach().numpy(), expected, rtol=1e-6)
+
+
+def test_nb_log_prob_matches_scipy():
+    from cellassign_nf.model import nb_log_prob
+
+    x = torch.tensor([0.0, 1.0, 7.0, 40.0], dtype=torch.float64)
+    mu = torch.tensor([0.3, 2.0, 5.0, 30.0], dtype=torch.float64)
+    phi = torch.tensor([0.5, 3.0, 10.0, 1.5], dtype=torch.float64)
+    expected = stats.nbinom.logpmf(x.numpy(), phi.numpy(), (phi / (phi + mu)).numpy())
+    np.testing.assert_allclose(nb_log_prob(x, mu, phi).numpy(), expected, rtol=1e-10)
+
+
+def test_clamp_leaves_larger_deltas_alone():
+    m, *_ = _tiny_module()
+    before = m.delta_log.detach().clone()  # all above log 2 (drawn in [0.7, 1.4])
+    with torch.no_grad():
+        m.delta_log[0] = -1.0
+    m.clamp_()
+    assert float(m.delta_log[0]) == pytest.approx(math.log(2.0))
+    torch.testing.assert_close(m.delta_log.detach()[1:], before[1:])
+
+
+def test_min_delta_and_start_of_delta():
+    """delta starts just above min_delta (in [min_delta, min_delta * e^0.2)), for any min_delta."""
+    rho = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    for min_delta in (2.0, 3.5):
+        m = CellAssignModule(rho, 0, *basis_means(10.0), min_delta=min_delta,
+                             generator=torch.Generator().manual_seed(1))
+        assert m.n_markers == 4 and m.min_delta == min_delta
+        assert torch.all(m.delta >= min_delta) and torch.all(m.delta < min_delta * math.exp(0.2))
