@@ -253,6 +253,68 @@ def test_no_umap_and_umap_max_cells_leave_a_note(pipeline: dict[str, Path], repo
     assert not (tmp_path / "big_umap.png").exists()
 
 
+def test_umap_above_the_approximate_neighbour_threshold() -> None:
+    """Above 8,191 cells scanpy's default neighbour search is PyNNDescent, whose pinned version
+    returns a sparse array that scanpy 1.11 cannot read (AttributeError 'getnnz'): the crash of
+    every real-size report. compute_umap must embed such a sample."""
+    import anndata as ad
+    import scanpy as sc
+    from scipy import sparse
+
+    from cellassign_nf.report import compute_umap
+
+    rng = np.random.default_rng(0)
+    centres = rng.gamma(1.0, 2.0, size=(3, 40))
+    group = rng.integers(0, 3, 9000)
+    adata = ad.AnnData(sparse.csr_matrix(rng.poisson(centres[group]).astype(np.float32)))
+    sc.pp.normalize_total(adata)
+    sc.pp.log1p(adata)
+    emb = compute_umap(adata)
+    xy = np.asarray(emb.obsm["X_umap"])
+    assert xy.shape == (9000, 2) and np.isfinite(xy).all()
+    # the three simulated groups land in separate places: group centroids are farther apart
+    # than the typical spread within a group
+    cent = np.stack([xy[group == g].mean(0) for g in range(3)])
+    spread = np.mean([xy[group == g].std(0).mean() for g in range(3)])
+    gaps = [np.linalg.norm(cent[i] - cent[j]) for i in range(3) for j in range(i + 1, 3)]
+    assert min(gaps) > 2 * spread
+
+
+def test_a_figure_that_fails_becomes_a_note(pipeline: dict[str, Path], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """An optional part that cannot be made (here the UMAP) leaves a note; the report is written."""
+    import cellassign_nf.report as report_mod
+
+    def broken(*args, **kwargs):
+        raise AttributeError("'csr_array' object has no attribute 'getnnz'")
+
+    monkeypatch.setattr(report_mod, "compute_umap", broken)
+    res = make_report(pipeline["annotated"], history=pipeline["history"], model=pipeline["model"],
+                      qc_summary=pipeline["qc_summary"], sample="soft", outdir=tmp_path)
+    assert res.html.exists() and not (tmp_path / "soft_umap.png").exists()
+    assert "UMAP could not be drawn (AttributeError: 'csr_array' object has no attribute 'getnnz')." in res.notes
+    page = _parse(res.html)
+    assert page.figure_ids["umap"] == [] and page.figure_ids["training"] == ["training"]
+
+
+def test_unexpected_error_is_one_line_with_the_traceback_in_a_file(pipeline: dict[str, Path], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from cellassign_nf.cli import ERROR_LOG, main
+
+    def broken(*args, **kwargs):
+        raise KeyError("sample_x")
+
+    monkeypatch.setattr("cellassign_nf.report.make_report", broken)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["report", *_report_args(pipeline, tmp_path / "out")])
+    assert result.exit_code == 1
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert lines[0].startswith("error: report failed unexpectedly: KeyError: 'sample_x'. The traceback is in ")
+    logged = (tmp_path / ERROR_LOG).read_text()
+    assert "Traceback (most recent call last)" in logged and "KeyError: 'sample_x'" in logged
+
+
 # ------------------------------------------------------------------------------------------------
 # MultiQC
 # ------------------------------------------------------------------------------------------------

@@ -27,6 +27,38 @@ class _Group(click.Group):
         except FloatingPointError as exc:
             click.echo(f"error: training diverged: {exc}", err=True)
             sys.exit(3)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - unexpected: one line here, the traceback in a file
+            step = ctx.invoked_subcommand or "cellassign-nf"
+            cause = (str(exc).strip().splitlines() or [""])[0]
+            where = _write_traceback(step)
+            click.echo(f"error: {step} failed unexpectedly: {type(exc).__name__}: {cause}. The traceback is in "
+                       f"{where}; please report it with that file.", err=True)
+            if log.isEnabledFor(logging.DEBUG):
+                log.exception("traceback")
+            sys.exit(1)
+
+
+ERROR_LOG = "cellassign-nf.error.log"
+
+
+def _write_traceback(step: str) -> Path:
+    """Append the current exception's traceback to ``cellassign-nf.error.log`` in the working
+    folder (a Nextflow task's own folder), or in the temporary folder if that is not writable."""
+    import tempfile
+    import traceback
+
+    text = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} cellassign-nf {__version__} {step}\n{traceback.format_exc()}"
+    for folder in (Path.cwd(), Path(tempfile.gettempdir())):
+        path = folder / ERROR_LOG
+        try:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(text)
+            return path.resolve()
+        except OSError:
+            continue
+    return Path(ERROR_LOG)
 
 
 def _setup_logging(quiet: bool, verbose: bool) -> None:

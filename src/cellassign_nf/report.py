@@ -24,7 +24,7 @@ import math
 import platform
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -529,7 +529,12 @@ def compute_umap(norm: ad.AnnData, seed: int = 0) -> ad.AnnData:
         emb = emb[:, emb.var["highly_variable"]].copy()
     n_comps = int(max(2, min(50, emb.n_obs - 1, emb.n_vars - 1)))
     sc.pp.pca(emb, n_comps=n_comps, random_state=seed)
-    sc.pp.neighbors(emb, n_neighbors=int(min(15, emb.n_obs - 1)), n_pcs=n_comps, random_state=seed)
+    # Exact neighbours (scikit-learn), not scanpy's default PyNNDescent from 8,192 cells on: the
+    # pinned pynndescent returns a scipy sparse *array*, which scanpy 1.11's neighbour code
+    # cannot read (`'csr_array' object has no attribute 'getnnz'`). Exact search is also
+    # deterministic and takes seconds at the 50,000-cell cap on PCA coordinates.
+    sc.pp.neighbors(emb, n_neighbors=int(min(15, emb.n_obs - 1)), n_pcs=n_comps, random_state=seed,
+                    transformer="sklearn")
     sc.tl.umap(emb, random_state=seed)
     return emb
 
@@ -866,14 +871,25 @@ def make_report(
     summary = summarise(sample, adata, hist, qc, cell_types)
     figures: list[ReportFigure] = []
 
-    def add(key: str, title: str, fig: Figure | None, caption: str) -> ReportFigure | None:
-        if fig is None:
-            return None
-        png = figure_png(fig)
+    def add(section: _Section, key: str, title: str, draw: Callable[[], Figure | None], caption: str) -> bool:
+        """Draw one figure into ``section``. Figures are optional: one that cannot be drawn
+        becomes a note in its section and a warning in the log, and the report goes on."""
+        try:
+            fig = draw()
+            if fig is None:
+                return False
+            png = figure_png(fig)
+        except Exception as exc:  # noqa: BLE001 - any failure of an optional figure
+            log.warning("%s: %s could not be drawn: %s: %s", sample, title, type(exc).__name__, exc)
+            log.debug("traceback of the failed figure", exc_info=True)
+            section.notes.append(f"{title} could not be drawn ({type(exc).__name__}: {exc}).")
+            plt.close("all")
+            return False
         path = write_bytes(outdir / f"{sample}_{key}.png", png)
         rf = ReportFigure(key, title, png, path, caption)
         figures.append(rf)
-        return rf
+        section.figures.append(rf)
+        return True
 
     sections: list[_Section] = []
 
@@ -884,9 +900,8 @@ def make_report(
                  "'unassigned'.")
     s.tables.append(_table(["cell type", "cells", "% of cells"],
                            [[t, int(n), round(100 * n / max(summary.n_cells, 1), 2)] for t, n in counts.items()]))
-    fig_ct = add("celltype_counts", "Cell-type counts", plot_celltype_counts(counts),
-                 "Number (and share) of cells assigned to each type.")
-    s.figures += [f for f in [fig_ct] if f]
+    add(s, "celltype_counts", "Cell-type counts", lambda: plot_celltype_counts(counts),
+        "Number (and share) of cells assigned to each type.")
     sections.append(s)
 
     # 2. assignment probability
@@ -904,9 +919,8 @@ def make_report(
     ]))
     if not np.isfinite(probs).all():
         s.notes.append(f"{int((~np.isfinite(probs)).sum()):,} cells have no probability (not scored by the model).")
-    f = add("probability", "Assignment probability", plot_probability_histogram(probs, thr),
-            "Distribution of the top assignment probability; dashed line: threshold.")
-    s.figures += [f] if f else []
+    add(s, "probability", "Assignment probability", lambda: plot_probability_histogram(probs, thr),
+        "Distribution of the top assignment probability; dashed line: threshold.")
     sections.append(s)
 
     # 3. marker expression
@@ -916,17 +930,10 @@ def make_report(
                  "size: fraction of cells expressing. Each type should over-express its own block.")
     norm = normalise(adata)
     rho = mdl.rho
-    try:
-        fig = plot_marker_expression(norm, rho, cell_types)
-    except Exception as exc:  # a plotting failure must not cost the whole report
-        log.warning("marker dot plot failed: %s", exc)
-        fig = None
-        s.notes.append(f"Marker dot plot could not be drawn ({type(exc).__name__}: {exc}).")
-    if fig is None and not s.notes:
+    drawn = add(s, "marker_expression", "Marker expression", lambda: plot_marker_expression(norm, rho, cell_types),
+                "Dot plot of marker genes by assigned type (scanpy).")
+    if not drawn and not s.notes:
         s.notes.append("None of the model's marker genes are in the annotated data; no dot plot.")
-    f = add("marker_expression", "Marker expression", fig,
-            "Dot plot of marker genes by assigned type (scanpy).")
-    s.figures += [f] if f else []
     sections.append(s)
 
     # 4. UMAP
@@ -941,12 +948,14 @@ def make_report(
     elif adata.n_obs < UMAP_MIN_CELLS:
         s.notes.append(f"UMAP skipped: only {adata.n_obs} cells.")
     else:
-        t0 = time.perf_counter()
-        emb = compute_umap(norm)
-        log.info("UMAP of %d cells in %.1f s", emb.n_obs, time.perf_counter() - t0)
-        f = add("umap", "UMAP", plot_umap(emb, cell_types),
-                "Left: assigned type; right: top assignment probability (low-probability cells drawn on top).")
-        s.figures += [f] if f else []
+        def draw_umap() -> Figure:
+            t0 = time.perf_counter()
+            emb = compute_umap(norm)
+            log.info("UMAP of %d cells in %.1f s", emb.n_obs, time.perf_counter() - t0)
+            return plot_umap(emb, cell_types)
+
+        add(s, "umap", "UMAP", draw_umap,
+            "Left: assigned type; right: top assignment probability (low-probability cells drawn on top).")
     sections.append(s)
     del norm
 
@@ -961,17 +970,15 @@ def make_report(
     if hist.empty:
         s.notes.append("The training history is empty.")
     else:
-        f = add("training", "Training curves", plot_training_curves(hist),
-                "Log likelihood per cell by epoch; bold: selected restart.")
-        s.figures += [f] if f else []
+        add(s, "training", "Training curves", lambda: plot_training_curves(hist),
+            "Log likelihood per cell by epoch; bold: selected restart.")
     sections.append(s)
 
     # 6. delta
     s = _Section("delta", "Fitted over-expression (delta)",
                  "delta[g, c]: the fitted log fold over-expression of marker g in type c relative to "
                  "types it does not mark (exp(delta) = fold change). Grey cells: g is not a marker of c.")
-    f = add("delta", "Delta heat map", plot_delta(mdl.delta, rho), "Fitted delta per marker gene and type.")
-    s.figures += [f] if f else []
+    add(s, "delta", "Delta heat map", lambda: plot_delta(mdl.delta, rho), "Fitted delta per marker gene and type.")
     sections.append(s)
 
     # 7. QC
@@ -988,9 +995,8 @@ def make_report(
         s.tables.append(_table(["metric", "value"], [[k, v] for k, v in flatten(qc.other).items()],
                                "Other QC numbers"))
     if SIZE_FACTOR_KEY in adata.obs:
-        f = add("size_factors", "Size factors", plot_size_factors(adata.obs[SIZE_FACTOR_KEY]),
-                "Distribution of size factors (log scale); dotted line: median.")
-        s.figures += [f] if f else []
+        add(s, "size_factors", "Size factors", lambda: plot_size_factors(adata.obs[SIZE_FACTOR_KEY]),
+            "Distribution of size factors (log scale); dotted line: median.")
     else:
         s.notes.append(f"obs['{SIZE_FACTOR_KEY}'] is not in the annotated data; no size-factor plot.")
     sections.append(s)
