@@ -49,20 +49,23 @@ NAMED = {
 
 MUTMUT_CONFIG = """
 [tool.mutmut]
-paths_to_mutate = ["src/cellassign_nf/model.py", "src/cellassign_nf/train.py"]
 source_paths = ["src"]
+only_mutate = {paths}
 pytest_add_cli_args_test_selection = {tests}
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]
 also_copy = ["tests", "assets"]
 """
 
 
-def copy_repo(dest: Path) -> Path:
+def copy_repo(dest: Path, source: Path = REPO) -> Path:
     """The tracked and untracked (not ignored) files of the working tree, as they are now."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+    if not (source / ".git").exists():  # e.g. an exported older revision: copy it whole
+        shutil.copytree(source, dest)
+        return dest
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=source,
                            check=True, capture_output=True).stdout.decode().split("\0")
     for name in filter(None, files):
-        src = REPO / name
+        src = source / name
         if src.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
@@ -101,10 +104,10 @@ def run_named(workdir: Path, tests: list[str]) -> int:
     return 1 if survived else 0
 
 
-def run_mutmut(workdir: Path, tests: list[str], jobs: int) -> int:
-    repo = copy_repo(workdir / "repo")
+def run_mutmut(workdir: Path, tests: list[str], jobs: int, paths: list[str], source: Path) -> int:
+    repo = copy_repo(workdir / "repo", source)
     with open(repo / "pyproject.toml", "a") as fh:
-        fh.write(MUTMUT_CONFIG.format(tests=json.dumps(tests)))
+        fh.write(MUTMUT_CONFIG.format(tests=json.dumps(tests), paths=json.dumps(paths)))
     t0 = time.time()
     env = {**os.environ, "PYTHONPATH": ""}  # mutmut imports the mutated copy under mutants/src
     subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)], cwd=repo, env=env)
@@ -130,6 +133,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["named", "mutmut"])
     parser.add_argument("--tests", nargs="+", default=MODEL_TESTS, help="test files to run against each mutant")
+    parser.add_argument("--paths", nargs="+", default=["src/cellassign_nf/model.py", "src/cellassign_nf/train.py"],
+                        help="mutmut: files to mutate")
+    parser.add_argument("--source", type=Path, default=REPO,
+                        help="mutmut: the tree to test (default this one; e.g. an exported older revision)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="mutmut: mutants tested at once")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
@@ -138,7 +145,7 @@ def main() -> int:
     print(f"scratch copy in {workdir}")
     if args.what == "named":
         return run_named(workdir, args.tests)
-    return run_mutmut(workdir, args.tests, args.jobs)
+    return run_mutmut(workdir, args.tests, args.jobs, args.paths, args.source.resolve())
 
 
 if __name__ == "__main__":
