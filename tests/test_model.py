@@ -98,3 +98,188 @@ def test_delta_matrix_zero_off_markers():
     m, rho, *_ = _tiny_module()
     d = m.delta_matrix().numpy()
     assert np.all(d[rho == 0] == 0) and np.all(d[rho == 1] > 0)
+
+
+# --- the priors at values where a wrong formula shows (issue 13) ---------------------------------
+
+@pytest.mark.parametrize("alpha", [0.01, 0.7])
+def test_log_prior_away_from_the_starting_point(alpha):
+    """Non-zero mean, variance != 1, a non-default Dirichlet concentration: an SD/variance mix-up,
+    a sign flip of the mean or an ignored concentration changes the value."""
+    m, rho, *_ = _tiny_module()
+    m.dirichlet_concentration = alpha
+    mean, variance = 0.9, 0.3
+    with torch.no_grad():
+        m.delta_log_mean.fill_(mean)
+        m.delta_log_log_variance.fill_(math.log(variance))
+    pi = torch.softmax(m.theta_logit, -1).detach().numpy()
+    dl = m.delta_log.detach().numpy()
+    expected = stats.dirichlet.logpdf(pi, np.full(3, alpha)) + stats.norm.logpdf(dl, mean, math.sqrt(variance)).sum()
+    assert float(m.log_prior().detach()) == pytest.approx(expected, rel=1e-9)
+
+
+def test_log_prior_without_shrinkage_is_the_dirichlet_alone():
+    m, rho, *_ = _tiny_module()
+    with torch.no_grad():
+        m.delta_log_mean.fill_(0.5)
+    m.shrinkage = False
+    pi = torch.softmax(m.theta_logit, -1).detach().numpy()
+    assert float(m.log_prior().detach()) == pytest.approx(stats.dirichlet.logpdf(pi, np.full(3, 0.01)), rel=1e-9)
+
+
+def test_gamma_is_the_posterior_of_the_joint():
+    """gamma[n,c] = p(z=c | x) from Bayes' rule on the scipy reference (not just rows summing to 1)."""
+    from cellassign_nf.model import gamma_from_joint
+
+    m, rho, x, s, D, v, b = _tiny_module()
+    joint = m.joint_log_prob(torch.tensor(x), torch.tensor(np.log(s)), torch.tensor(D))
+    expected = np.exp(_numpy_reference(m, rho, x, s, D, v, b))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(gamma_from_joint(joint).detach().numpy(), expected, rtol=1e-6)
+
+
+def test_nb_log_prob_matches_scipy():
+    from cellassign_nf.model import nb_log_prob
+
+    x = torch.tensor([0.0, 1.0, 7.0, 40.0], dtype=torch.float64)
+    mu = torch.tensor([0.3, 2.0, 5.0, 30.0], dtype=torch.float64)
+    phi = torch.tensor([0.5, 3.0, 10.0, 1.5], dtype=torch.float64)
+    expected = stats.nbinom.logpmf(x.numpy(), phi.numpy(), (phi / (phi + mu)).numpy())
+    np.testing.assert_allclose(nb_log_prob(x, mu, phi).numpy(), expected, rtol=1e-10)
+
+
+def test_clamp_leaves_larger_deltas_alone():
+    m, *_ = _tiny_module()
+    before = m.delta_log.detach().clone()  # all above log 2 (drawn in [0.7, 1.4])
+    with torch.no_grad():
+        m.delta_log[0] = -1.0
+    m.clamp_()
+    assert float(m.delta_log[0]) == pytest.approx(math.log(2.0))
+    torch.testing.assert_close(m.delta_log.detach()[1:], before[1:])
+
+
+def test_min_delta_and_start_of_delta():
+    """delta starts just above min_delta (in [min_delta, min_delta * e^0.2)), for any min_delta."""
+    rho = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    for min_delta in (2.0, 3.5):
+        m = CellAssignModule(rho, 0, *basis_means(10.0), min_delta=min_delta,
+                             generator=torch.Generator().manual_seed(1))
+        assert m.n_markers == 4 and m.min_delta == min_delta
+        assert torch.all(m.delta >= min_delta) and torch.all(m.delta < min_delta * math.exp(0.2))
+
+
+# --- module construction, the traceable chain and the choice of the compiled path ----------------
+
+def test_module_starts_from_the_documented_values():
+    rho = torch.eye(40)
+    rho[0, 1] = 1.0
+    m = CellAssignModule(rho, 3, *basis_means(10.0), generator=torch.Generator().manual_seed(0))
+    assert (m.n_genes, m.n_types, m.n_covariates, m.n_markers) == (40, 40, 3, 41)
+    assert m.fused is False and m.shrinkage is True and m.dirichlet_concentration == 0.01
+    torch.testing.assert_close(m.W, torch.cat([1.0 - rho, torch.nn.functional.one_hot(m.marker_type, 40).float()]))
+    assert m.column_gene.tolist() == list(range(40)) + m.marker_gene.tolist()
+    assert m.beta.shape == (40, 3) and not m.beta.detach().any() and not m.beta0.detach().any()
+    assert not m.log_a.detach().any() and len(m.log_a) == 10
+    assert float(m.delta_log_mean) == 0.0 and float(m.delta_log_log_variance) == 0.0
+    assert 0.0 < float(m.theta_logit.detach().abs().max()) < 0.5  # a small random start of pi
+    beta0 = torch.linspace(-1, 1, 40)
+    m2 = CellAssignModule(rho, 0, *basis_means(10.0), beta0_init=beta0)
+    torch.testing.assert_close(m2.beta0.detach(), beta0)
+    assert m2.beta0.data_ptr() != beta0.data_ptr()
+
+
+def test_basis_means_of_an_all_zero_matrix():
+    v, b = basis_means(0.0)
+    assert v[0] == 0.0 and v[-1] == pytest.approx(1.0) and b == pytest.approx(1 / (2 * (1 / 9) ** 2))
+    v, b = basis_means(30.0, 10.0, 5)
+    assert v == [10.0, 15.0, 20.0, 25.0, 30.0] and b == pytest.approx(1 / 50)
+
+
+def test_traceable_chain_equals_the_plain_one():
+    """The chain torch.compile fuses, run eagerly: same values and gradients as nb_terms."""
+    from cellassign_nf.model import _nb_terms_traceable, nb_terms
+
+    rng = np.random.default_rng(2)
+    x = torch.tensor(rng.poisson(4.0, (9, 6)), dtype=torch.float64)
+    v, b = basis_means(float(x.max()))
+    outs = []
+    for fn in (nb_terms, _nb_terms_traceable):
+        log_mu = torch.tensor(rng.normal(1.0, 0.5, (9, 6)), requires_grad=True) if not outs else outs[0][3]
+        log_a = torch.tensor(rng.normal(0, 0.5, 10), requires_grad=True) if not outs else outs[0][4]
+        out = fn(x, log_mu, log_a, tuple(v), b)
+        g_mu, g_a = torch.autograd.grad(out.sum(), (log_mu, log_a))
+        outs.append((out.detach(), g_mu, g_a, log_mu, log_a))
+    for i in range(3):
+        torch.testing.assert_close(outs[0][i], outs[1][i])
+
+
+def _fusion_case():
+    m, rho, x, s, D, v, b = _tiny_module()
+    return m.float(), torch.tensor(x).float(), torch.tensor(np.log(s)).float(), torch.tensor(D).float()
+
+
+def test_fusion_is_used_when_the_compiled_chain_agrees(monkeypatch):
+    import cellassign_nf.model as model
+
+    monkeypatch.setattr(model, "_FUSED", {})
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # "compiled" = the traceable chain itself
+    m, x, log_s, D = _fusion_case()
+    plain = m.log_likelihood(x, log_s, D).detach()
+    assert m.enable_fusion(x, log_s, D) is True and m.fused is True
+    assert all(p.grad is None for p in m.parameters())  # the probe leaves no gradients behind
+    torch.testing.assert_close(m.log_likelihood(x, log_s, D).detach(), plain)
+
+
+def test_fusion_is_refused_when_the_compiled_chain_disagrees(monkeypatch, caplog):
+    import cellassign_nf.model as model
+
+    monkeypatch.setattr(model, "_FUSED", {})
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda *a: fn(*a) * 1.01)
+    m, x, log_s, D = _fusion_case()
+    with caplog.at_level("WARNING", logger="cellassign_nf.model"):
+        assert m.enable_fusion(x, log_s, D) is False
+    assert m.fused is False
+    assert "compiled likelihood disagrees with the plain one; using the plain one" in caplog.text
+
+
+def test_fusion_is_refused_when_compiling_fails(monkeypatch, caplog):
+    import cellassign_nf.model as model
+
+    def broken(fn, **kw):
+        def run(*a):
+            raise RuntimeError("no C++ compiler found\nsecond line")
+        return run
+
+    monkeypatch.setattr(model, "_FUSED", {})
+    monkeypatch.setattr(torch, "compile", broken)
+    m, x, log_s, D = _fusion_case()
+    with caplog.at_level("WARNING", logger="cellassign_nf.model"):
+        assert m.enable_fusion(x, log_s, D) is False
+    assert m.fused is False and all(p.grad is None for p in m.parameters())
+    assert "torch.compile is not available here (no C++ compiler found); using the plain likelihood" in caplog.text
+    assert "second line" not in caplog.text
+
+
+def test_fused_nb_terms_is_built_once(monkeypatch):
+    import cellassign_nf.model as model
+
+    calls = []
+    monkeypatch.setattr(model, "_FUSED", {})
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(kw) or fn)
+    assert model.fused_nb_terms() is model.fused_nb_terms() is model._nb_terms_traceable
+    assert calls == [{"dynamic": True}]
+
+
+def test_log_factorial_is_the_per_cell_constant():
+    x = torch.tensor([[0.0, 3.0, 5.0], [1.0, 0.0, 2.0]])
+    expected = [math.lgamma(4) + math.lgamma(6), math.lgamma(3)]
+    np.testing.assert_allclose(log_factorial(x).numpy(), expected, rtol=1e-12)
+    assert log_factorial(x).dtype == torch.float64
+
+
+def test_log_pi_and_delta_matrix_values():
+    m, rho, *_ = _tiny_module()
+    pi = np.exp(m.theta_logit.detach().numpy())
+    np.testing.assert_allclose(m.log_pi().exp().detach().numpy(), pi / pi.sum(), rtol=1e-10)
+    d = m.delta_matrix().numpy()
+    np.testing.assert_allclose(d[m.marker_gene.numpy(), m.marker_type.numpy()], np.exp(m.delta_log.detach().numpy()))

@@ -406,9 +406,7 @@ def test_scripts_nextflow_uses_the_pinned_release_and_a_cached_classpath(tmp_pat
     assert f"version {pinned}" in first.stdout
     classpath = REPO / ".nextflow-dist" / pinned / "classpath.txt"
     assert classpath.is_file()
-    start = time.monotonic()
     second = subprocess.run([str(NEXTFLOW), "-version"], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=300, check=False)
     assert second.returncode == 0 and f"version {pinned}" in second.stdout
-    assert "resolving" not in second.stderr  # no Maven the second time
-    assert time.monotonic() - start < 60
+    assert "resolving" not in second.stderr  # no Maven the second time (timing belongs in benchmarks)
