@@ -168,7 +168,7 @@ def test_min_delta_and_start_of_delta():
         assert torch.all(m.delta >= min_delta) and torch.all(m.delta < min_delta * math.exp(0.2))
 
 
-# --- module construction, the traceable chain and the choice of the compiled path ----------------
+# --- module construction and the choice of the fused kernel ------------------------------------
 
 def test_module_starts_from_the_documented_values():
     rho = torch.eye(40)
@@ -195,34 +195,24 @@ def test_basis_means_of_an_all_zero_matrix():
     assert v == [10.0, 15.0, 20.0, 25.0, 30.0] and b == pytest.approx(1 / 50)
 
 
-def test_traceable_chain_equals_the_plain_one():
-    """The chain torch.compile fuses, run eagerly: same values and gradients as nb_terms."""
-    from cellassign_nf.model import _nb_terms_traceable, nb_terms
-
-    rng = np.random.default_rng(2)
-    x = torch.tensor(rng.poisson(4.0, (9, 6)), dtype=torch.float64)
-    v, b = basis_means(float(x.max()))
-    outs = []
-    for fn in (nb_terms, _nb_terms_traceable):
-        log_mu = torch.tensor(rng.normal(1.0, 0.5, (9, 6)), requires_grad=True) if not outs else outs[0][3]
-        log_a = torch.tensor(rng.normal(0, 0.5, 10), requires_grad=True) if not outs else outs[0][4]
-        out = fn(x, log_mu, log_a, tuple(v), b)
-        g_mu, g_a = torch.autograd.grad(out.sum(), (log_mu, log_a))
-        outs.append((out.detach(), g_mu, g_a, log_mu, log_a))
-    for i in range(3):
-        torch.testing.assert_close(outs[0][i], outs[1][i])
-
-
 def _fusion_case():
     m, rho, x, s, D, v, b = _tiny_module()
     return m.float(), torch.tensor(x).float(), torch.tensor(np.log(s)).float(), torch.tensor(D).float()
 
 
-def test_fusion_is_used_when_the_compiled_chain_agrees(monkeypatch):
+def _fake_kernel(monkeypatch, kernel):
+    """Stand in for the numba kernel (kernels.py, tested against the plain chain in
+    test_kernels.py): these tests are about the probe that decides whether it is used."""
     import cellassign_nf.model as model
 
-    monkeypatch.setattr(model, "_FUSED", {})
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # "compiled" = the traceable chain itself
+    monkeypatch.setattr(model.kernels, "available", lambda: True)
+    monkeypatch.setattr(model.kernels, "fused_nb_terms", kernel)
+
+
+def test_fusion_is_used_when_the_fused_kernel_agrees(monkeypatch):
+    from cellassign_nf.model import nb_terms
+
+    _fake_kernel(monkeypatch, lambda x, log_mu, log_a, v, b, lower: nb_terms(x, log_mu, log_a, v, b))
     m, x, log_s, D = _fusion_case()
     plain = m.log_likelihood(x, log_s, D).detach()
     assert m.enable_fusion(x, log_s, D) is True and m.fused is True
@@ -230,44 +220,28 @@ def test_fusion_is_used_when_the_compiled_chain_agrees(monkeypatch):
     torch.testing.assert_close(m.log_likelihood(x, log_s, D).detach(), plain)
 
 
-def test_fusion_is_refused_when_the_compiled_chain_disagrees(monkeypatch, caplog):
-    import cellassign_nf.model as model
+def test_fusion_is_refused_when_the_fused_kernel_disagrees(monkeypatch, caplog):
+    from cellassign_nf.model import nb_terms
 
-    monkeypatch.setattr(model, "_FUSED", {})
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: lambda *a: fn(*a) * 1.01)
+    _fake_kernel(monkeypatch, lambda x, log_mu, log_a, v, b, lower: nb_terms(x, log_mu, log_a, v, b) * 1.01)
     m, x, log_s, D = _fusion_case()
     with caplog.at_level("WARNING", logger="cellassign_nf.model"):
         assert m.enable_fusion(x, log_s, D) is False
     assert m.fused is False
-    assert "compiled likelihood disagrees with the plain one; using the plain one" in caplog.text
+    assert "the fused likelihood kernel disagrees with the plain one; using the plain one" in caplog.text
 
 
-def test_fusion_is_refused_when_compiling_fails(monkeypatch, caplog):
-    import cellassign_nf.model as model
+def test_fusion_is_refused_when_the_fused_kernel_fails(monkeypatch, caplog):
+    def broken(*args):
+        raise RuntimeError("numba cannot compile here\nsecond line")
 
-    def broken(fn, **kw):
-        def run(*a):
-            raise RuntimeError("no C++ compiler found\nsecond line")
-        return run
-
-    monkeypatch.setattr(model, "_FUSED", {})
-    monkeypatch.setattr(torch, "compile", broken)
+    _fake_kernel(monkeypatch, broken)
     m, x, log_s, D = _fusion_case()
     with caplog.at_level("WARNING", logger="cellassign_nf.model"):
         assert m.enable_fusion(x, log_s, D) is False
     assert m.fused is False and all(p.grad is None for p in m.parameters())
-    assert "torch.compile is not available here (no C++ compiler found); using the plain likelihood" in caplog.text
+    assert "the fused likelihood kernel failed (numba cannot compile here); using the plain likelihood" in caplog.text
     assert "second line" not in caplog.text
-
-
-def test_fused_nb_terms_is_built_once(monkeypatch):
-    import cellassign_nf.model as model
-
-    calls = []
-    monkeypatch.setattr(model, "_FUSED", {})
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(kw) or fn)
-    assert model.fused_nb_terms() is model.fused_nb_terms() is model._nb_terms_traceable
-    assert calls == [{"dynamic": True}]
 
 
 def test_log_factorial_is_the_per_cell_constant():

@@ -1,5 +1,6 @@
 """The training loop (train.py) against independent computations: the M step's gradient, restart
-selection, early stopping with the best state restored, and the compiled likelihood."""
+selection, early stopping with the best state restored (the fused kernel against the plain
+chain: test_kernels.py)."""
 from __future__ import annotations
 
 import math
@@ -122,18 +123,3 @@ def test_without_early_stopping_all_epochs_run_and_the_last_state_is_kept(small)
     _, val_idx = split_cells(small.n_obs, 0.1, 0)
     val = marginal_log_likelihood(model.module, model._data, torch.as_tensor(val_idx)) / len(val_idx)
     assert val == pytest.approx(h["val_loglik"].iloc[-1], rel=1e-6)
-
-
-def test_compiled_likelihood_matches_the_plain_one(small):
-    """--fuse on (torch.compile) against the plain chain on a small fit: the compiled chain is
-    really used, and the fit is the same."""
-    rho = marker_list_to_matrix(MARKERS)
-    fits = {}
-    for fuse in ("off", "on"):
-        model = CellAssign(small, rho, size_factor_key="size_factor", batch_key="batch")
-        model.train(max_epochs=6, n_restarts=1, early_stopping=False, progress=False, fuse=fuse)
-        fits[fuse] = model
-    assert fits["on"].module.fused is True, "the compiled likelihood was not used (no C++ compiler?)"
-    assert fits["off"].module.fused is False
-    np.testing.assert_allclose(fits["on"].history["train_loglik"], fits["off"].history["train_loglik"], rtol=1e-4)
-    np.testing.assert_allclose(fits["on"].predict().to_numpy(), fits["off"].predict().to_numpy(), atol=1e-3)
