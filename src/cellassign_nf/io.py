@@ -17,6 +17,7 @@ from .errors import InputError
 
 log = logging.getLogger(__name__)
 
+MAIN_MATRIX = "X"  # --layer X (the default) names the main matrix, adata.X
 COUNT_SUFFIXES = (".h5ad", ".h5", "directory of 10x matrix.mtx(.gz), features.tsv(.gz), barcodes.tsv(.gz)")
 
 
@@ -50,7 +51,7 @@ def read_counts(path: str | Path, layer: str | None = None) -> ad.AnnData:
     """Read raw counts from an h5ad file, a 10x ``.h5`` file or a 10x mtx folder.
 
     The returned AnnData has raw integer counts in ``X`` as a float32 CSR matrix (taken from
-    ``layer`` when given) and unique gene names; anything else raises :class:`InputError`.
+    ``layer`` when given; ``"X"`` is the main matrix) and unique gene names; anything else raises :class:`InputError`.
     """
     import scanpy as sc
 
@@ -74,10 +75,11 @@ def read_counts(path: str | Path, layer: str | None = None) -> ad.AnnData:
     except Exception as exc:  # h5py/anndata raise many types for corrupt files
         raise InputError(path, f"cannot be read as {'10x mtx' if path.is_dir() else path.suffix} ({type(exc).__name__}: {exc})",
                          "Check that the file is complete and of the type its name says.") from exc
-    if layer is not None:
+    if layer is not None and layer != MAIN_MATRIX:
         if layer not in adata.layers:
             raise InputError(path, f"has no layer '{layer}' (layers: {', '.join(adata.layers) or 'none'})",
-                             "Name an existing layer with --layer, or leave it out to use X.")
+                             f"Name an existing layer with --layer, or give --layer {MAIN_MATRIX} (the default) "
+                             "to use the main matrix.")
         adata.X = adata.layers[layer]
     if adata.var_names.has_duplicates:
         dups = adata.var_names[adata.var_names.duplicated()].unique()[:5]

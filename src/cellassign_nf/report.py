@@ -296,6 +296,14 @@ def parse_qc_summary(raw: Mapping[str, Any]) -> QCSummary:
     return qc
 
 
+def qc_removed_rows(other: Mapping[str, Any]) -> list[list[Any]]:
+    """Rows ``[reason, rule, cells removed]`` from the QC summary's ``removed`` and ``rules`` (cellassign-nf qc)."""
+    removed, rules = other.get("removed"), other.get("rules")
+    if not isinstance(removed, Mapping) or not isinstance(rules, Mapping):
+        return []
+    return [[reason, str(rules.get(reason, "")), n] for reason, n in removed.items()]
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
@@ -981,11 +989,16 @@ def make_report(
         ["cells", qc.cells_before, qc.cells_after],
         ["genes", qc.genes_before, qc.genes_after],
     ], "Cells and genes"))
+    removed = qc_removed_rows(qc.other)
+    if removed:
+        s.tables.append(_table(["reason", "rule", "cells removed"], removed, "Cells removed by QC, by reason "
+                               "(a cell failing several rules counts in each)"))
     if qc.thresholds:
         s.tables.append(_table(["threshold", "value"], [[k, v] for k, v in flatten(qc.thresholds).items()],
                                "Thresholds"))
-    if qc.other:
-        s.tables.append(_table(["metric", "value"], [[k, v] for k, v in flatten(qc.other).items()],
+    other = {k: v for k, v in qc.other.items() if not (removed and k in ("removed", "rules"))}
+    if other:
+        s.tables.append(_table(["metric", "value"], [[k, v] for k, v in flatten(other).items()],
                                "Other QC numbers"))
     if SIZE_FACTOR_KEY in adata.obs:
         f = add("size_factors", "Size factors", plot_size_factors(adata.obs[SIZE_FACTOR_KEY]),
