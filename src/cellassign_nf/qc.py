@@ -61,8 +61,13 @@ def mad_outliers(values: pd.Series, nmads: float, log1p: bool, upper_only: bool 
     return pd.Series(flagged, index=values.index), rule
 
 
-def filter_cells(adata: ad.AnnData, thresholds: QCThresholds, source: str | None = None) -> tuple[ad.AnnData, dict]:
-    """Compute metrics, keep passing cells (and genes), and return the filtered data and a summary."""
+def filter_cells(adata: ad.AnnData, thresholds: QCThresholds | None = None,
+                 source: str | None = None) -> tuple[ad.AnnData, dict]:
+    """Compute metrics, keep passing cells (and genes), and return the filtered data and a summary.
+
+    ``thresholds`` default to those of ``cellassign-nf qc``; metrics are added to ``adata`` in place.
+    """
+    thresholds = thresholds or QCThresholds()
     if adata.n_obs == 0:
         raise InputError(source, "the sample has no cells", "Check that the right (non-empty) file was given.")
     add_qc_metrics(adata, thresholds.mito_prefix)
