@@ -57,16 +57,25 @@ def assert_no_outputs(folder, *names):
 def test_run_demo_end_to_end(tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["run", str(DEMO / "sample1.h5ad"), "--markers", str(DEMO / "markers.csv"),
-                                       "--outdir", str(out), "--covariates", "batch", "--max-mito-pct", "20",
+                                       "--outdir", str(out), "--covariates", "batch",
                                        "--n-restarts", "2", "--no-umap"])
     assert result.exit_code == 0, result.output
-    for name in ["annotated.h5ad", "predictions.tsv", "model.pt", "history.tsv", "qc_metrics.tsv",
-                 "qc_summary.json", "report.html"]:
+    # the pipeline's per-sample layout: outputs in OUTDIR, the report in OUTDIR/report/
+    for name in ["annotated.h5ad", "predictions.tsv", "model.pt", "history.tsv", "probabilities.tsv",
+                 "design.tsv", "qc_metrics.tsv", "qc_summary.json"]:
         assert (out / f"sample1.{name}").stat().st_size > 0, name
+    assert (out / "report" / "sample1.report.html").stat().st_size > 0
+    assert list((out / "report").glob("sample1_*_mqc.*"))
+    assert not list(out.glob("*.qc.h5ad")) and not list(out.glob("*.sf.h5ad"))  # intermediates, as in the pipeline
     annotated = ad.read_h5ad(out / "sample1.annotated.h5ad")
     summary = json.loads((out / "sample1.qc_summary.json").read_text())
-    assert summary["cells_before"] == 600 and summary["removed"]["high_mito"] == 10
-    assert annotated.n_obs == summary["cells_after"] == 590
+    # default QC (5 MADs) removes the 10 mostly-mitochondrial cells the demo holds (cells 0-9) and 4
+    # more outliers (high/low counts or genes, 8-9% mito); the old default (max_mito_pct 100) kept all
+    assert summary["cells_before"] == 600 and summary["cells_after"] == 586
+    assert summary["removed"]["outlier_mito"] == 12 and summary["removed"]["high_mito"] == 0
+    damaged = {f"sample1_cell{i:06d}" for i in range(10)}
+    assert not damaged & set(annotated.obs_names)
+    assert annotated.n_obs == summary["cells_after"] == 586
     truth = annotated.obs["true_celltype"].astype(str)
     assert (annotated.obs["cellassign_celltype"].astype(str) == truth).mean() >= 0.95
     probs = annotated.obsm["cellassign_probabilities"]

@@ -115,8 +115,9 @@ def resumed_run(per_sample_run, nxf_home):
 @pytest.fixture(scope="session")
 def cohort_run(tmp_path_factory, nxf_home):
     launch = tmp_path_factory.mktemp("cohort")
-    result = nextflow(["run", str(REPO), "-profile", "test", "--mode", "cohort", "--outdir", "results", "-w", "work"],
-                      launch, nxf_home)
+    # --layer X: the main matrix, said explicitly (issue 15: it used to fail with "has no layer 'X'")
+    result = nextflow(["run", str(REPO), "-profile", "test", "--mode", "cohort", "--layer", "X", "--outdir", "results",
+                       "-w", "work"], launch, nxf_home)
     assert result.returncode == 0, _explain(result)
     return {"launch": launch, "outdir": launch / "results", "work": launch / "work", "result": result}
 
@@ -167,6 +168,23 @@ def test_per_sample_run_uses_covariates_and_cpu(per_sample_run):
 def test_per_sample_annotations_match_truth(per_sample_run, sample):
     accuracy = _accuracy(per_sample_run["outdir"] / sample / f"{sample}.annotated.h5ad")
     assert accuracy >= 0.90, f"{sample}: {accuracy:.3f} of cells agree with obs['true_celltype']"
+
+
+def test_default_qc_removes_the_damaged_demo_cells(per_sample_run):
+    """Data-driven QC by default: the 10 mostly-mitochondrial cells of each demo sample are removed."""
+    import json
+
+    import anndata as ad
+
+    out = per_sample_run["outdir"]
+    qc = [r for r in _trace(out) if r["process"].endswith(":QC")]
+    script = (Path(qc[0]["workdir"]) / ".command.sh").read_text()
+    assert "--nmads 5" in script and "--nmads-mito 5" in script, script
+    for s in SAMPLES:
+        summary = json.loads((out / s / f"{s}.qc_summary.json").read_text())
+        assert summary["removed"]["outlier_mito"] >= 10 and "MADs" in summary["rules"]["outlier_mito"], summary
+        kept = set(ad.read_h5ad(out / s / f"{s}.annotated.h5ad").obs_names)
+        assert not {f"{s}_cell{i:06d}" for i in range(10)} & kept
 
 
 def test_samplesheet_columns_become_obs(per_sample_run):
@@ -220,6 +238,10 @@ def test_cohort_run_fits_one_model(cohort_run):
 
 def test_cohort_run_annotates_each_sample_from_the_cohort_model(cohort_run):
     out = cohort_run["outdir"]
+    qc = [r for r in _trace(out) if r["process"].endswith(":QC")]
+    assert "--layer 'X'" in (Path(qc[0]["workdir"]) / ".command.sh").read_text()
+    train = [r for r in _trace(out) if r["process"].endswith(":TRAIN")]
+    assert "--layer" not in (Path(train[0]["workdir"]) / ".command.sh").read_text()  # QC moved the counts to X
     annotate = [r for r in _trace(out) if r["process"].endswith(":ANNOTATE")]
     for row in annotate:
         script = (Path(row["workdir"]) / ".command.sh").read_text()

@@ -456,3 +456,14 @@ def test_commands_are_registered_in_the_main_cli(pipeline: dict[str, Path], tmp_
     assert result.exit_code == 2
     assert f"error: {tmp_path / 'nope.tsv'}: training history not found." in result.output
     assert "Traceback" not in result.output
+
+
+def test_report_shows_cells_removed_by_qc_and_why(report: Path, pipeline: dict[str, Path]) -> None:
+    import html
+
+    summary = json.loads(pipeline["qc_summary"].read_text())
+    text = (report / "sample1.report.html").read_text(encoding="utf-8")
+    assert "Cells removed by QC" in text
+    for reason, n in summary["removed"].items():  # every rule: its bounds in words and the cells it removed
+        assert f"<td>{reason}</td><td>{html.escape(summary['rules'][reason])}</td><td class=\"n\">{n:,}</td>" in text
+    assert summary["removed"]["outlier_mito"] >= 10  # the demo's 10 mostly-mitochondrial cells

@@ -111,11 +111,13 @@ PROFILE_EXPECTS: dict[str, dict[str, str]] = {
     "docker": {"docker.enabled": "true", "singularity.enabled": "false", "apptainer.enabled": "false",
                "docker.runOptions": "'-u $(id -u):$(id -g)'"},
     "singularity": {"singularity.enabled": "true", "singularity.autoMounts": "true", "docker.enabled": "false",
-                    "apptainer.enabled": "false", "singularity.registry": "'ghcr.io'"},
+                    "apptainer.enabled": "false"},
     "apptainer": {"apptainer.enabled": "true", "apptainer.autoMounts": "true", "docker.enabled": "false",
                   "singularity.enabled": "false"},
     "gpu": {"params.device": "'cuda'", "process.'withLabel:process_gpu'.accelerator": "1"},
     "awsbatch": {"process.executor": "'awsbatch'", "process.queue": "'cellassign-cpu'"},
+    "slurm": {"process.executor": "'slurm'", "params.gpu_queue": "'gpu'", "executor.$slurm.queueSize": "50",
+              "executor.$slurm.submitRateLimit": "'20/1min'"},
 }
 
 
@@ -130,7 +132,7 @@ def test_nextflow_config_of_each_profile(tmp_path, nxf_home, profile):
         assert config.get(key) == value, (profile, key, config.get(key))
     # every profile keeps the pipeline's own defaults it does not set
     assert config["manifest.name"] == "'cellassign-nf'"
-    assert config["process.container"] == "'ghcr.io/cellassign-nf/cellassign-nf:0.1.0'"
+    assert config["process.container"] == "'cellassign-nf:0.1.0'"
     if profile not in ("test", "gpu"):
         assert config["params.max_epochs"] == "400" and config["params.device"] == "'auto'"
 

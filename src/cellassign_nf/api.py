@@ -14,9 +14,9 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .design import DesignSpec, apply_design, make_design
+from .design import DesignSpec, apply_design, drop_redundant_columns, make_design
 from .errors import InputError
-from .io import as_count_matrix, atomic_path
+from .io import MAIN_MATRIX, as_count_matrix, atomic_path
 from .markers import match_markers, validate_markers
 from .model import N_CENTRES, CellAssignModule, basis_means, log_factorial
 from .predict import ModelData, predict_gamma
@@ -88,6 +88,8 @@ class CellAssign:
                     raise InputError(None, f"continuous covariate '{key}' is not numeric",
                                      "Pass it as a categorical covariate instead.")
             design, self.design_spec = make_design(obs, covariates + continuous)
+        elif design is not None:  # a ready design matrix: drop what the model cannot estimate, with a warning
+            design, self.design_spec.dropped = drop_redundant_columns(design.reindex(adata.obs_names))
         self._design = design
         self._design_columns = [] if design is None else [str(c) for c in design.columns]
         self.data_cells, self._data = self._prepare(adata, design)
@@ -115,9 +117,11 @@ class CellAssign:
         if missing:
             raise InputError(None, f"the data lack {len(missing)} of the model's marker genes "
                              f"(e.g. {', '.join(missing[:5])})", "Predict on data with the same genes.")
-        if self.layer and self.layer not in adata.layers:
-            raise InputError(None, f"no layer '{self.layer}'", "Name an existing layer.")
-        counts = adata.layers[self.layer] if self.layer else adata.X
+        use_layer = self.layer not in (None, MAIN_MATRIX)
+        if use_layer and self.layer not in adata.layers:
+            raise InputError(None, f"no layer '{self.layer}' (layers: {', '.join(adata.layers) or 'none'})",
+                             f"Name an existing layer, or {MAIN_MATRIX} (the default) for the main matrix.")
+        counts = adata.layers[self.layer] if use_layer else adata.X
         counts = as_count_matrix(counts, layers=list(adata.layers))
         if self.size_factor_key:
             if self.size_factor_key not in adata.obs:

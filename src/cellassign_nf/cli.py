@@ -94,13 +94,22 @@ def main(ctx: click.Context, quiet: bool, verbose: bool) -> None:
 
 # --- shared options ---------------------------------------------------------------------------------
 def qc_options(f):
+    q = QCThresholds()
     for opt in reversed([
         click.option("--layer", default=None,
-                     help="h5ad: layer holding raw counts; X for X (default), raw for .raw."),
-        click.option("--min-counts", type=click.IntRange(min=0), default=1, help="Minimum total UMI counts per cell."),
-        click.option("--min-genes", type=click.IntRange(min=0), default=1, help="Minimum detected genes per cell."),
-        click.option("--max-mito-pct", type=click.FloatRange(0, 100), default=100.0,
-                     help="Maximum % of counts from mitochondrial genes."),
+                     help="h5ad: layer holding raw counts; X for the main matrix (default), raw for .raw."),
+        click.option("--nmads", type=click.FloatRange(min=0), default=q.nmads,
+                     help="Remove cells whose log total counts or log detected genes are more than this many MADs "
+                          "from the sample's median (0: off)."),
+        click.option("--nmads-mito", type=click.FloatRange(min=0), default=q.nmads_mito,
+                     help="Remove cells whose % mitochondrial counts is more than this many MADs above the "
+                          "sample's median (0: off)."),
+        click.option("--min-counts", type=click.IntRange(min=0), default=q.min_counts,
+                     help="Fixed threshold: minimum total UMI counts per cell."),
+        click.option("--min-genes", type=click.IntRange(min=0), default=q.min_genes,
+                     help="Fixed threshold: minimum detected genes per cell."),
+        click.option("--max-mito-pct", type=click.FloatRange(0, 100), default=q.max_mito_pct,
+                     help="Fixed threshold: maximum % of counts from mitochondrial genes."),
         click.option("--min-cells", type=click.IntRange(min=0), default=0, help="Keep genes detected in this many cells."),
         click.option("--mito-prefix", default="MT-", help="Prefix of mitochondrial gene names (case-insensitive)."),
     ]):
@@ -155,7 +164,8 @@ def _settings(ctx: click.Context, kw: dict) -> TrainSettings:
 
 def _thresholds(kw: dict) -> QCThresholds:
     return QCThresholds(min_counts=kw["min_counts"], min_genes=kw["min_genes"], max_mito_pct=kw["max_mito_pct"],
-                        min_cells=kw["min_cells"], mito_prefix=kw["mito_prefix"])
+                        nmads=kw["nmads"], nmads_mito=kw["nmads_mito"], min_cells=kw["min_cells"],
+                        mito_prefix=kw["mito_prefix"])
 
 
 def _covariates(value: str | None) -> list[str]:
@@ -174,6 +184,12 @@ def _covariates(value: str | None) -> list[str]:
 @qc_options
 def qc(input, output, metrics, summary, sample, obs_values, layer, **kw):
     """Compute QC metrics (scanpy) and filter cells.
+
+    By default a cell is removed when it is an outlier of its sample: log total counts or log
+    detected genes more than --nmads MADs from the median, or % mitochondrial counts more than
+    --nmads-mito MADs above it. The fixed thresholds (--min-counts, --min-genes, --max-mito-pct)
+    apply as well. The summary JSON and the metrics TSV (column 'failed') say which rule removed
+    which cells.
 
     \b
     Example:
@@ -246,7 +262,7 @@ def design(input, output, covariates, formula):
 @click.option("--history", required=True, type=click.Path(), help="Training history TSV.")
 @click.option("--probabilities", required=True, type=click.Path(), help="Probabilities TSV (cells x types).")
 @click.option("--design", "design_path", default=None, type=click.Path(), help="Design matrix TSV.")
-@click.option("--layer", default=None, help="Layer holding raw counts (default: X).")
+@click.option("--layer", default=None, help="Layer holding raw counts; X (the default) is the main matrix.")
 @click.pass_context
 def train(ctx, input, markers, output, history, probabilities, design_path, size_factor_key, layer, other,
           min_delta, **kw):
@@ -298,7 +314,12 @@ def annotate(input, probabilities, output, predictions, min_prob, sample):
 @click.pass_context
 def run(ctx, input, markers, outdir, sample, covariates, formula, min_prob, size_factor_key, layer, other,
         min_delta, no_umap, no_report, **kw):
-    """All steps for one input: QC, size factors, design, train, annotate.
+    """All steps for one input: QC, size factors, design, train, annotate, report.
+
+    Writes what the pipeline writes for one sample: in OUTDIR, NAME.annotated.h5ad,
+    NAME.predictions.tsv, NAME.model.pt, NAME.history.tsv, NAME.probabilities.tsv,
+    NAME.design.tsv, NAME.qc_metrics.tsv, NAME.qc_summary.json, and the report in
+    OUTDIR/report/ (NAME.report.html, figures, MultiQC files; --no-report skips it).
 
     \b
     Example:
@@ -330,12 +351,13 @@ def run(ctx, input, markers, outdir, sample, covariates, formula, min_prob, size
                            min_prob=min_prob)
     for tmp in ("qc", "sf"):
         paths[tmp].unlink()
-    outputs = [paths[k] for k in ("annotated", "predictions", "model", "history", "metrics")]
+    outputs = [paths[k] for k in ("annotated", "predictions", "model", "history", "probabilities", "design",
+                                  "metrics", "summary")]
     if not no_report:
         from .report import make_report
 
         result = make_report(paths["annotated"], history=paths["history"], model=paths["model"],
-                             qc_summary=paths["summary"], sample=sample, outdir=out, umap=not no_umap,
+                             qc_summary=paths["summary"], sample=sample, outdir=out / "report", umap=not no_umap,
                              params={"command": "run", "input": str(input), "markers": str(markers),
                                      "min_prob": min_prob, **kw})
         outputs.append(result.html)

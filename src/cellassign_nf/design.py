@@ -5,6 +5,7 @@ Categorical covariates are treatment-coded (one column per non-reference level: 
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,6 +27,7 @@ class DesignSpec:
     means: dict[str, float] = field(default_factory=dict)
     sds: dict[str, float] = field(default_factory=dict)
     columns: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)  # redundant columns left out, and why
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,8 +77,59 @@ def make_design(obs: pd.DataFrame, covariates: Sequence[str] | None = None, form
             present = set(values)
             spec.levels[str(v)] = [str(c) for c in cats if str(c) in present]
     design = apply_design(obs, spec, source)
+    design, spec.dropped = drop_redundant_columns(design, source)
     spec.columns = list(design.columns)
     return design, spec
+
+
+def drop_redundant_columns(design: pd.DataFrame, source: str | Path | None = None,
+                           rtol: float = 1e-6) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Drop design columns the model cannot tell apart: constant ones (the intercept ``beta0``
+    holds them) and ones that are a linear combination of the intercept and earlier columns
+    (e.g. a covariate equal to ``sample``). Each dropped column is named in a warning.
+
+    Returns the kept columns and ``{dropped column: why}``.
+    """
+    if design.shape[1] == 0:
+        return design, {}
+    X = design.to_numpy(dtype=np.float64)
+    names = [str(c) for c in design.columns]
+    basis = [np.ones(len(X))]
+    kept: list[int] = []
+    dropped: dict[str, str] = {}
+    for j, name in enumerate(names):
+        v = X[:, j]
+        spread = np.linalg.norm(v - v.mean())
+        if spread <= rtol * max(np.linalg.norm(v), 1.0):
+            dropped[name] = f"constant ({v[0]:g} for every cell)" if len(v) else "constant"
+            continue
+        A = np.column_stack(basis)
+        coef, *_ = np.linalg.lstsq(A, v, rcond=None)
+        if np.linalg.norm(v - A @ coef) <= rtol * spread:
+            dropped[name] = "= " + _combination(coef, ["1"] + [names[k] for k in kept])
+            continue
+        basis.append(v)
+        kept.append(j)
+    if dropped:
+        where = f"{source}: " if source else ""
+        log.warning("%sdesign column(s) dropped, the model cannot estimate them: %s. Check the covariates "
+                    "(a covariate equal to another one, e.g. to 'sample' in cohort mode, or constant in these "
+                    "cells) and leave these out.", where, "; ".join(f"{k} {v}" for k, v in dropped.items()))
+    return design.iloc[:, kept], dropped
+
+
+def _combination(coef: np.ndarray, names: list[str]) -> str:
+    """``[0, 1, -2], ["1", "a", "b"]`` -> ``'a - 2*b'``."""
+    terms = []
+    for c, name in zip(coef, names):
+        if abs(c) < 1e-6:
+            continue
+        c = float(f"{c:.4g}")
+        mag = "" if abs(c) == 1 and name != "1" else (f"{abs(c):g}" if name == "1" else f"{abs(c):g}*")
+        text = f"{mag}{'' if name == '1' else name}"
+        terms.append(("- " if c < 0 else "+ ") + text)
+    out = " ".join(terms) or "0"
+    return out[2:] if out.startswith("+ ") else "-" + out[2:] if out.startswith("- ") else out
 
 
 def apply_design(obs: pd.DataFrame, spec: DesignSpec, source: str | Path | None = None) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from .errors import InputError
 
 log = logging.getLogger(__name__)
 
+MAIN_MATRIX = "X"  # --layer X (the default) names the main matrix, adata.X
 COUNT_SUFFIXES = (".h5ad", ".h5", "directory of 10x matrix.mtx(.gz), features.tsv(.gz), barcodes.tsv(.gz)",
                   "Cell Ranger outs/ or STARsolo Solo.out/ folder")
 
@@ -269,7 +270,7 @@ def _keep_gene_expression(adata: ad.AnnData, path: Path) -> tuple[ad.AnnData, di
 def _select_matrix(adata: ad.AnnData, layer: str | None, path: Path) -> ad.AnnData:
     """Put the raw counts in ``X``: ``layer=None`` or ``"X"``: X; ``"raw"``/``".raw"``: ``adata.raw``
     (with its genes), unless a layer of that name exists; otherwise the named layer."""
-    if layer is None or layer == "X":
+    if layer is None or layer == MAIN_MATRIX:
         return adata
     if layer in adata.layers:
         adata.X = adata.layers[layer]
@@ -333,7 +334,7 @@ def read_counts(path: str | Path, layer: str | None = None) -> ad.AnnData:
         what = "10x mtx" if source.is_dir() else source.suffix
         raise InputError(source, f"cannot be read as {what} ({type(exc).__name__}: {exc})",
                          "Check that the file is complete and of the type its name says.") from exc
-    if layer not in (None, "X") and kind != "h5ad":
+    if layer not in (None, MAIN_MATRIX) and kind != "h5ad":
         raise InputError(path, f"--layer {layer} was given, but a {kind} has only one count matrix",
                          "Leave --layer out for Cell Ranger and STARsolo files.")
     adata = _select_matrix(adata, layer, source)

@@ -1,4 +1,12 @@
-"""Quality control with scanpy: per-cell metrics and thresholds on counts, genes and mito %."""
+"""Quality control with scanpy: per-cell metrics, data-driven outlier rules and fixed thresholds.
+
+By default a cell is removed when it is an outlier of its own sample: log total counts or log
+detected genes more than ``nmads`` median absolute deviations (MADs) from the median, or %
+mitochondrial counts more than ``nmads_mito`` MADs above it (the approach of the single-cell
+best-practices book, https://www.sc-best-practices.org, chapter "Quality control"). Fixed
+thresholds (``min_counts``, ``min_genes``, ``max_mito_pct``) apply as well. The summary names
+every rule, its bounds in counts / genes / % and how many cells it removed.
+"""
 from __future__ import annotations
 
 import logging
@@ -24,35 +32,93 @@ def add_qc_metrics(adata: ad.AnnData, mito_prefix: str = "MT-") -> None:
     sc.pp.calculate_qc_metrics(adata, qc_vars=["mito"], percent_top=None, log1p=False, inplace=True)
 
 
-def filter_cells(adata: ad.AnnData, thresholds: QCThresholds, source: str | None = None) -> tuple[ad.AnnData, dict]:
-    """Compute metrics, keep passing cells (and genes), and return the filtered data and a summary."""
+def mad_outliers(values: pd.Series, nmads: float, log1p: bool, upper_only: bool = False,
+                 reference: np.ndarray | None = None) -> tuple[pd.Series, str]:
+    """Cells more than ``nmads`` MADs from the median (on ``log1p`` scale when asked), and the rule in words.
+
+    The median and the MAD (unscaled, as ``scipy.stats.median_abs_deviation``) come from the
+    ``reference`` cells (default: all). With ``nmads`` 0 or a MAD of 0 no cell is flagged.
+    """
+    name = str(values.name)
+    x = np.log1p(values.to_numpy(dtype=np.float64)) if log1p else values.to_numpy(dtype=np.float64)
+    ref = x if reference is None else x[reference]
+    none = pd.Series(False, index=values.index)
+    if nmads <= 0:
+        return none, "off"
+    if ref.size == 0:
+        return none, "not applied (no cell with counts)"
+    median = float(np.median(ref))
+    mad = float(np.median(np.abs(ref - median)))
+    if mad == 0:
+        return none, f"not applied ({name}: MAD is 0)"
+    lo, hi = median - nmads * mad, median + nmads * mad
+    flagged = (x > hi) if upper_only else (x < lo) | (x > hi)
+    back = np.expm1 if log1p else (lambda v: v)
+    scale = "log1p " if log1p else ""
+    stats = f"{scale}median {median:.3g} {'+' if upper_only else '±'} {nmads:g} MADs of {mad:.3g}"
+    if upper_only:
+        rule = f"{name} > {back(hi):.4g} ({stats})"
+    else:
+        rule = f"{name} outside {max(back(lo), 0):.4g}..{back(hi):.4g} ({stats})"
+    return pd.Series(flagged, index=values.index), rule
+
+
+def filter_cells(adata: ad.AnnData, thresholds: QCThresholds | None = None,
+                 source: str | None = None) -> tuple[ad.AnnData, dict]:
+    """Compute metrics, keep passing cells (and genes), and return the filtered data and a summary.
+
+    ``thresholds`` default to those of ``cellassign-nf qc``; metrics are added to ``adata`` in place.
+    """
+    thresholds = thresholds or QCThresholds()
     if adata.n_obs == 0:
         raise InputError(source, "the sample has no cells", "Check that the right (non-empty) file was given.")
     add_qc_metrics(adata, thresholds.mito_prefix)
     obs = adata.obs
+    t = thresholds
+    has_counts = obs["total_counts"].to_numpy() > 0
+    n_mito = int(adata.var["mito"].sum())
+    out_counts, rule_counts = mad_outliers(obs["total_counts"], t.nmads, log1p=True, reference=has_counts)
+    out_genes, rule_genes = mad_outliers(obs["n_genes_by_counts"], t.nmads, log1p=True, reference=has_counts)
+    if n_mito:
+        out_mito, rule_mito = mad_outliers(obs["pct_counts_mito"], t.nmads_mito, log1p=False, upper_only=True,
+                                           reference=has_counts)
+    else:
+        out_mito, rule_mito = pd.Series(False, index=obs.index), f"not applied (no gene starts with '{t.mito_prefix}')"
     fails = {
-        "low_counts": obs["total_counts"] < thresholds.min_counts,
-        "low_genes": obs["n_genes_by_counts"] < thresholds.min_genes,
-        "high_mito": obs["pct_counts_mito"] > thresholds.max_mito_pct,
+        "low_counts": (obs["total_counts"] < t.min_counts, f"total_counts < {t.min_counts}"),
+        "low_genes": (obs["n_genes_by_counts"] < t.min_genes, f"n_genes_by_counts < {t.min_genes}"),
+        "high_mito": (obs["pct_counts_mito"] > t.max_mito_pct, f"pct_counts_mito > {t.max_mito_pct:g}"),
+        "outlier_counts": (out_counts, rule_counts),
+        "outlier_genes": (out_genes, rule_genes),
+        "outlier_mito": (out_mito, rule_mito),
     }
-    passed = ~np.logical_or.reduce([f.to_numpy() for f in fails.values()])
+    failed = np.column_stack([f.to_numpy(dtype=bool) for f, _ in fails.values()])
+    passed = ~failed.any(axis=1)
     adata.obs["qc_passed"] = passed
-    n_zero = int((obs["total_counts"] == 0).sum())
+    names = np.array(list(fails))
+    adata.obs["qc_failed"] = [",".join(names[row]) for row in failed]
+    n_zero = int((~has_counts).sum())
     summary = {
         "cells_before": int(adata.n_obs), "genes_before": int(adata.n_vars),
         "cells_after": int(passed.sum()),
-        "removed": {k: int(v.sum()) for k, v in fails.items()},
+        "cells_removed": int((~passed).sum()),
+        "removed": {k: int(f.sum()) for k, (f, _) in fails.items()},
+        "rules": {k: rule for k, (_, rule) in fails.items()},
         "zero_count_cells": n_zero,
         "thresholds": asdict(thresholds),
-        "n_mito_genes": int(adata.var["mito"].sum()),
+        "n_mito_genes": n_mito,
     }
     if n_zero:
         log.info("removing %d cells with zero total counts", n_zero)
+    for key, (flags, rule) in fails.items():
+        if flags.any():
+            log.info("QC %s: %d cells (%s)", key, int(flags.sum()), rule)
     if not passed.any():
         raise InputError(source, f"no cell passes QC ({adata.n_obs} cells; removed: "
                          + ", ".join(f"{k} {v}" for k, v in summary["removed"].items()) + ")",
-                         "Relax --min-counts, --min-genes or --max-mito-pct.")
+                         "Relax --min-counts, --min-genes or --max-mito-pct, or raise --nmads / --nmads-mito.")
     filtered = adata[passed].copy()
+    del filtered.obs["qc_failed"]  # empty for every kept cell; the metrics table keeps it
     if thresholds.min_cells > 0:
         import scanpy as sc
 
@@ -63,6 +129,6 @@ def filter_cells(adata: ad.AnnData, thresholds: QCThresholds, source: str | None
 
 
 def metrics_table(adata: ad.AnnData) -> pd.DataFrame:
-    """The per-cell QC table: metrics and whether the cell passed."""
-    cols = ["total_counts", "n_genes_by_counts", "pct_counts_mito", "qc_passed"]
-    return adata.obs[cols].rename(columns={"qc_passed": "passed"})
+    """The per-cell QC table: metrics, whether the cell passed, and the rules it failed."""
+    cols = ["total_counts", "n_genes_by_counts", "pct_counts_mito", "qc_passed", "qc_failed"]
+    return adata.obs[cols].rename(columns={"qc_passed": "passed", "qc_failed": "failed"})

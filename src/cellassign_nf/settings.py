@@ -6,12 +6,21 @@ from dataclasses import dataclass
 
 @dataclass
 class QCThresholds:
-    """Cells need at least ``min_counts`` UMIs and ``min_genes`` detected genes, and at most
-    ``max_mito_pct`` % mitochondrial counts; genes need ``min_cells`` cells (0 keeps all)."""
+    """Which cells and genes QC keeps.
+
+    Data-driven (the default, as in current single-cell best practice): a cell is an outlier
+    when its log total counts or log detected genes lie more than ``nmads`` median absolute
+    deviations (MADs) from the sample's median, or its % mitochondrial counts more than
+    ``nmads_mito`` MADs above the median (0 turns a rule off). Fixed: cells need at least
+    ``min_counts`` UMIs and ``min_genes`` detected genes and at most ``max_mito_pct`` %
+    mitochondrial counts. A cell failing any rule is removed. Genes need ``min_cells`` cells
+    (0 keeps all)."""
 
     min_counts: int = 1
     min_genes: int = 1
     max_mito_pct: float = 100.0
+    nmads: float = 5.0
+    nmads_mito: float = 5.0
     min_cells: int = 0
     mito_prefix: str = "MT-"
 

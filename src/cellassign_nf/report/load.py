@@ -118,6 +118,14 @@ def load_qc_summary(path: str | Path) -> QCSummary:
     return parse_qc_summary(raw)
 
 
+def qc_removed_rows(other: Mapping[str, Any]) -> list[list[Any]]:
+    """Rows (reason, rule, cells removed) of a QC summary's ``removed`` and ``rules``; [] if absent."""
+    removed, rules = other.get("removed"), other.get("rules")
+    if not isinstance(removed, Mapping) or not isinstance(rules, Mapping):
+        return []
+    return [[reason, str(rules.get(reason, "")), n] for reason, n in removed.items()]
+
+
 def parse_qc_summary(raw: Mapping[str, Any]) -> QCSummary:
     """Normalise a QC summary dict: cell and gene counts before/after, thresholds, the rest."""
     flat = dict(raw)

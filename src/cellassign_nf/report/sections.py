@@ -21,6 +21,7 @@ from .figures import (
     plot_probability_histogram, plot_size_factors, plot_training_curves, plot_umap,
 )
 from .html import _Section, _table
+from .load import qc_removed_rows
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -189,11 +190,16 @@ def qc_section(inp: ReportInputs, sink: FigureSink) -> _Section:
         ["cells", qc.cells_before, qc.cells_after],
         ["genes", qc.genes_before, qc.genes_after],
     ], "Cells and genes"))
+    removed = qc_removed_rows(qc.other)
+    if removed:
+        s.tables.append(_table(["reason", "rule", "cells removed"], removed,
+                               "Cells removed by QC, by reason (a cell failing several rules counts in each)"))
     if qc.thresholds:
         s.tables.append(_table(["threshold", "value"], [[k, v] for k, v in flatten(qc.thresholds).items()],
                                "Thresholds"))
-    if qc.other:
-        s.tables.append(_table(["metric", "value"], [[k, v] for k, v in flatten(qc.other).items()],
+    other = {k: v for k, v in qc.other.items() if not (removed and k in ("removed", "rules"))}
+    if other:
+        s.tables.append(_table(["metric", "value"], [[k, v] for k, v in flatten(other).items()],
                                "Other QC numbers"))
     if SIZE_FACTOR_KEY in adata.obs:
         sink.add(s, "size_factors", "Size factors", lambda: plot_size_factors(adata.obs[SIZE_FACTOR_KEY]),

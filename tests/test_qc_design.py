@@ -1,0 +1,190 @@
+"""QC defaults (median +- k MADs outliers), `--layer X`, and design columns the model cannot estimate."""
+import json
+import logging
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cellassign_nf import CellAssign, marker_list_to_matrix
+from cellassign_nf.cli import main
+from cellassign_nf.design import drop_redundant_columns, make_design
+from cellassign_nf.qc import filter_cells, mad_outliers
+from cellassign_nf.settings import QCThresholds
+from cellassign_nf.simulate import simulate
+
+from conftest import DEMO
+
+DAMAGED = [f"sample2_cell{i:06d}" for i in range(10)]  # assets/demo/make_demo.py: +200 counts per mito gene
+
+
+@pytest.fixture()
+def warnings_text():
+    """Warnings of cellassign_nf.design (the CLI replaces the handlers of 'cellassign_nf' and stops its
+    propagation, so neither caplog nor a handler there sees them reliably)."""
+    records: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("cellassign_nf.design")
+    logger.addHandler(handler)
+    yield lambda: "\n".join(records)
+    logger.removeHandler(handler)
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, ["--quiet", *map(str, args)])
+
+
+# --- QC: data-driven outliers ------------------------------------------------------------------------
+def test_mad_outliers_hand_computed():
+    values = pd.Series([1.0, 2.0, 3.0, 4.0, 100.0, -20.0], name="m")
+    # median 2.5; |x - 2.5| = 1.5, .5, .5, 1.5, 97.5, 22.5 -> MAD 1.5; 5 MADs: -5 .. 10
+    flagged, rule = mad_outliers(values, 5, log1p=False)
+    assert flagged.tolist() == [False, False, False, False, True, True]
+    assert rule == "m outside 0..10 (median 2.5 ± 5 MADs of 1.5)"  # lower bound shown clipped at 0
+    upper, rule = mad_outliers(values, 5, log1p=False, upper_only=True)
+    assert upper.tolist() == [False, False, False, False, True, False] and rule.startswith("m > 10 ")
+    # log1p scale: log1p values 5, 5.1, 4.9, 5, 2 -> median 5, MAD 0.1, bounds 4.5 .. 5.5
+    counts = pd.Series(np.expm1([5.0, 5.1, 4.9, 5.0, 2.0]), name="total_counts")
+    flagged, rule = mad_outliers(counts, 5, log1p=True)
+    assert flagged.tolist() == [False, False, False, False, True]
+    assert f"{np.expm1(4.5):.4g}..{np.expm1(5.5):.4g}" in rule
+    # reference cells only define the median and MAD
+    flagged, _ = mad_outliers(values, 5, log1p=False, reference=np.array([True, True, True, True, False, False]))
+    assert flagged.tolist() == [False, False, False, False, True, True]
+
+
+def test_mad_outliers_off_and_zero_mad():
+    values = pd.Series([0.0, 0.0, 0.0, 5.0], name="pct")
+    flagged, rule = mad_outliers(values, 0, log1p=False)
+    assert not flagged.any() and rule == "off"
+    flagged, rule = mad_outliers(values, 5, log1p=False, upper_only=True)  # MAD 0: every non-zero cell would go
+    assert not flagged.any() and "MAD is 0" in rule
+
+
+@pytest.fixture(scope="module")
+def demo2():
+    return ad.read_h5ad(DEMO / "sample2.h5ad")
+
+
+def test_default_qc_removes_the_demo_damaged_cells(demo2):
+    filtered, summary = filter_cells(demo2.copy(), QCThresholds())
+    assert not set(DAMAGED) & set(filtered.obs_names)
+    # 10 damaged cells + 4 outliers among the 590 healthy ones (0.7%)
+    assert summary["cells_after"] == filtered.n_obs == 586 and summary["cells_removed"] == 14
+    assert summary["removed"] == {"low_counts": 0, "low_genes": 0, "high_mito": 0,
+                                  "outlier_counts": 10, "outlier_genes": 2, "outlier_mito": 12}
+    assert summary["rules"]["outlier_mito"].startswith("pct_counts_mito > 8.2")
+    assert "5 MADs" in summary["rules"]["outlier_counts"]
+
+
+def test_fixed_thresholds_remain_available(demo2):
+    fixed = QCThresholds(nmads=0, nmads_mito=0, max_mito_pct=20)
+    filtered, summary = filter_cells(demo2.copy(), fixed)
+    assert summary["removed"]["high_mito"] == 10 and summary["cells_after"] == 590
+    assert sorted(set(demo2.obs_names) - set(filtered.obs_names)) == DAMAGED
+    # everything off: the damaged cells stay (the old default)
+    _, summary = filter_cells(demo2.copy(), QCThresholds(nmads=0, nmads_mito=0))
+    assert summary["cells_after"] == 600 and summary["rules"]["outlier_mito"] == "off"
+
+
+def test_no_mito_genes_no_mito_rule():
+    adata = simulate({"A": ["a1"], "B": ["b1"]}, n_cells=50, n_other_genes=5, seed=3)
+    _, summary = filter_cells(adata, QCThresholds())
+    assert summary["removed"]["outlier_mito"] == 0 and "no gene starts with 'MT-'" in summary["rules"]["outlier_mito"]
+
+
+def test_qc_cli_writes_rules_and_reasons(tmp_path):
+    r = invoke("qc", DEMO / "sample2.h5ad", "-o", tmp_path / "q.h5ad", "--metrics", tmp_path / "m.tsv",
+               "--summary", tmp_path / "s.json")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["thresholds"]["nmads"] == 5 and summary["thresholds"]["nmads_mito"] == 5
+    metrics = pd.read_csv(tmp_path / "m.tsv", sep="\t", index_col=0, keep_default_na=False)
+    assert metrics.loc[DAMAGED[0], "failed"] == "outlier_counts,outlier_mito"
+    assert not metrics.loc[DAMAGED[0], "passed"]
+    assert (metrics.loc[metrics["passed"], "failed"] == "").all()
+    # options reach the rules
+    r = invoke("qc", DEMO / "sample2.h5ad", "-o", tmp_path / "q2.h5ad", "--metrics", tmp_path / "m2.tsv",
+               "--summary", tmp_path / "s2.json", "--nmads", "0", "--nmads-mito", "3")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "s2.json").read_text())
+    assert summary["rules"]["outlier_counts"] == "off" and "3 MADs" in summary["rules"]["outlier_mito"]
+    assert summary["removed"]["outlier_mito"] == 32  # 3 MADs: 22 healthy cells too (why the default is 5)
+
+
+# --- --layer X is the main matrix ------------------------------------------------------------------
+def test_layer_x_means_the_main_matrix(tmp_path):
+    adata = simulate({"A": ["a1", "a2"], "B": ["b1", "b2"]}, n_cells=40, n_other_genes=5, seed=2)
+    adata.layers["counts"] = adata.X.copy()
+    path = tmp_path / "c.h5ad"
+    adata.write_h5ad(path)
+    for layer in ["X", "counts"]:
+        r = invoke("qc", path, "--layer", layer, "-o", tmp_path / f"{layer}.h5ad", "--metrics", tmp_path / "m.tsv",
+                   "--summary", tmp_path / "s.json")
+        assert r.exit_code == 0, r.output
+    assert ad.read_h5ad(tmp_path / "X.h5ad").n_obs == ad.read_h5ad(tmp_path / "counts.h5ad").n_obs
+    r = invoke("qc", path, "--layer", "raw", "-o", tmp_path / "r.h5ad", "--metrics", tmp_path / "m.tsv",
+               "--summary", tmp_path / "s.json")
+    assert r.exit_code == 2 and "has no layer 'raw' (layers: counts)" in r.stderr and "--layer X" in r.stderr
+    markers = tmp_path / "m.yaml"
+    markers.write_text("A: [a1, a2]\nB: [b1, b2]\n")
+    r = invoke("train", path, "--markers", markers, "--layer", "X", "-o", tmp_path / "model.pt", "--history",
+               tmp_path / "h.tsv", "--probabilities", tmp_path / "p.tsv", "--max-epochs", "3", "--n-restarts", "1")
+    assert r.exit_code == 0, r.output
+    rho = marker_list_to_matrix({"A": ["a1", "a2"], "B": ["b1", "b2"]})
+    assert CellAssign(adata, rho, layer="X")._data.x.sum() == CellAssign(adata, rho, layer="counts")._data.x.sum()
+
+
+# --- design: columns the model cannot estimate ------------------------------------------------------
+def _cohort_obs():
+    return pd.DataFrame({
+        "sample": ["s1"] * 4 + ["s2"] * 4,
+        "sequencing_run": ["run1"] * 4 + ["run2"] * 4,   # the bundled samplesheet: the same as sample
+        "batch": list("ABAB" * 2),
+        "age": [40.0] * 8,                                # constant
+    }, index=[f"c{i}" for i in range(8)])
+
+
+def test_design_drops_collinear_and_constant_columns_with_a_warning(warnings_text):
+    design, spec = make_design(_cohort_obs(), ["sample", "sequencing_run", "batch", "age"])
+    assert list(design.columns) == ["sample[T.s2]", "batch[T.B]"]
+    assert spec.columns == list(design.columns)
+    assert spec.dropped == {"sequencing_run[T.run2]": "= sample[T.s2]", "age": "constant (0 for every cell)"}
+    assert "sequencing_run[T.run2] = sample[T.s2]" in warnings_text() and "age constant" in warnings_text()
+
+
+def test_design_keeps_independent_columns(warnings_text):
+    obs = _cohort_obs()
+    obs["x"] = np.arange(8.0)
+    design, spec = make_design(obs, ["sample", "batch", "x"])
+    assert list(design.columns) == ["sample[T.s2]", "batch[T.B]", "x"] and spec.dropped == {}
+    assert warnings_text() == ""
+
+
+def test_design_linear_combination_named():
+    d = pd.DataFrame({"a": [0, 1, 0, 1.0], "b": [0, 0, 1, 1.0], "c": [1, 2, 2, 3.0], "d": [1, 0, 1, 0.0]})
+    kept, dropped = drop_redundant_columns(d)
+    assert list(kept.columns) == ["a", "b"]
+    assert dropped == {"c": "= 1 + a + b", "d": "= 1 - a"}
+
+
+def test_design_cli_and_api_drop_redundant_columns(tmp_path, warnings_text):
+    adata = simulate({"A": ["a1", "a2"], "B": ["b1", "b2"]}, n_cells=40, n_other_genes=5, batches=("x", "y"), seed=4)
+    adata.obs["lane"] = adata.obs["batch"].map({"x": "L1", "y": "L2"})
+    path = tmp_path / "c.h5ad"
+    adata.write_h5ad(path)
+    r = CliRunner().invoke(main, ["design", str(path), "-o", str(tmp_path / "d.tsv"), "--covariates", "batch,lane"])
+    assert r.exit_code == 0, r.output
+    assert "lane[T.L2] = batch[T.y]" in " ".join(r.stderr.split())  # rich wraps long lines
+    assert list(pd.read_csv(tmp_path / "d.tsv", sep="\t", index_col=0).columns) == ["batch[T.y]"]
+    rho = marker_list_to_matrix({"A": ["a1", "a2"], "B": ["b1", "b2"]})
+    model = CellAssign(adata, rho, categorical_covariate_keys=["batch", "lane"])
+    assert model.design_columns == ["batch[T.y]"] and "lane[T.L2] = batch[T.y]" in warnings_text()
+    ready = pd.DataFrame({"b": (adata.obs["batch"] == "y").astype(float), "same": (adata.obs["batch"] == "y") * 2.0},
+                         index=adata.obs_names)
+    model = CellAssign(adata, rho, design=ready)
+    assert model.design_columns == ["b"] and model.design_spec.dropped == {"same": "= 2*b"}
+    assert "same = 2*b" in warnings_text()
