@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -142,62 +142,56 @@ def _strip_version(name: str) -> str:
     return strip_version(name)
 
 
-def match_markers(rho: pd.DataFrame, data, markers_path: str | Path | None = None,
-                  data_path: str | Path | None = None, layer: str | None = None) -> pd.DataFrame:
-    """Restrict ``rho`` to the genes the data measure, re-indexed by the data's gene index.
-
-    ``data`` is an AnnData (or just its gene names). A panel of Ensembl IDs is matched to the
-    data's gene IDs (``var['gene_ids']`` or an ID index; version suffixes ignored), a panel of
-    symbols to its symbols (``var['gene_symbols']`` or the index), whatever the index holds.
-    A symbol found only when ignoring case matches with a warning. A panel gene that names
-    several of the data's genes (a duplicated symbol) uses the one with the most counts; each
-    such case is logged. Missing genes are dropped with a warning; no overlap, or a type left
-    with no marker, is an error. Rows keep the panel's order.
-    """
+def _data_genes(data) -> tuple[object | None, pd.Index, pd.DataFrame]:
+    """The AnnData (or None), its gene names and its ``var`` table (a bare one for a list of names)."""
     import anndata as ad
-
-    from .io import GENE_IDS, GENE_SYMBOLS, ID_COLUMNS, SYMBOL_COLUMNS, find_column, looks_like_gene_ids
 
     adata = data if isinstance(data, ad.AnnData) else None
     var_names = pd.Index(map(str, adata.var_names if adata is not None else data))
     var = adata.var if adata is not None else pd.DataFrame(index=var_names)
-    panel = [str(g) for g in rho.index]
-    by_ids = looks_like_gene_ids(panel)
-    names_are_ids = looks_like_gene_ids(var_names[:2000])
-    if by_ids:
-        col = find_column(var, ID_COLUMNS)
-        if col is not None:
-            keys, source = pd.Index(var[col].astype(str)), f"var['{col}']"
-        elif names_are_ids:
-            keys, source = var_names, "the gene index"
-        else:
-            raise InputError(markers_path, "the marker panel lists Ensembl gene IDs (e.g. "
-                             f"{', '.join(panel[:3])}) but the data have no gene IDs (genes: {', '.join(var_names[:3])})",
-                             "Use a panel of gene symbols, or counts that carry gene IDs (Cell Ranger .h5 or matrix "
-                             f"folder, or an h5ad with var['{GENE_IDS}']), checking against {data_path or 'the counts file'}.")
-        keys = pd.Index([_strip_version(k) for k in keys])
-        wanted = [_strip_version(g) for g in panel]
-        kind = "Ensembl gene ID"
-    else:
-        col = find_column(var, SYMBOL_COLUMNS)
-        if col is not None:
-            keys, source = pd.Index(var[col].astype(str)), f"var['{col}']"
-        elif not names_are_ids:
-            keys, source = var_names, "the gene index"
-        else:
-            raise InputError(markers_path, "the marker panel lists gene symbols (e.g. "
-                             f"{', '.join(panel[:3])}) but the data have only gene IDs (genes: {', '.join(var_names[:3])}) "
-                             "and no symbols", "Use a panel of Ensembl gene IDs, or counts that carry symbols (Cell Ranger "
-                             f".h5 or matrix folder, or an h5ad with var['{GENE_SYMBOLS}']), checking against "
-                             f"{data_path or 'the counts file'}.")
-        wanted = panel
-        kind = "gene symbol"
-    exact: dict[str, list[int]] = {}
-    folded: dict[str, list[int]] = {}
-    for i, k in enumerate(keys):
-        exact.setdefault(k, []).append(i)
-        folded.setdefault(k.upper(), []).append(i)
+    return adata, var_names, var
 
+
+def _id_keys(panel: list[str], var: pd.DataFrame, var_names: pd.Index, names_are_ids: bool,
+             markers_path: str | Path | None, data_path: str | Path | None) -> tuple[pd.Index, str, list[str]]:
+    """Data keys (version-less gene IDs), their source and the wanted keys for a panel of Ensembl IDs."""
+    from .io import GENE_IDS, ID_COLUMNS, find_column
+
+    col = find_column(var, ID_COLUMNS)
+    if col is not None:
+        keys, source = pd.Index(var[col].astype(str)), f"var['{col}']"
+    elif names_are_ids:
+        keys, source = var_names, "the gene index"
+    else:
+        raise InputError(markers_path, "the marker panel lists Ensembl gene IDs (e.g. "
+                         f"{', '.join(panel[:3])}) but the data have no gene IDs (genes: {', '.join(var_names[:3])})",
+                         "Use a panel of gene symbols, or counts that carry gene IDs (Cell Ranger .h5 or matrix "
+                         f"folder, or an h5ad with var['{GENE_IDS}']), checking against {data_path or 'the counts file'}.")
+    keys = pd.Index([_strip_version(k) for k in keys])
+    return keys, source, [_strip_version(g) for g in panel]
+
+
+def _symbol_keys(panel: list[str], var: pd.DataFrame, var_names: pd.Index, names_are_ids: bool,
+                 markers_path: str | Path | None, data_path: str | Path | None) -> tuple[pd.Index, str, list[str]]:
+    """Data keys (gene symbols), their source and the wanted keys for a panel of gene symbols."""
+    from .io import GENE_SYMBOLS, SYMBOL_COLUMNS, find_column
+
+    col = find_column(var, SYMBOL_COLUMNS)
+    if col is not None:
+        keys, source = pd.Index(var[col].astype(str)), f"var['{col}']"
+    elif not names_are_ids:
+        keys, source = var_names, "the gene index"
+    else:
+        raise InputError(markers_path, "the marker panel lists gene symbols (e.g. "
+                         f"{', '.join(panel[:3])}) but the data have only gene IDs (genes: {', '.join(var_names[:3])}) "
+                         "and no symbols", "Use a panel of Ensembl gene IDs, or counts that carry symbols (Cell Ranger "
+                         f".h5 or matrix folder, or an h5ad with var['{GENE_SYMBOLS}']), checking against "
+                         f"{data_path or 'the counts file'}.")
+    return keys, source, panel
+
+
+def _gene_totals(adata, layer: str | None) -> Callable[[int], float]:
+    """A cached ``column -> total counts`` lookup (0 for every gene when there is no AnnData)."""
     totals: dict[int, float] = {}
 
     def total(i: int) -> float:
@@ -209,6 +203,24 @@ def match_markers(rho: pd.DataFrame, data, markers_path: str | Path | None = Non
                 totals[i] = float(X[:, i].sum())
         return totals[i]
 
+    return total
+
+
+def _key_positions(keys: pd.Index) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Positions of each key, exactly and upper-cased."""
+    exact: dict[str, list[int]] = {}
+    folded: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        exact.setdefault(k, []).append(i)
+        folded.setdefault(k.upper(), []).append(i)
+    return exact, folded
+
+
+def _choose_columns(panel: list[str], wanted: list[str], keys: pd.Index, var_names: pd.Index, by_ids: bool,
+                    kind: str, total: Callable[[int], float]
+                    ) -> tuple[list[tuple[str, int]], list[str], list[str], list[str]]:
+    """(panel gene, data column) pairs, with the missing, case-only and duplicated matches for the log."""
+    exact, folded = _key_positions(keys)
     chosen: list[tuple[str, int]] = []  # (panel gene, column)
     missing, case_only, duplicated = [], [], []
     for gene, key in zip(panel, wanted):
@@ -227,20 +239,24 @@ def match_markers(rho: pd.DataFrame, data, markers_path: str | Path | None = Non
                               + ", ".join(f"{var_names[c]}: {total(c):.0f} counts" for c in cols)
                               + f"); using {var_names[col]}, the one with the most counts")
         chosen.append((gene, col))
-    if not chosen:
-        raise InputError(markers_path, "none of the marker genes is in the data "
-                         f"(markers: {', '.join(panel[:5])}; data {kind}s from {source}: "
-                         f"{', '.join(map(str, keys[:5]))})",
-                         "Use the same gene naming in both (symbols vs. Ensembl IDs, species), "
-                         f"checking against {data_path or 'the counts file'}.")
-    log.info("markers matched by %s (data's %s): %d of %d panel genes found", kind, source, len(chosen), len(panel))
+    return chosen, missing, case_only, duplicated
+
+
+def _log_matching(kind: str, source: str, n_chosen: int, n_panel: int, n_rho: int, missing: list[str],
+                  case_only: list[str], duplicated: list[str]) -> None:
+    """Log how the panel matched: the counts, duplicated genes, case-only and missing markers."""
+    log.info("markers matched by %s (data's %s): %d of %d panel genes found", kind, source, n_chosen, n_panel)
     for message in duplicated:
         log.warning("%s", message)
     if case_only:
         log.warning("%d marker genes match the data only when ignoring case: %s", len(case_only), ", ".join(case_only))
     if missing:
-        log.warning("%d of %d marker genes are not in the data and are ignored: %s%s", len(missing), len(rho),
+        log.warning("%d of %d marker genes are not in the data and are ignored: %s%s", len(missing), n_rho,
                     ", ".join(missing[:20]), " ..." if len(missing) > 20 else "")
+
+
+def _matched_rows(rho: pd.DataFrame, chosen: list[tuple[str, int]], var_names: pd.Index) -> pd.DataFrame:
+    """``rho``'s chosen rows re-indexed by the data's gene names, rows naming one data gene combined."""
     sub = rho.loc[[g for g, _ in chosen]].copy()
     sub.index = pd.Index([var_names[c] for _, c in chosen], name=rho.index.name)
     if sub.index.has_duplicates:  # two panel genes resolved to the same data gene: one row, markers combined
@@ -248,6 +264,43 @@ def match_markers(rho: pd.DataFrame, data, markers_path: str | Path | None = Non
         log.warning("marker genes %s name the same gene of the data; their rows are combined",
                     "; ".join(f"{'/'.join(g for g, c in chosen if var_names[c] == d)} -> {d}" for d in dup))
         sub = sub.groupby(level=0, sort=False).max()
+    return sub
+
+
+def match_markers(rho: pd.DataFrame, data, markers_path: str | Path | None = None,
+                  data_path: str | Path | None = None, layer: str | None = None) -> pd.DataFrame:
+    """Restrict ``rho`` to the genes the data measure, re-indexed by the data's gene index.
+
+    ``data`` is an AnnData (or just its gene names). A panel of Ensembl IDs is matched to the
+    data's gene IDs (``var['gene_ids']`` or an ID index; version suffixes ignored), a panel of
+    symbols to its symbols (``var['gene_symbols']`` or the index), whatever the index holds.
+    A symbol found only when ignoring case matches with a warning. A panel gene that names
+    several of the data's genes (a duplicated symbol) uses the one with the most counts; each
+    such case is logged. Missing genes are dropped with a warning; no overlap, or a type left
+    with no marker, is an error. Rows keep the panel's order.
+    """
+    from .io import looks_like_gene_ids
+
+    adata, var_names, var = _data_genes(data)
+    panel = [str(g) for g in rho.index]
+    by_ids = looks_like_gene_ids(panel)
+    names_are_ids = looks_like_gene_ids(var_names[:2000])
+    if by_ids:
+        keys, source, wanted = _id_keys(panel, var, var_names, names_are_ids, markers_path, data_path)
+        kind = "Ensembl gene ID"
+    else:
+        keys, source, wanted = _symbol_keys(panel, var, var_names, names_are_ids, markers_path, data_path)
+        kind = "gene symbol"
+    chosen, missing, case_only, duplicated = _choose_columns(panel, wanted, keys, var_names, by_ids, kind,
+                                                             _gene_totals(adata, layer))
+    if not chosen:
+        raise InputError(markers_path, "none of the marker genes is in the data "
+                         f"(markers: {', '.join(panel[:5])}; data {kind}s from {source}: "
+                         f"{', '.join(map(str, keys[:5]))})",
+                         "Use the same gene naming in both (symbols vs. Ensembl IDs, species), "
+                         f"checking against {data_path or 'the counts file'}.")
+    _log_matching(kind, source, len(chosen), len(panel), len(rho), missing, case_only, duplicated)
+    sub = _matched_rows(rho, chosen, var_names)
     empty = [c for c in sub.columns if sub[c].sum() == 0 and rho[c].sum() > 0]
     if empty:
         raise InputError(markers_path, f"cell type(s) with no marker gene in the data: {', '.join(empty)}",
