@@ -126,9 +126,9 @@ def test_layer_x_means_the_main_matrix(tmp_path):
                    "--summary", tmp_path / "s.json")
         assert r.exit_code == 0, r.output
     assert ad.read_h5ad(tmp_path / "X.h5ad").n_obs == ad.read_h5ad(tmp_path / "counts.h5ad").n_obs
-    r = invoke("qc", path, "--layer", "raw", "-o", tmp_path / "r.h5ad", "--metrics", tmp_path / "m.tsv",
+    r = invoke("qc", path, "--layer", "spliced", "-o", tmp_path / "r.h5ad", "--metrics", tmp_path / "m.tsv",
                "--summary", tmp_path / "s.json")
-    assert r.exit_code == 2 and "has no layer 'raw' (layers: counts)" in r.stderr and "--layer X" in r.stderr
+    assert r.exit_code == 2 and "has no layer 'spliced' (layers: counts)" in r.stderr and "--layer X" in r.stderr
     markers = tmp_path / "m.yaml"
     markers.write_text("A: [a1, a2]\nB: [b1, b2]\n")
     r = invoke("train", path, "--markers", markers, "--layer", "X", "-o", tmp_path / "model.pt", "--history",

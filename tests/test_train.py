@@ -12,6 +12,8 @@ import torch
 from cellassign_nf import CellAssign, marker_list_to_matrix
 from cellassign_nf.predict import marginal_log_likelihood
 from cellassign_nf.simulate import simulate
+import cellassign_nf.train as train_mod
+from cellassign_nf.optim import Adam
 from cellassign_nf.train import split_cells
 
 MARKERS = {"A": ["a1", "a2", "a3"], "B": ["b1", "b2", "b3"], "C": ["c1", "c2", "a1"]}
@@ -32,18 +34,14 @@ def _reference_log_prior(m) -> torch.Tensor:
     return dirichlet + normal.log_prob(m.delta_log.double()).sum()
 
 
-class _GradientRecorder(torch.optim.SGD):
+class _GradientRecorder(Adam):
     """Stands in for Adam: records the gradients of each step and leaves the parameters alone."""
 
     steps: list[dict[torch.nn.Parameter, torch.Tensor]] = []
 
-    def __init__(self, params, lr=0.1):
-        super().__init__(params, lr=lr)
-
     @torch.no_grad()
-    def step(self, closure=None):
-        _GradientRecorder.steps.append({p: None if p.grad is None else p.grad.clone()
-                                        for g in self.param_groups for p in g["params"]})
+    def step(self) -> None:
+        _GradientRecorder.steps.append({p: None if p.grad is None else p.grad.clone() for p in self.params})
 
 
 def test_m_step_gradient_is_the_marginal_likelihood_gradient(small, monkeypatch):
@@ -51,7 +49,7 @@ def test_m_step_gradient_is_the_marginal_likelihood_gradient(small, monkeypatch)
     -(log p(x) + log prior) / N: the EM identity. Catches gamma not detached (an entropy term),
     a missing or mis-scaled prior and a wrong minibatch scaling."""
     _GradientRecorder.steps = []
-    monkeypatch.setattr(torch.optim, "Adam", _GradientRecorder)
+    monkeypatch.setattr(train_mod, "Adam", _GradientRecorder)
     # min_delta 0.2: delta starts small, the types overlap and gamma is far from 0/1
     model = CellAssign(small, marker_list_to_matrix(MARKERS), size_factor_key="size_factor", batch_key="batch",
                        min_delta=0.2, dirichlet_concentration=0.5)
@@ -74,7 +72,7 @@ def test_m_step_gradient_is_the_marginal_likelihood_gradient(small, monkeypatch)
 def test_minibatches_cover_every_training_cell_once_per_epoch(small, monkeypatch):
     """With batches of 64 cells, an epoch makes ceil(N_train / 64) steps."""
     _GradientRecorder.steps = []
-    monkeypatch.setattr(torch.optim, "Adam", _GradientRecorder)
+    monkeypatch.setattr(train_mod, "Adam", _GradientRecorder)
     model = CellAssign(small, marker_list_to_matrix(MARKERS), size_factor_key="size_factor")
     model.train(max_epochs=2, n_restarts=1, batch_size=64, validation_fraction=0.1, progress=False,
                 early_stopping=False, fuse="off")
