@@ -91,7 +91,7 @@ def helpMessage(String schemaPath) {
         }
     }
     lines << ''
-    lines << 'Profiles: test, docker, apptainer, singularity, gpu, awsbatch, debug (combine with commas: -profile docker,gpu).'
+    lines << 'Profiles: test, docker, apptainer, singularity, gpu, awsbatch, slurm, debug (combine with commas: -profile docker,gpu).'
     lines << 'Details: docs/pipeline.md'
     return lines.join('\n')
 }
