@@ -52,6 +52,7 @@ def checked(tmp_path_factory, nxf_home):
     (folder / "s1.txt").write_text("x")
     (folder / "tenx.h5").write_bytes(b"x")
     (folder / "tenx_dir").mkdir()
+    (folder / "tenx_dir" / "matrix.mtx.gz").write_bytes(b"x")  # a 10x matrix folder, as the check requires
     paths = []
     for name, text in {**{k: v[0] for k, v in SHEETS.items()}, **GOOD}.items():
         (folder / name).write_text(text.replace("{abs}", str(folder)), encoding="utf-8")
