@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from test_pipeline import _env as _pipeline_env
+
 REPO = Path(__file__).resolve().parents[1]
 NEXTFLOW = REPO / "scripts" / "nextflow"
 BUILD_IMAGES = REPO / "scripts" / "build-images"
@@ -139,18 +141,11 @@ def built_image(docker, client_dir):
 
 
 def _env(nxf_home: Path, client_dir: Path | None = None) -> dict[str, str]:
-    env = os.environ.copy()
-    # The host's cellassign-nf stays on PATH in every run: inside the container it must not be used.
-    path = [str(Path(sys.executable).parent)]
-    if (REPO / ".venv" / "bin").is_dir():
-        path.append(str(REPO / ".venv" / "bin"))
+    """The pipeline tests' environment (test_pipeline._env), with the Docker client first on PATH.
+    The host's cellassign-nf stays on PATH in every run: inside the container it must not be used."""
+    env = _pipeline_env(nxf_home)
     if client_dir is not None:
-        path.insert(0, str(client_dir))
-    env["PATH"] = os.pathsep.join(path + [env.get("PATH", "")])
-    env["NXF_HOME"] = str(nxf_home)
-    env["NXF_OFFLINE"] = "true"
-    env["NXF_ANSI_LOG"] = "false"
-    env.setdefault("NXF_OPTS", "-Xms64m -Xmx1g")
+        env["PATH"] = os.pathsep.join([str(client_dir), env["PATH"]])
     return env
 
 
