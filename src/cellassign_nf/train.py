@@ -55,7 +55,7 @@ def cuda_problem() -> str:
     return f"--device cuda: a GPU was requested but CUDA is not usable ({build}; {seen})"
 
 
-def want_fusion(settings: TrainSettings, n_train: int, module: CellAssignModule) -> bool:
+def want_fusion(settings: TrainSettings, module: CellAssignModule) -> bool:
     """Use the fused CPU likelihood kernel (``kernels.py``)? Only when asked (``fuse='on'``): on a
     quiet 2-core Xeon it ran 1.4 s per epoch against the plain chain's 0.48 s (20,000 cells x 120
     markers x 8 types; docs/performance.md), so ``auto`` keeps the plain chain on the CPU. On CUDA
@@ -90,7 +90,7 @@ def fit(data: ModelData, make_module: Callable[[torch.Generator], CellAssignModu
     for restart in range(settings.n_restarts):
         gen = torch.Generator().manual_seed(settings.seed * 1009 + restart)
         module = make_module(gen).to(device)
-        if want_fusion(settings, len(train_np), module):
+        if want_fusion(settings, module):
             probe = train_idx[: min(256, train_idx.numel())]
             if module.enable_fusion(*data.batch(probe)) and restart == 0:
                 log.info("using the fused likelihood kernel")
