@@ -306,9 +306,9 @@ def _assert_published_files_belong_to_the_user(outdir: Path):
     assert wrong == [], wrong[:10]
 
 
-PER_SAMPLE_TASKS = {"QC": 2, "SIZE_FACTORS": 2, "DESIGN": 2, "TRAIN": 2, "ANNOTATE": 2, "REPORT": 2,
+PER_SAMPLE_TASKS = {"QC": 2, "SIZE_FACTORS": 2, "DESIGN": 2, "TRAIN": 2, "ANNOTATE": 2, "DIAGNOSE": 2, "REPORT": 2,
                     "CELLTYPE_COUNTS": 1, "MULTIQC": 1}
-COHORT_TASKS = {"QC": 2, "MERGE": 1, "SIZE_FACTORS": 1, "DESIGN": 1, "TRAIN": 1, "ANNOTATE": 2, "REPORT": 2,
+COHORT_TASKS = {"QC": 2, "MERGE": 1, "SIZE_FACTORS": 1, "DESIGN": 1, "TRAIN": 1, "ANNOTATE": 2, "DIAGNOSE": 2, "REPORT": 2,
                 "CELLTYPE_COUNTS": 1, "MULTIQC": 1}
 
 

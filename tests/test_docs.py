@@ -376,7 +376,7 @@ def test_steps_doc_lists_every_cli_option_with_its_default():
                 continue
             long = max(param.opts, key=len)
             if name == "run":
-                continue  # run: "[all qc/train/annotate options]"
+                continue  # run: "[all qc/train/annotate/diagnose options]"
             assert any(re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", usage) for o in param.opts), (
                 f"docs/steps.md, `{name}`: option {long} is not documented")
             shown = re.search(rf"\[{re.escape(long)} ([^\]\s|\\]+)", usage)

@@ -131,7 +131,7 @@ def test_per_sample_run_writes_every_output(per_sample_run):
     for s in SAMPLES:
         for name in [f"{s}.annotated.h5ad", f"{s}.predictions.tsv", f"{s}.model.pt", f"{s}.history.tsv",
                      f"{s}.probabilities.tsv", f"{s}.design.tsv", f"{s}.qc_metrics.tsv", f"{s}.qc_summary.json",
-                     f"report/{s}.report.html"]:
+                     f"{s}.marker_diagnostics.tsv", f"{s}.marker_specificity.tsv", f"report/{s}.report.html"]:
             path = out / s / name
             assert path.is_file() and path.stat().st_size > 0, f"missing output {path}"
         assert list((out / s / "report").glob(f"{s}_*_mqc.*")), f"no MultiQC files from the report of {s}"
@@ -150,7 +150,7 @@ def test_per_sample_run_writes_every_output(per_sample_run):
 
 def test_per_sample_run_one_task_per_sample_and_step(per_sample_run):
     counts = _process_counts(_trace(per_sample_run["outdir"]))
-    assert counts == {"QC": 2, "SIZE_FACTORS": 2, "DESIGN": 2, "TRAIN": 2, "ANNOTATE": 2, "REPORT": 2,
+    assert counts == {"QC": 2, "SIZE_FACTORS": 2, "DESIGN": 2, "TRAIN": 2, "ANNOTATE": 2, "DIAGNOSE": 2, "REPORT": 2,
                       "CELLTYPE_COUNTS": 1, "MULTIQC": 1}, counts
 
 
@@ -221,7 +221,7 @@ def test_resume_gives_the_same_outputs(resumed_run):
 def test_cohort_run_fits_one_model(cohort_run):
     out = cohort_run["outdir"]
     counts = _process_counts(_trace(out))
-    assert counts == {"QC": 2, "MERGE": 1, "SIZE_FACTORS": 1, "DESIGN": 1, "TRAIN": 1, "ANNOTATE": 2, "REPORT": 2,
+    assert counts == {"QC": 2, "MERGE": 1, "SIZE_FACTORS": 1, "DESIGN": 1, "TRAIN": 1, "ANNOTATE": 2, "DIAGNOSE": 2, "REPORT": 2,
                       "CELLTYPE_COUNTS": 1, "MULTIQC": 1}, counts
     for name in ["cohort.model.pt", "cohort.history.tsv", "cohort.probabilities.tsv", "cohort.design.tsv"]:
         assert (out / "cohort" / name).is_file(), f"missing {out / 'cohort' / name}"
@@ -231,6 +231,7 @@ def test_cohort_run_fits_one_model(cohort_run):
     for s in SAMPLES:
         assert (out / s / f"{s}.annotated.h5ad").is_file()
         assert (out / s / f"{s}.predictions.tsv").is_file()
+        assert (out / s / f"{s}.marker_diagnostics.tsv").is_file()
         assert (out / s / "report" / f"{s}.report.html").is_file()
         assert not (out / s / f"{s}.model.pt").exists()
     assert (out / "multiqc" / "multiqc_report.html").is_file()

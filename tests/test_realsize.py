@@ -48,7 +48,7 @@ def realsize_run(tmp_path_factory, nxf_home):
 def test_realsize_default_run_writes_every_report(realsize_run):
     out = realsize_run["outdir"]
     counts = _process_counts(_trace(out))
-    assert counts == {"QC": 2, "SIZE_FACTORS": 2, "DESIGN": 2, "TRAIN": 2, "ANNOTATE": 2, "REPORT": 2,
+    assert counts == {"QC": 2, "SIZE_FACTORS": 2, "DESIGN": 2, "TRAIN": 2, "ANNOTATE": 2, "DIAGNOSE": 2, "REPORT": 2,
                       "CELLTYPE_COUNTS": 1, "MULTIQC": 1}, counts
     for s in SAMPLES:
         report = out / s / "report" / f"{s}.report.html"

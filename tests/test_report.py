@@ -73,6 +73,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "model": _find(out, "*.pt"),
         "qc_summary": _find(out, "*qc_summary.json"),
         "predictions": _find(out, "*.predictions.tsv"),
+        "diagnostics": _find(out, "*.marker_diagnostics.tsv"),
+        "specificity": _find(out, "*.marker_specificity.tsv"),
         "params": params,
     }
 
@@ -467,3 +469,57 @@ def test_report_shows_cells_removed_by_qc_and_why(report: Path, pipeline: dict[s
     for reason, n in summary["removed"].items():  # every rule: its bounds in words and the cells it removed
         assert f"<td>{reason}</td><td>{html.escape(summary['rules'][reason])}</td><td class=\"n\">{n:,}</td>" in text
     assert summary["removed"]["outlier_mito"] >= 10  # the demo's 10 mostly-mitochondrial cells
+
+
+# ------------------------------------------------------------------------------------------------
+# marker diagnostics (issue 11)
+# ------------------------------------------------------------------------------------------------
+
+
+def _section_order(path: Path) -> list[str]:
+    return list(_parse(path).headings)
+
+
+def test_clean_diagnostics_sit_after_the_dot_plot_and_say_so(pipeline: dict[str, Path], tmp_path: Path) -> None:
+    import yaml
+
+    args = [str(pipeline["annotated"]), "--history", str(pipeline["history"]), "--model", str(pipeline["model"]),
+            "--qc-summary", str(pipeline["qc_summary"]), "--sample", "sample1", "--outdir", str(tmp_path),
+            "--no-umap", "--diagnostics", str(pipeline["diagnostics"]), "--specificity", str(pipeline["specificity"])]
+    result = CliRunner().invoke(report_command, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    html_path = tmp_path / "sample1.report.html"
+    order = _section_order(html_path)
+    assert order.index("marker-diagnostics") == order.index("markers") + 1, order
+    page = _parse(html_path)
+    assert any("No marker problems found" in n for n in page.notes), page.notes
+    assert page.figure_ids["marker-diagnostics"] == ["marker_specificity"]
+    gs = yaml.safe_load((tmp_path / "sample1_cellassign_general_stats_mqc.yaml").read_text())
+    assert gs["data"]["sample1"]["marker_warnings"] == 0
+
+
+def test_a_diagnostics_warning_puts_its_section_first_in_plain_sentences(pipeline: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    import yaml
+
+    from cellassign_nf.diagnostics import FLAG_COLUMNS, read_specificity
+
+    message = "Monocyte received 0 cells (0.0%), but its markers are high in the 195 cells assigned to T cell."
+    flags = pd.DataFrame([["type", "Monocyte", "merged", "warning", message, "CD14, LYZ", "GENE0001"],
+                          ["type", "B cell", "candidates", "info", "Genes that best mark ...", "", "GENE0002, GENE0003"]],
+                         columns=list(FLAG_COLUMNS))
+    result = make_report(pipeline["annotated"], history=pipeline["history"], model=pipeline["model"],
+                         qc_summary=pipeline["qc_summary"], sample="sample1", outdir=tmp_path, umap=False,
+                         diagnostics=flags, specificity=read_specificity(pipeline["specificity"]))
+    html_path = result.html
+    assert _section_order(html_path)[0] == "marker-diagnostics"
+    page = _parse(html_path)
+    assert message in page.notes
+    text = html_path.read_text()
+    assert "GENE0002, GENE0003" in text and "CD14, LYZ" in text  # the candidates and the markers to blame
+    assert ">marker warnings<" in text.replace('"k">', ">")  # the card
+    png = tmp_path / "sample1_marker_specificity.png"
+    assert png.read_bytes().startswith(PNG_MAGIC)
+    gs = yaml.safe_load((tmp_path / "sample1_cellassign_general_stats_mqc.yaml").read_text())
+    assert gs["data"]["sample1"]["marker_warnings"] == 1
+    assert any("marker_warnings" in h for h in gs["pconfig"])

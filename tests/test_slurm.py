@@ -35,7 +35,7 @@ NEXTFLOW = REPO / "scripts" / "nextflow"
 LOCAL_SLURM = REPO / "scripts" / "local-slurm"
 SAMPLES = ["sample1", "sample2"]
 RUN_TIMEOUT = 1800
-CPU_STEPS_PER_SAMPLE = ["QC", "SIZE_FACTORS", "DESIGN", "ANNOTATE", "REPORT"]
+CPU_STEPS_PER_SAMPLE = ["QC", "SIZE_FACTORS", "DESIGN", "ANNOTATE", "DIAGNOSE", "REPORT"]
 
 # Test-only settings: poll SLURM every second instead of every 30 s, and record what each task saw.
 FAST_CONFIG = """
@@ -520,7 +520,7 @@ def test_resume_after_interruption_reuses_finished_tasks(cohort_runs):
         status.setdefault(_step(row), set()).add(row["status"])
     for step in ("QC", "MERGE", "SIZE_FACTORS", "DESIGN"):
         assert status[step] == {"CACHED"}, (step, status)
-    for step in ("TRAIN", "ANNOTATE", "REPORT", "CELLTYPE_COUNTS", "MULTIQC"):
+    for step in ("TRAIN", "ANNOTATE", "DIAGNOSE", "REPORT", "CELLTYPE_COUNTS", "MULTIQC"):
         assert status[step] == {"COMPLETED"}, (step, status)
     out = cohort_runs["outdir"]
     assert (out / "cohort" / "cohort.model.pt").is_file()

@@ -1,5 +1,5 @@
 /*
- * CELLASSIGN: QC -> size factors -> design -> train -> annotate -> report -> MultiQC.
+ * CELLASSIGN: QC -> size factors -> design -> train -> annotate -> diagnose -> report -> MultiQC.
  *
  * per_sample mode: every sample flows on its own (one model per sample); only
  *                  CELLTYPE_COUNTS and MULTIQC wait for all samples.
@@ -14,6 +14,7 @@ include { SIZE_FACTORS    } from '../modules/local/size_factors/main'
 include { DESIGN          } from '../modules/local/design/main'
 include { TRAIN           } from '../modules/local/train/main'
 include { ANNOTATE        } from '../modules/local/annotate/main'
+include { DIAGNOSE        } from '../modules/local/diagnose/main'
 include { REPORT          } from '../modules/local/report/main'
 include { CELLTYPE_COUNTS } from '../modules/local/celltype_counts/main'
 include { MULTIQC         } from '../modules/local/multiqc/main'
@@ -95,9 +96,14 @@ workflow CELLASSIGN {
     ANNOTATE(ch_annotate_input)
     ch_versions = ch_versions.mix(ANNOTATE.out.versions)
 
+    // marker diagnostics of every sample's own cells (docs/markers.md)
+    DIAGNOSE(ANNOTATE.out.h5ad, ch_markers)
+    ch_versions = ch_versions.mix(DIAGNOSE.out.versions)
+
     ch_report_input = ANNOTATE.out.h5ad
         .join(ch_fit, failOnMismatch: true, failOnDuplicate: true)
         .join(QC.out.summary, failOnMismatch: true, failOnDuplicate: true)
+        .join(DIAGNOSE.out.tsv, failOnMismatch: true, failOnDuplicate: true)
     REPORT(ch_report_input, ch_params_json)
     ch_versions = ch_versions.mix(REPORT.out.versions)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .cli_diagnostics import diagnostic_options, echo_summary, thresholds_of
 from .errors import InputError
 from .settings import QCThresholds, TrainSettings
 
@@ -311,15 +312,17 @@ def annotate(input, probabilities, output, predictions, min_prob, sample):
 @click.option("--min-prob", type=click.FloatRange(0, 1), default=0.5, help="Below this, a cell is 'unassigned'.")
 @click.option("--no-umap", is_flag=True, help="Skip the UMAP of the report (large samples).")
 @click.option("--no-report", is_flag=True, help="Skip the HTML report.")
+@diagnostic_options
 @click.pass_context
 def run(ctx, input, markers, outdir, sample, covariates, formula, min_prob, size_factor_key, layer, other,
         min_delta, no_umap, no_report, **kw):
-    """All steps for one input: QC, size factors, design, train, annotate, report.
+    """All steps for one input: QC, size factors, design, train, annotate, marker diagnostics, report.
 
     Writes what the pipeline writes for one sample: in OUTDIR, NAME.annotated.h5ad,
     NAME.predictions.tsv, NAME.model.pt, NAME.history.tsv, NAME.probabilities.tsv,
-    NAME.design.tsv, NAME.qc_metrics.tsv, NAME.qc_summary.json, and the report in
-    OUTDIR/report/ (NAME.report.html, figures, MultiQC files; --no-report skips it).
+    NAME.design.tsv, NAME.qc_metrics.tsv, NAME.qc_summary.json, NAME.marker_diagnostics.tsv,
+    NAME.marker_specificity.tsv, and the report in OUTDIR/report/ (NAME.report.html, figures,
+    MultiQC files; --no-report skips it).
 
     \b
     Example:
@@ -339,6 +342,8 @@ def run(ctx, input, markers, outdir, sample, covariates, formula, min_prob, size
         "design": out / f"{sample}.design.tsv", "model": out / f"{sample}.model.pt",
         "history": out / f"{sample}.history.tsv", "probabilities": out / f"{sample}.probabilities.tsv",
         "annotated": out / f"{sample}.annotated.h5ad", "predictions": out / f"{sample}.predictions.tsv",
+        "diagnostics": out / f"{sample}.marker_diagnostics.tsv",
+        "specificity": out / f"{sample}.marker_specificity.tsv",
     }
     steps.qc(input, paths["qc"], paths["metrics"], paths["summary"], sample=sample, layer=layer,
              thresholds=_thresholds(kw))
@@ -349,20 +354,24 @@ def run(ctx, input, markers, outdir, sample, covariates, formula, min_prob, size
                 settings=settings)
     adata = steps.annotate(paths["sf"], paths["probabilities"], paths["annotated"], paths["predictions"],
                            min_prob=min_prob)
+    diagnostics = steps.diagnose(paths["annotated"], markers, paths["diagnostics"], paths["specificity"],
+                                 thresholds=thresholds_of(kw))
     for tmp in ("qc", "sf"):
         paths[tmp].unlink()
     outputs = [paths[k] for k in ("annotated", "predictions", "model", "history", "probabilities", "design",
-                                  "metrics", "summary")]
+                                  "metrics", "summary", "diagnostics", "specificity")]
     if not no_report:
         from .report import make_report
 
         result = make_report(paths["annotated"], history=paths["history"], model=paths["model"],
                              qc_summary=paths["summary"], sample=sample, outdir=out / "report", umap=not no_umap,
                              params={"command": "run", "input": str(input), "markers": str(markers),
-                                     "min_prob": min_prob, **kw})
+                                     "min_prob": min_prob, **kw},
+                             diagnostics=paths["diagnostics"], specificity=paths["specificity"])
         outputs.append(result.html)
     log.info("finished in %.1f s", time.perf_counter() - t0)
     _print_summary(adata, outputs)
+    echo_summary(diagnostics, paths["diagnostics"])
 
 
 def _print_summary(adata, outputs) -> None:
@@ -429,8 +438,11 @@ def markers_show(name: str) -> None:
         click.echo(f"{cell_type}:{','.join(rho.index[rho[cell_type] > 0])}")
 
 
+from .cli_diagnostics import check_markers_command, diagnose_command  # noqa: E402,I001
 from .cli_report import cohort_table_command, report_command  # noqa: E402
 
+main.add_command(check_markers_command, "check-markers")
+main.add_command(diagnose_command, "diagnose")
 main.add_command(report_command, "report")
 main.add_command(cohort_table_command, "cohort-table")
 

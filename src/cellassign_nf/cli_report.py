@@ -35,8 +35,13 @@ _PATH = click.Path(path_type=Path, dir_okay=True, file_okay=True)
               help="Skip the UMAP, with a note, above this many cells.")
 @click.option("--params", "params", type=_PATH, default=None,
               help="JSON of the run's parameters, shown in the report.")
+@click.option("--diagnostics", "diagnostics", type=_PATH, default=None,
+              help="SAMPLE.marker_diagnostics.tsv of `cellassign-nf diagnose`: the 'Marker diagnostics' section.")
+@click.option("--specificity", "specificity", type=_PATH, default=None,
+              help="SAMPLE.marker_specificity.tsv of `cellassign-nf diagnose`: its heat map.")
 def report_command(annotated: Path, history: Path, model: Path, qc_summary: Path, sample: str, outdir: Path,
-                   no_umap: bool, umap_max_cells: int, params: Path | None) -> None:
+                   no_umap: bool, umap_max_cells: int, params: Path | None, diagnostics: Path | None,
+                   specificity: Path | None) -> None:
     """Per-sample HTML report of ANNOTATED (the h5ad of `cellassign-nf annotate`) and MultiQC files.
 
     \b
@@ -47,7 +52,8 @@ def report_command(annotated: Path, history: Path, model: Path, qc_summary: Path
     from .report import make_report
 
     result = make_report(annotated, history=history, model=model, qc_summary=qc_summary, sample=sample,
-                         outdir=outdir, umap=not no_umap, umap_max_cells=umap_max_cells, params=params)
+                         outdir=outdir, umap=not no_umap, umap_max_cells=umap_max_cells, params=params,
+                         diagnostics=diagnostics, specificity=specificity)
     for note in result.notes:
         log.info("%s", note)
     s = result.summary

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -267,6 +268,15 @@ def _matched_rows(rho: pd.DataFrame, chosen: list[tuple[str, int]], var_names: p
     return sub
 
 
+@dataclass
+class MarkerMatch:
+    """How a panel matched the data: ``rho`` re-indexed by the data's genes, and the panel genes
+    the data lack (in panel order)."""
+
+    rho: pd.DataFrame
+    missing: list[str] = field(default_factory=list)
+
+
 def match_markers(rho: pd.DataFrame, data, markers_path: str | Path | None = None,
                   data_path: str | Path | None = None, layer: str | None = None) -> pd.DataFrame:
     """Restrict ``rho`` to the genes the data measure, re-indexed by the data's gene index.
@@ -279,6 +289,15 @@ def match_markers(rho: pd.DataFrame, data, markers_path: str | Path | None = Non
     such case is logged. Missing genes are dropped with a warning; no overlap, or a type left
     with no marker, is an error. Rows keep the panel's order.
     """
+    return match_panel(rho, data, markers_path, data_path, layer).rho
+
+
+def match_panel(rho: pd.DataFrame, data, markers_path: str | Path | None = None,
+                data_path: str | Path | None = None, layer: str | None = None, strict: bool = True,
+                quiet: bool = False) -> MarkerMatch:
+    """:func:`match_markers`, also naming the missing genes. With ``strict=False`` a type left
+    with no marker in the data keeps an empty column (for diagnostics) instead of an error;
+    ``quiet`` leaves the matching out of the log."""
     from .io import looks_like_gene_ids
 
     adata, var_names, var = _data_genes(data)
@@ -299,10 +318,11 @@ def match_markers(rho: pd.DataFrame, data, markers_path: str | Path | None = Non
                          f"{', '.join(map(str, keys[:5]))})",
                          "Use the same gene naming in both (symbols vs. Ensembl IDs, species), "
                          f"checking against {data_path or 'the counts file'}.")
-    _log_matching(kind, source, len(chosen), len(panel), len(rho), missing, case_only, duplicated)
+    if not quiet:
+        _log_matching(kind, source, len(chosen), len(panel), len(rho), missing, case_only, duplicated)
     sub = _matched_rows(rho, chosen, var_names)
     empty = [c for c in sub.columns if sub[c].sum() == 0 and rho[c].sum() > 0]
-    if empty:
+    if empty and strict:
         raise InputError(markers_path, f"cell type(s) with no marker gene in the data: {', '.join(empty)}",
                          "Add markers for them that the data measure, or remove these types.")
-    return sub
+    return MarkerMatch(sub, missing)

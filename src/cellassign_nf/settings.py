@@ -51,3 +51,21 @@ class TrainSettings:
             raise ValueError(f"fuse must be auto, on or off, got {self.fuse}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+
+
+@dataclass
+class DiagnosticThresholds:
+    """When the marker diagnostics raise a flag (docs/markers.md). Expression is log1p of counts
+    normalised to 10,000 per cell; "detected" means at least one count."""
+
+    min_detection: float = 0.005  # a marker detected in a smaller share of cells is uninformative
+    max_detection: float = 0.98  # ... in a larger share, it is not specific when it also varies little:
+    min_fold: float = 4.0  # its 95th percentile < min_fold x its median, and its median < min_fold x its 5th
+    min_markers: int = 2  # a type needs this many usable markers
+    max_overlap: float = 0.6  # two types whose usable markers overlap this much (Jaccard) are hard to tell apart
+    min_type_fraction: float = 0.005  # after the fit, a type with a smaller share of the cells got "almost none"
+    min_group_cells: int = 10  # ... and fewer cells than this is almost none too; smaller groups are not compared
+    high_detection: float = 0.5  # a marker is high in a group when detected in this share of its cells ...
+    min_logfc: float = 0.25  # ... and this much above its median over groups; own markers must beat others' by this
+    max_unassigned: float = 0.2  # a larger unassigned share is flagged
+    n_candidates: int = 5  # candidate markers listed per type or flagged pair

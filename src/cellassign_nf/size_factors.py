@@ -1,4 +1,5 @@
-"""Size factors: total counts over all genes of a cell divided by the mean over cells."""
+"""Size factors (total counts over all genes of a cell divided by the mean over cells) and the
+log-normalised expression that the report and the marker diagnostics show."""
 from __future__ import annotations
 
 import logging
@@ -25,3 +26,14 @@ def add_size_factors(adata: ad.AnnData, key: str = SIZE_FACTOR_KEY) -> ad.AnnDat
     if n_zero:
         log.warning("%d cells have zero total counts (size factor 0); they will be left out of the fit", n_zero)
     return adata
+
+
+def normalise(adata: ad.AnnData) -> ad.AnnData:
+    """A copy with counts normalised to 10,000 per cell and log1p-transformed (scanpy)."""
+    import scanpy as sc
+
+    norm = adata.copy()
+    norm.X = norm.X.astype(np.float32)
+    sc.pp.normalize_total(norm, target_sum=1e4)
+    sc.pp.log1p(norm)
+    return norm

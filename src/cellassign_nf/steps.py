@@ -17,11 +17,14 @@ import pandas as pd
 
 from .api import CellAssign
 from .design import make_design, read_design
+from .diagnostics import CELLTYPE_KEY, Diagnostics, check_markers, log_findings, write_diagnostics
+from .diagnostics import diagnose as run_diagnostics
 from .errors import InputError
 from .io import INPUT_INFO_KEY, atomic_path, default_sample_name, read_counts, read_h5ad, read_table, write_h5ad, write_table
 from .markers import OTHER, read_markers
 from .predict import assign_labels
 from .qc import QCThresholds, filter_cells, metrics_table
+from .settings import DiagnosticThresholds
 from .size_factors import SIZE_FACTOR_KEY, add_size_factors
 from .train import TrainSettings
 
@@ -121,6 +124,8 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
     """Fit CellAssign; write the model file, training history and probabilities."""
     adata = read_h5ad(input)
     rho = read_markers(markers)
+    log_findings(check_markers(adata, rho, markers_path=markers, data_path=input, quiet=True),
+                 label="marker check before training")
     if other and OTHER not in rho.columns:
         rho[OTHER] = 0
     key = size_factor_key if size_factor_key in adata.obs else None
@@ -178,3 +183,27 @@ def celltype_summary(adata: ad.AnnData) -> pd.DataFrame:
     """Cells and share per assigned type (for the terminal summary)."""
     counts = adata.obs["cellassign_celltype"].value_counts(sort=False)
     return pd.DataFrame({"cells": counts, "percent": 100.0 * counts / max(adata.n_obs, 1)})
+
+
+def check_panel(input: str | Path, markers: str | Path, output: str | Path, layer: str | None = None,
+                thresholds: DiagnosticThresholds | None = None) -> Diagnostics:
+    """Pre-flight marker diagnostics of raw counts (any input ``qc`` reads); write the flags TSV."""
+    adata = read_counts(input, layer=layer)
+    diag = check_markers(adata, read_markers(markers), thresholds, markers_path=markers, data_path=input)
+    write_diagnostics(diag, output)
+    log_findings(diag, label=None)
+    return diag
+
+
+def diagnose(input: str | Path, markers: str | Path, output: str | Path, specificity: str | Path,
+             thresholds: DiagnosticThresholds | None = None) -> Diagnostics:
+    """All marker diagnostics of an annotated h5ad; write the flags and specificity TSVs."""
+    adata = read_h5ad(input)
+    if CELLTYPE_KEY not in adata.obs:
+        raise InputError(input, f"has no obs['{CELLTYPE_KEY}'] (assigned cell types)",
+                         "Give the annotated h5ad written by 'cellassign-nf annotate', or use 'cellassign-nf "
+                         "check-markers' on unannotated counts.")
+    diag = run_diagnostics(adata, read_markers(markers), thresholds, markers_path=markers, data_path=input)
+    write_diagnostics(diag, output, specificity)
+    log_findings(diag, label=None)
+    return diag

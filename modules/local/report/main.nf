@@ -3,7 +3,7 @@ process REPORT {
     label 'process_low'
 
     input:
-    tuple val(meta), path(annotated), path(history), path(model), path(qc_summary)
+    tuple val(meta), path(annotated), path(history), path(model), path(qc_summary), path(diagnostics), path(specificity)
     val params_json
 
     output:

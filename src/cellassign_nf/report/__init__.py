@@ -27,7 +27,7 @@ from .base import (
 from .cohort import cohort_table, read_counts_mqc, read_predictions_counts, write_cohort_table
 from .figures import (
     compute_umap, figure_png, markers_by_type, normalise, plot_celltype_counts, plot_delta, plot_marker_expression,
-    plot_probability_histogram, plot_size_factors, plot_training_curves, plot_umap, type_colours,
+    plot_probability_histogram, plot_size_factors, plot_specificity, plot_training_curves, plot_umap, type_colours,
 )
 from .html import render_html, software_versions
 from .load import (
@@ -42,6 +42,6 @@ __all__ = [
     "ModelLike", "QCSummary", "ReportResult", "SampleSummary", "celltype_counts", "cohort_table",
     "compute_umap", "load_annotated", "load_history", "load_model", "load_params", "load_qc_summary",
     "make_report", "parse_qc_summary", "plot_celltype_counts", "plot_delta", "plot_marker_expression",
-    "plot_probability_histogram", "plot_size_factors", "plot_training_curves", "plot_umap", "read_counts_mqc",
+    "plot_probability_histogram", "plot_size_factors", "plot_specificity", "plot_training_curves", "plot_umap", "read_counts_mqc",
     "read_predictions_counts", "summarise", "write_cohort_table", "write_multiqc_files",
 ]

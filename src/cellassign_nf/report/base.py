@@ -85,6 +85,7 @@ class SampleSummary:
     n_restarts: int
     n_epochs: int | None
     val_curve: pd.Series  # validation log likelihood by epoch, selected restart
+    marker_warnings: int | None = None  # warnings of the marker diagnostics, when given
 
     @property
     def n_cells(self) -> int:

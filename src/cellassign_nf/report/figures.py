@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..size_factors import normalise  # noqa: E402,F401 - re-exported: the report's normalisation
 from .base import CELLTYPE_KEY, DPI, HVG_THRESHOLD, PROB_KEY, UNASSIGNED, UNASSIGNED_COLOUR  # noqa: E402
 
 if TYPE_CHECKING:
@@ -77,17 +78,6 @@ def plot_probability_histogram(probs: np.ndarray | pd.Series, min_prob: float | 
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return fig
-
-
-def normalise(adata: ad.AnnData) -> ad.AnnData:
-    """A copy with counts normalised to 10,000 per cell and log1p-transformed (scanpy)."""
-    import scanpy as sc
-
-    norm = adata.copy()
-    norm.X = norm.X.astype(np.float32)
-    sc.pp.normalize_total(norm, target_sum=1e4)
-    sc.pp.log1p(norm)
-    return norm
 
 
 def markers_by_type(rho: pd.DataFrame, genes_present: Iterable[str]) -> dict[str, list[str]]:
@@ -242,6 +232,33 @@ def plot_delta(delta: pd.DataFrame, rho: pd.DataFrame) -> Figure:
                         color="white" if v > vmin + 0.6 * (vmax - vmin) else "black")
     fig.colorbar(im, ax=ax, shrink=0.7, label="delta (log over-expression)")
     ax.set_title("Fitted marker over-expression (grey: not a marker)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_specificity(specificity: pd.DataFrame) -> Figure:
+    """Heat map of the marker-specificity table: rows are the panel's types (their markers),
+    columns the groups cells were assigned to; the cell of a type's own group is outlined. A
+    good panel is brightest on the outlined cells."""
+    values = specificity.to_numpy(dtype=float)
+    n_types, n_groups = values.shape
+    fig, ax = plt.subplots(figsize=(min(max(3.5 + 0.8 * n_groups, 5.5), 30), min(max(1.8 + 0.45 * n_types, 3.2), 40)))
+    im = ax.imshow(values, aspect="auto", cmap="YlGnBu", interpolation="nearest")
+    ax.set_xticks(range(n_groups), labels=[str(c) for c in specificity.columns], rotation=40, ha="right")
+    ax.set_yticks(range(n_types), labels=[str(t) for t in specificity.index])
+    ax.set_xlabel("cells assigned to")
+    ax.set_ylabel("markers of")
+    finite = values[np.isfinite(values)]
+    top = float(finite.max()) if finite.size else 1.0
+    for (ti, gi), v in np.ndenumerate(values):
+        if np.isfinite(v) and n_types * n_groups <= 600:
+            ax.text(gi, ti, f"{v:.1f}", ha="center", va="center", fontsize=8, color="white" if v > 0.6 * top else "black")
+    for ti, t in enumerate(specificity.index):
+        if t in specificity.columns:
+            gi = list(specificity.columns).index(t)
+            ax.add_patch(plt.Rectangle((gi - 0.5, ti - 0.5), 1, 1, fill=False, edgecolor="#d62728", linewidth=2))
+    fig.colorbar(im, ax=ax, shrink=0.7, label="mean log1p(counts per 10,000)")
+    ax.set_title("Marker specificity (outlined: a type's own cells)")
     fig.tight_layout()
     return fig
 

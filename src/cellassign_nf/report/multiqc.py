@@ -16,7 +16,7 @@ def write_multiqc_files(summary: SampleSummary, outdir: str | Path) -> list[Path
     """Write the MultiQC custom-content files of one sample into ``outdir``.
 
     * ``NAME_cellassign_general_stats_mqc.yaml``: general statistics row (cells in, cells after
-      QC, % assigned, most frequent type, final validation log likelihood);
+      QC, % assigned, most frequent type, final validation log likelihood, marker warnings);
     * ``NAME_celltype_counts_mqc.tsv``: cells per type (stacked bar graph; also read by
       ``cohort_table``);
     * ``NAME_cellassign_training_mqc.yaml``: validation log likelihood by epoch of the selected
@@ -45,6 +45,7 @@ def general_stats(summary: SampleSummary) -> dict[str, Any]:
         "pct_assigned": round(summary.pct_assigned, 2),
         "top_celltype": summary.top_type,
         "final_val_loglik": None if summary.final_val_loglik is None else round(summary.final_val_loglik, 4),
+        "marker_warnings": summary.marker_warnings,
     }
     gs_headers = [
         {"cells_in": {"title": "Cells in", "description": "Cells before QC filtering", "format": "{:,.0f}",
@@ -57,6 +58,9 @@ def general_stats(summary: SampleSummary) -> dict[str, Any]:
         {"top_celltype": {"title": "Top type", "description": "Most frequent assigned cell type"}},
         {"final_val_loglik": {"title": "Val. log lik.", "description": "Final validation log likelihood per "
                               "cell of the selected restart", "format": "{:,.3f}", "scale": "Purples"}},
+        {"marker_warnings": {"title": "Marker warnings", "description": "Warnings of the marker diagnostics "
+                             "(see the sample's report and marker_diagnostics.tsv)", "format": "{:,.0f}",
+                             "scale": "OrRd", "min": 0}},
     ]
     gs_data = {k: v for k, v in gs_data.items() if v is not None}
     gs_headers = [h for h in gs_headers if next(iter(h)) in gs_data]

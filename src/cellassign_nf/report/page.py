@@ -33,17 +33,21 @@ def make_report(
     umap_max_cells: int = DEFAULT_UMAP_MAX_CELLS,
     params: str | Path | Mapping[str, Any] | None = None,
     multiqc: bool = True,
+    diagnostics: str | Path | pd.DataFrame | None = None,
+    specificity: str | Path | pd.DataFrame | None = None,
 ) -> ReportResult:
     """Write ``outdir/SAMPLE.report.html``, its PNG figures and the MultiQC files.
 
-    ``history``, ``model``, ``qc_summary`` and ``params`` are paths to the step outputs, or the
-    already loaded objects. The HTML page is written last.
+    ``history``, ``model``, ``qc_summary``, ``params`` and the marker ``diagnostics`` and
+    ``specificity`` tables are paths to the step outputs, or the already loaded objects. The
+    HTML page is written last.
     """
     sample = check_sample_name(sample)
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise InputError(outdir, "exists and is not a folder", "Give a folder for --outdir.")
     inp = load_inputs(annotated, history, model, qc_summary, params, sample)
+    add_diagnostics(inp, diagnostics, specificity)
     outdir.mkdir(parents=True, exist_ok=True)
     sink = FigureSink(outdir, sample)
     versions = software_versions()
@@ -68,15 +72,29 @@ def load_inputs(annotated: Any, history: Any, model: Any, qc_summary: Any, param
     return ReportInputs(adata, hist, mdl, qc, run_params, cell_types, summary)
 
 
+def add_diagnostics(inp: ReportInputs, diagnostics: Any, specificity: Any) -> None:
+    """Load the marker diagnostics tables (when given) and count their warnings."""
+    from ..diagnostics import read_diagnostics, read_specificity
+
+    if diagnostics is not None:
+        inp.diagnostics = diagnostics if isinstance(diagnostics, pd.DataFrame) else read_diagnostics(diagnostics)
+        inp.summary.marker_warnings = int((inp.diagnostics["severity"] == "warning").sum())
+    if specificity is not None:
+        inp.specificity = specificity if isinstance(specificity, pd.DataFrame) else read_specificity(specificity)
+
+
 def summary_cards(summary: SampleSummary, cell_types: list[str]) -> list[tuple[str, str]]:
     """The numbers shown first, as cards at the top of the page."""
-    return [
+    cards = [
         ("cells after QC", f"{summary.n_cells:,}"),
         ("assigned", f"{summary.pct_assigned:.1f}%"),
         ("most frequent type", summary.top_type or "–"),
         ("cell types in model", str(len(cell_types))),
         ("final validation log lik.", _fmt(summary.final_val_loglik)),
     ]
+    if summary.marker_warnings is not None:
+        cards.append(("marker warnings", str(summary.marker_warnings)))
+    return cards
 
 
 def _is_anndata(obj: Any) -> bool:

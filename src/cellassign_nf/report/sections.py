@@ -18,7 +18,7 @@ from .base import (
 )
 from .figures import (
     compute_umap, figure_png, normalise, plot_celltype_counts, plot_delta, plot_marker_expression,
-    plot_probability_histogram, plot_size_factors, plot_training_curves, plot_umap,
+    plot_probability_histogram, plot_size_factors, plot_specificity, plot_training_curves, plot_umap,
 )
 from .html import _Section, _table
 from .load import qc_removed_rows
@@ -41,6 +41,8 @@ class ReportInputs:
     params: dict[str, Any]
     cell_types: list[str]
     summary: SampleSummary
+    diagnostics: pd.DataFrame | None = None  # marker_diagnostics.tsv (diagnostics.FLAG_COLUMNS)
+    specificity: pd.DataFrame | None = None  # marker_specificity.tsv: types x assigned groups
 
 
 class FigureSink:
@@ -82,7 +84,33 @@ def build_sections(inp: ReportInputs, sink: FigureSink, versions: Mapping[str, s
     del norm
     sections += [training_section(inp, sink), delta_section(inp, sink), qc_section(inp, sink),
                  parameters_section(inp), versions_section(versions)]
+    if inp.diagnostics is not None:  # first when it warns, else after the marker dot plot
+        sections.insert(0 if inp.summary.marker_warnings else 3, diagnostics_section(inp, sink))
     return sections
+
+
+def diagnostics_section(inp: ReportInputs, sink: FigureSink) -> _Section:
+    """The marker diagnostics: each warning as a sentence, the specificity heat map, candidates."""
+    table = inp.diagnostics
+    warnings = table[table["severity"] == "warning"]
+    s = _Section("marker-diagnostics", "Marker diagnostics",
+                 "Can the marker panel separate the cell types in these data? Each warning names the markers to "
+                 "blame and what to do (docs/markers.md). Candidates are genes that mark the assigned cells in "
+                 "these data and are not in the panel: add them to refine the panel, then run again.")
+    s.notes += list(warnings["message"]) or ["No marker problems found: every check passed."]
+    if inp.specificity is not None and not inp.specificity.empty:
+        sink.add(s, "marker_specificity", "Marker specificity", lambda: plot_specificity(inp.specificity),
+                 "Mean log-normalised expression of each type's markers (rows) in the cells assigned to each "
+                 "group (columns). A good panel is brightest in the outlined cells.")
+    if len(warnings):
+        s.tables.append(_table(["flag", "about", "markers to blame", "candidates"],
+                               [[r.flag, r.name, r.markers or "–", r.candidates or "–"]
+                                for r in warnings.itertuples()], "Warnings"))
+    candidates = table[(table["flag"] == "candidates") & (table["candidates"] != "")]
+    if len(candidates):
+        s.tables.append(_table(["assigned type", "candidate markers (not in the panel)"],
+                               [[r.name, r.candidates] for r in candidates.itertuples()], "Candidate markers"))
+    return s
 
 
 def celltypes_section(inp: ReportInputs, sink: FigureSink) -> _Section:

@@ -1,0 +1,123 @@
+"""Marker diagnostics: can this panel separate these cell types in these data? (docs/markers.md)
+
+* :func:`check_markers`, before training (counts and panel): markers missing from the data,
+  detected in almost no cells or in almost all, types with too few usable markers, pairs of
+  types whose usable markers overlap heavily;
+* :func:`diagnose`, after annotation (plus the assigned labels): also the type x group
+  marker-specificity table, flags for a type merged into another, a type whose markers are no
+  higher in its own cells, a large unassigned share, and candidate markers from the data.
+
+Every finding is a :class:`Flag` (severity ``warning``, or ``info`` for candidates and absent
+types). Nothing here stops a run: flags are warnings.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from ..settings import DiagnosticThresholds
+from .base import (
+    CELLTYPE_KEY, FLAG_COLUMNS, INFO, UNASSIGNED, WARNING, Diagnostics, Flag, display_names, group_expression,
+    normalised_columns, read_diagnostics, read_specificity, type_markers, write_diagnostics,
+)
+from .candidates import rank_candidates, split_in_two
+from .postfit import GroupStats, assignment_flags, specificity_table
+from .preflight import check_markers, preflight
+
+log = logging.getLogger(__name__)
+
+MAX_LOGGED = 10  # warnings logged one by one; the rest are in the TSV and the report
+
+__all__ = [
+    "FLAG_COLUMNS", "INFO", "WARNING", "Diagnostics", "DiagnosticThresholds", "Flag", "check_markers", "diagnose",
+    "log_findings", "read_diagnostics", "read_specificity", "write_diagnostics",
+]
+
+
+def diagnose(adata: ad.AnnData, panel: pd.DataFrame, thresholds: DiagnosticThresholds | None = None,
+             markers_path: str | Path | None = None, data_path: str | Path | None = None,
+             candidates: bool = True) -> Diagnostics:
+    """The pre-flight checks and, when ``adata.obs['cellassign_celltype']`` holds the assigned
+    labels, the post-fit checks, the specificity table and candidate markers."""
+    t = thresholds or DiagnosticThresholds()
+    result, rho = preflight(adata, panel, t, markers_path, data_path)
+    if CELLTYPE_KEY not in adata.obs:
+        return result
+    stats = group_stats(adata, rho)
+    post = assignment_flags(rho, stats, t)
+    if candidates:
+        post += add_candidates(adata, rho, stats, post, t)
+    result.flags += post
+    result.specificity = specificity_table(rho, stats)
+    return result
+
+
+def group_stats(adata: ad.AnnData, rho: pd.DataFrame) -> GroupStats:
+    """Marker detection and mean expression per assigned group (types in panel order first)."""
+    labels = adata.obs[CELLTYPE_KEY].astype(str)
+    order = [str(c) for c in rho.columns] + sorted(set(labels) - set(map(str, rho.columns)) - {UNASSIGNED})
+    labels = pd.Series(pd.Categorical(labels, categories=order + [UNASSIGNED]), index=adata.obs_names)
+    genes = [str(g) for g in rho.index]
+    detection, mean, sizes = group_expression(normalised_columns(adata, genes), labels, genes)
+    return GroupStats(detection, mean, sizes, display_names(adata))
+
+
+def add_candidates(adata: ad.AnnData, rho: pd.DataFrame, stats: GroupStats, flags: list[Flag],
+                   t: DiagnosticThresholds) -> list[Flag]:
+    """Fill the candidates of the flags that need them; return one ``candidates`` row per assigned type."""
+    from ..size_factors import normalise
+
+    norm = normalise(adata)
+    labels = adata.obs[CELLTYPE_KEY].astype(str)
+    exclude = {str(g) for g in rho.index}
+    show = lambda genes: [stats.names.get(g, g) for g in genes]  # noqa: E731
+    groups = [g for g in stats.sizes.index if stats.size(g) >= stats.min_cells(t)]
+    per_group = rank_candidates(norm, labels, groups, exclude, t.n_candidates) if len(groups) > 1 else {}
+    for flag in flags:
+        if flag.flag == "unassigned":
+            flag.candidates = show(per_group.get(UNASSIGNED, []))
+            where = "the unassigned cells"
+        elif flag.flag == "not_specific":
+            found = rank_candidates(norm, labels, [flag.name], exclude, t.n_candidates, reference=flag.against)
+            flag.candidates = show(found.get(flag.name, []))
+            where = f"{flag.name}'s cells against {flag.against}'s"
+        elif flag.flag == "merged":
+            flag.candidates = show(split_candidates(norm, labels, flag, rho, exclude, t))
+            where = f"the half of {flag.against}'s cells where {flag.name}'s markers are higher"
+        else:
+            continue
+        if flag.candidates:
+            flag.message += f" Candidate markers (genes that mark {where} in these data): {', '.join(flag.candidates)}."
+    return [Flag("type", g, "candidates", f"Genes that best mark the {stats.size(g):,} cells assigned to {g} in these "
+                 f"data, not in the panel: {', '.join(show(genes))}.", candidates=show(genes), severity=INFO)
+            for g, genes in per_group.items() if genes and g != UNASSIGNED]
+
+
+def split_candidates(norm: ad.AnnData, labels: pd.Series, flag: Flag, rho: pd.DataFrame, exclude: set[str],
+                     t: DiagnosticThresholds) -> list[str]:
+    """For a type merged into a group: split the group's cells in two (k-means) and rank the half
+    where the type's own markers are higher against the other half."""
+    markers = type_markers(rho)
+    own = [g for g in markers[flag.name] if g not in markers.get(flag.against, [])] or markers[flag.name]
+    sub = norm[(labels == flag.against).to_numpy()].copy()
+    score = np.asarray(sub[:, own].X.mean(axis=1)).ravel()
+    like = split_in_two(sub, score)
+    halves = pd.Series(np.where(like, "like", "rest"), index=sub.obs_names)
+    return rank_candidates(sub, halves, ["like"], exclude, t.n_candidates).get("like", [])
+
+
+def log_findings(diagnostics: Diagnostics, label: str | None = "marker diagnostics") -> None:
+    """The warnings, one line each (at most ``MAX_LOGGED``; missing markers are already in the
+    log of the panel's matching), then a summary line starting with ``label`` (None: none; the
+    commands print their own, unwrapped)."""
+    shown = [f for f in diagnostics.warnings if f.flag != "missing"]
+    for flag in shown[:MAX_LOGGED]:
+        log.warning("%s", flag.message)
+    if len(shown) > MAX_LOGGED:
+        log.warning("... and %d more warnings", len(shown) - MAX_LOGGED)
+    if label is not None:
+        (log.warning if diagnostics.warnings else log.info)("%s", diagnostics.summary(label))

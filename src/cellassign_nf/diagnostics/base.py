@@ -1,0 +1,153 @@
+"""What the diagnostics share: the flag record, the result, the marker sets and the per-group
+expression of the markers, and reading and writing the TSV files."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from ..errors import InputError
+from ..io import atomic_path, gene_symbols
+from ..markers import OTHER
+
+WARNING, INFO = "warning", "info"
+LEVELS = ("marker", "type", "pair")
+FLAG_COLUMNS = ("level", "name", "flag", "severity", "message", "markers", "candidates")
+UNASSIGNED = "unassigned"
+CELLTYPE_KEY = "cellassign_celltype"
+
+
+@dataclass
+class Flag:
+    """One finding: what it is about (``level``: marker, type or pair; ``name``), what was found
+    (``flag``), a plain sentence, the markers to blame and candidate genes from the data."""
+
+    level: str
+    name: str
+    flag: str
+    message: str
+    markers: list[str] = field(default_factory=list)
+    candidates: list[str] = field(default_factory=list)
+    severity: str = WARNING
+    against: str = ""  # the other group of a merged or not-specific type (not written to the TSV)
+
+
+@dataclass
+class Diagnostics:
+    """The findings, the per-marker numbers and (after the fit) the type x group specificity table."""
+
+    flags: list[Flag]
+    markers: pd.DataFrame  # one row per marker gene of the data: gene, types, detection, mean_expression, status
+    specificity: pd.DataFrame | None = None  # types x assigned groups: mean expression of the type's markers
+
+    @property
+    def warnings(self) -> list[Flag]:
+        return [f for f in self.flags if f.severity == WARNING]
+
+    def table(self) -> pd.DataFrame:
+        """The flags as the ``marker_diagnostics.tsv`` table, warnings first."""
+        rows = [[f.level, f.name, f.flag, f.severity, f.message, ", ".join(f.markers), ", ".join(f.candidates)]
+                for f in sorted(self.flags, key=lambda f: f.severity != WARNING)]
+        return pd.DataFrame(rows, columns=list(FLAG_COLUMNS))
+
+    def summary(self, label: str = "marker diagnostics") -> str:
+        """One line for the terminal."""
+        found = self.warnings
+        if not found:
+            return f"{label}: no warnings"
+        named = "; ".join(f"{f.flag}: {f.name}" for f in found[:4]) + (" ..." if len(found) > 4 else "")
+        return f"{label}: {len(found)} warning{'s' if len(found) != 1 else ''} ({named})"
+
+
+def type_markers(rho: pd.DataFrame) -> dict[str, list[str]]:
+    """``{type: [marker genes]}`` of a binary matrix, types without markers (``other``) left out."""
+    out = {str(t): [str(g) for g in rho.index[rho[t].to_numpy() > 0]] for t in rho.columns if t != OTHER}
+    return {t: genes for t, genes in out.items() if genes}
+
+
+def display_names(adata: ad.AnnData) -> dict[str, str]:
+    """The data's gene index -> the name shown to users (its symbol when the data carry symbols)."""
+    return dict(zip(map(str, adata.var_names), gene_symbols(adata)))
+
+
+def normalised_columns(adata: ad.AnnData, genes: Sequence[str]) -> sp.csr_matrix:
+    """log1p of counts normalised to 10,000 per cell (totals over *all* genes) for ``genes`` only:
+    cells x genes, sparse, without copying the whole matrix."""
+    X = adata.X
+    totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
+    sub = sp.csr_matrix(X[:, adata.var_names.get_indexer(list(genes))], dtype=np.float32)
+    sub = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ sub)
+    sub.data = np.log1p(sub.data)
+    return sub
+
+
+def group_expression(values: sp.csr_matrix, labels: pd.Series, genes: Sequence[str]
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
+    """Per group of cells: detection rate and mean expression of each gene (genes x groups), and
+    the group sizes. Groups are in order of appearance in a categorical's categories, if any."""
+    groups = [g for g in (labels.cat.categories if hasattr(labels, "cat") else pd.unique(labels))
+              if (labels == g).any()]
+    codes = pd.Categorical(labels, categories=groups).codes
+    n = len(labels)
+    indicator = sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(len(groups), n))
+    sizes = np.asarray(indicator.sum(axis=1)).ravel()
+    mean = np.asarray((indicator @ values).todense()) / sizes[:, None]
+    detected = np.asarray((indicator @ (values > 0).astype(np.float64)).todense()) / sizes[:, None]
+    cols = [str(g) for g in groups]
+    return (pd.DataFrame(detected.T, index=list(genes), columns=cols),
+            pd.DataFrame(mean.T, index=list(genes), columns=cols),
+            pd.Series(sizes.astype(int), index=cols))
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def listing(names: Sequence[str], limit: int = 8) -> str:
+    names = list(names)
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+# --- files --------------------------------------------------------------------------------------------
+def write_diagnostics(diag: Diagnostics, path: str | Path, specificity_path: str | Path | None = None) -> None:
+    """Write the flags TSV (and the specificity table, when there is one) atomically."""
+    with atomic_path(path) as tmp:
+        diag.table().to_csv(tmp, sep="\t", index=False)
+    if specificity_path is not None:
+        table = diag.specificity if diag.specificity is not None else pd.DataFrame()
+        with atomic_path(specificity_path) as tmp:
+            table.to_csv(tmp, sep="\t", index_label="cell_type", float_format="%.4g")
+
+
+def read_diagnostics(path: str | Path) -> pd.DataFrame:
+    """Read a ``marker_diagnostics.tsv`` and check its columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "marker diagnostics file not found", "Give the TSV written by 'cellassign-nf diagnose'.")
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise InputError(path, f"cannot be read as a TSV table ({exc})",
+                         "Give the TSV written by 'cellassign-nf diagnose'.") from exc
+    missing = [c for c in FLAG_COLUMNS if c not in table.columns]
+    if missing:
+        raise InputError(path, f"lacks column(s) {', '.join(missing)}", "Give the TSV written by 'cellassign-nf diagnose'.")
+    return table
+
+
+def read_specificity(path: str | Path) -> pd.DataFrame:
+    """Read a ``marker_specificity.tsv`` (types x assigned groups)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "marker specificity file not found", "Give the TSV written by 'cellassign-nf diagnose'.")
+    try:
+        return pd.read_csv(path, sep="\t", index_col=0)
+    except Exception as exc:
+        raise InputError(path, f"cannot be read as a TSV table ({exc})",
+                         "Give the TSV written by 'cellassign-nf diagnose'.") from exc

@@ -1,0 +1,53 @@
+"""Candidate markers from the data: the genes that best separate groups of cells in *this* data
+set (scanpy's ``rank_genes_groups``, t-test on log-normalised counts), leaving out the panel's
+genes, so that a user can refine the panel and run again."""
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+GROUP_KEY = "_diagnostics_group"
+MIN_LOG2FC = 1.0  # at least twice as high ...
+MAX_PVAL_ADJ = 1e-3  # ... clearly (Benjamini-Hochberg) ...
+MIN_DETECTION = 0.25  # ... and detected in a quarter of the group's cells
+
+
+def rank_candidates(norm: ad.AnnData, labels: pd.Series, groups: Sequence[str], exclude: Collection[str],
+                    n: int, reference: str = "rest") -> dict[str, list[str]]:
+    """``{group: [top genes]}`` up in each of ``groups`` against ``reference`` (the other cells, or
+    one group), not in ``exclude``; names as in ``norm.var_names``."""
+    import scanpy as sc
+
+    groups = [g for g in groups if (labels == g).sum() >= 2]
+    if not groups or (reference == "rest" and (~labels.isin(groups[:1])).sum() < 2) or n <= 0:
+        return {g: [] for g in groups}
+    norm.obs[GROUP_KEY] = pd.Categorical(labels.astype(str).to_numpy())
+    try:
+        sc.tl.rank_genes_groups(norm, GROUP_KEY, groups=list(groups), reference=reference, method="t-test",
+                                pts=True, use_raw=False, key_added="_diagnostics")
+        out = {}
+        for g in groups:
+            df = sc.get.rank_genes_groups_df(norm, group=g, key="_diagnostics")
+            keep = ((df["logfoldchanges"] >= MIN_LOG2FC) & (df["pvals_adj"] < MAX_PVAL_ADJ)
+                    & (df["pct_nz_group"] >= MIN_DETECTION) & ~df["names"].isin(set(exclude)))
+            out[g] = df.loc[keep].sort_values("scores", ascending=False)["names"].astype(str).head(n).tolist()
+        return out
+    finally:
+        del norm.obs[GROUP_KEY]
+        norm.uns.pop("_diagnostics", None)
+
+
+def split_in_two(norm: ad.AnnData, score: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Two clusters of the cells of ``norm`` (k-means on the first principal components); True
+    marks the cluster with the higher mean ``score``."""
+    import scanpy as sc
+    from sklearn.cluster import KMeans
+
+    n_comps = max(1, min(20, norm.n_obs - 1, norm.n_vars - 1))
+    pcs = sc.pp.pca(ad.AnnData(norm.X), n_comps=n_comps, random_state=seed, copy=True).obsm["X_pca"]  # sparse stays sparse
+    cluster = KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(pcs)
+    means = [score[cluster == k].mean() if (cluster == k).any() else -np.inf for k in (0, 1)]
+    return cluster == int(np.argmax(means))

@@ -1,0 +1,187 @@
+"""Marker diagnostics (issue 11): each flag on data made to raise it, with the right names; no
+flag on clean simulated data fitted with the default settings; candidates from the data."""
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from cellassign_nf.api import CellAssign
+from cellassign_nf.diagnostics import FLAG_COLUMNS, check_markers, diagnose
+from cellassign_nf.markers import marker_list_to_matrix
+from cellassign_nf.predict import assign_labels
+from cellassign_nf.simulate import random_markers, simulate
+
+TRUE = {  # the types' true markers; panels below give some of them
+    "A": ["a1", "a2", "a3", "a4", "a5", "a6"],
+    "B": ["b1", "b2", "b3", "b4"],
+    "C": ["c1", "c2", "c3", "c4"],
+}
+
+
+def panel(markers: dict[str, list[str]]) -> pd.DataFrame:
+    return marker_list_to_matrix(markers)
+
+
+def found(diag) -> list[tuple[str, str, str]]:
+    return [(f.level, f.name, f.flag) for f in diag.warnings]
+
+
+def labelled(adata: ad.AnnData, labels) -> ad.AnnData:
+    adata = adata.copy()
+    adata.obs["cellassign_celltype"] = pd.Categorical(np.asarray(labels, dtype=str))
+    return adata
+
+
+@pytest.fixture(scope="module")
+def truth() -> ad.AnnData:
+    return simulate(panel(TRUE), n_cells=1500, n_other_genes=300, seed=3)
+
+
+# --- pre-flight ---------------------------------------------------------------------------------------
+def test_two_types_sharing_most_markers_are_flagged_as_a_pair_naming_the_shared_markers():
+    shared = {"A": ["s1", "s2", "s3", "a1"], "B": ["s1", "s2", "s3", "b1"], "C": ["c1", "c2", "c3", "c4"]}
+    adata = simulate(panel(shared), n_cells=800, seed=1)
+    diag = check_markers(adata, panel(shared))
+    assert found(diag) == [("pair", "A vs B", "overlap")]
+    flag = diag.warnings[0]
+    assert flag.markers == ["s1", "s2", "s3"]
+    assert "share 3 of their 5 usable markers (s1, s2, s3); only a1 (A) and b1 (B) tell them apart" in flag.message
+
+
+def test_a_type_whose_markers_are_all_another_types_is_flagged_even_with_little_overlap(truth):
+    markers = {**TRUE, "D": ["a1", "a2"]}  # Jaccard 2/6 with A, but D has no marker of its own
+    diag = check_markers(truth, panel(markers))
+    assert found(diag) == [("pair", "A vs D", "overlap")]
+    assert "D has no marker of its own: it is told from the other only by the absence of markers" in \
+        diag.warnings[0].message
+
+
+def test_a_marker_absent_from_the_data_is_named_and_nothing_else_is_flagged(truth):
+    markers = {**TRUE, "B": TRUE["B"] + ["NOTAGENE"]}
+    diag = check_markers(truth, panel(markers))
+    assert found(diag) == [("marker", "NOTAGENE", "missing")]
+    assert diag.warnings[0].message.startswith("NOTAGENE (marker of B) is not in the data and was left out.")
+
+
+def with_genes(adata: ad.AnnData, columns: dict[str, np.ndarray]) -> ad.AnnData:
+    extra = sp.csr_matrix(np.column_stack(list(columns.values())).astype(np.float32))
+    out = ad.AnnData(sp.hstack([adata.X, extra]).tocsr(), obs=adata.obs.copy())
+    out.var_names = list(adata.var_names) + list(columns)
+    return out
+
+
+def test_rare_and_ubiquitous_markers_and_the_type_they_leave_short(truth):
+    n = truth.n_obs
+    rare = np.zeros(n)
+    rare[:3] = 5  # 3 of 1,500 cells: 0.2% < 0.5%
+    adata = with_genes(truth, {"RARE1": rare, "HOUSE1": np.full(n, 20.0)})
+    markers = {"A": TRUE["A"] + ["HOUSE1"], "B": TRUE["B"], "C": ["c1", "RARE1"]}
+    diag = check_markers(adata, panel(markers))
+    assert found(diag) == [("marker", "HOUSE1", "ubiquitous"), ("marker", "RARE1", "low_detection"),
+                           ("type", "C", "few_markers")]
+    by_flag = {f.flag: f for f in diag.warnings}
+    assert "detected in 0.2% of cells" in by_flag["low_detection"].message
+    assert "detected in 100.0% of cells" in by_flag["ubiquitous"].message
+    assert by_flag["few_markers"].message.startswith("C has 1 usable marker (c1); at least 2 are needed")
+    assert "RARE1 (low detection)" in by_flag["few_markers"].message
+    assert by_flag["few_markers"].markers == ["RARE1"]
+    assert diag.markers.loc["RARE1", "detection"] == pytest.approx(3 / n)
+
+
+# --- post-fit, on assignments made wrong on purpose ---------------------------------------------------------
+def test_a_type_whose_cells_went_to_another_is_merged_into_it_with_its_withheld_markers_as_candidates(truth):
+    truth_labels = truth.obs["true_celltype"].astype(str).to_numpy()
+    wrong = np.where(truth_labels == "A", "B", truth_labels)  # every A cell called B
+    markers = {**TRUE, "A": TRUE["A"][:3]}  # a4..a6 withheld from the panel
+    diag = diagnose(labelled(truth, wrong), panel(markers))
+    assert found(diag) == [("type", "A", "merged")]
+    flag = diag.warnings[0]
+    assert flag.against == "B"
+    assert flag.message.startswith("A received 0 cells (0.0%), but its markers are high in the")
+    assert "A looks merged into B" in flag.message
+    high = [m for m in flag.markers if m.startswith("a")]
+    assert len(high) >= 2 and set(high) <= {"a1", "a2", "a3"}, "A's markers that are high in the B cells"
+    assert "B's own markers b1 are detected in only" in flag.message, "b1 is low in the mixed group"
+    assert {"a4", "a5", "a6"} <= set(flag.candidates)
+
+
+def test_swapped_labels_make_each_type_not_specific_against_the_other(truth):
+    truth_labels = truth.obs["true_celltype"].astype(str).to_numpy()
+    swapped = np.select([truth_labels == "A", truth_labels == "B"], ["B", "A"], truth_labels)
+    diag = diagnose(labelled(truth, swapped), panel(TRUE))
+    assert found(diag) == [("type", "A", "not_specific"), ("type", "B", "not_specific")]
+    a, b = diag.warnings
+    assert (a.against, b.against) == ("B", "A")
+    assert "(mean log expression 1.48 vs 4.53) nor than in C:" in a.message
+    assert set(a.markers) == set(TRUE["A"]) and set(b.markers) == set(TRUE["B"])
+    spec = diag.specificity
+    assert spec.loc["A", "B"] > spec.loc["A", "A"] + 1 and spec.loc["C", "C"] > spec.loc["C", "A"] + 1
+
+
+def test_a_large_unassigned_share_is_flagged(truth):
+    labels = truth.obs["true_celltype"].astype(str).to_numpy().copy()
+    labels[np.random.default_rng(0).random(truth.n_obs) < 0.3] = "unassigned"
+    diag = diagnose(labelled(truth, labels), panel(TRUE))
+    assert found(diag) == [("type", "unassigned", "unassigned")]
+    assert "of cells are unassigned (more than 20.0%)" in diag.warnings[0].message
+
+
+# --- clean data, fitted: no false alarm; candidates are the withheld true markers ------------------------
+def fit_labels(adata: ad.AnnData, rho: pd.DataFrame) -> ad.AnnData:
+    model = CellAssign(adata, rho, size_factor_key="size_factor")
+    model.train(n_restarts=1, progress=False)
+    labels = assign_labels(model.predict(), 0.5)["cellassign_celltype"]
+    return labelled(adata, labels.reindex(adata.obs_names).fillna("unassigned"))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_clean_simulations_fitted_with_defaults_raise_no_warning(seed):
+    rho = random_markers(30, 6, p_shared=0.15, seed=seed)
+    adata = simulate(rho, n_cells=2000, n_other_genes=200, proportion_sd=0.8, size_factors="library", seed=seed)
+    diag = diagnose(fit_labels(adata, rho), rho)
+    assert diag.warnings == [], diag.table().to_string()
+    assert (diag.table()["severity"] == "info").all()
+
+
+def test_candidates_of_an_assigned_type_are_its_withheld_true_markers(truth):
+    markers = {**TRUE, "A": TRUE["A"][:3]}
+    diag = diagnose(fit_labels(truth, panel(markers)), panel(markers))
+    rows = {f.name: f for f in diag.flags if f.flag == "candidates"}
+    assert {"a4", "a5", "a6"} <= set(rows["A"].candidates)
+    assert set(rows["A"].candidates) <= set(TRUE["A"]), "a gene without a type effect is not a candidate"
+    assert list(diag.table().columns) == list(FLAG_COLUMNS)
+
+
+# --- the commands -----------------------------------------------------------------------------------------
+def test_check_markers_writes_the_tsv_names_the_problem_and_exits_0(truth, tmp_path):
+    from click.testing import CliRunner
+
+    from cellassign_nf.cli import main
+
+    counts, markers, out = tmp_path / "counts.h5ad", tmp_path / "markers.txt", tmp_path / "diag.tsv"
+    truth.write_h5ad(counts)
+    markers.write_text("A:a1,a2,a3\nB:b1,b2,NOTAGENE\nC:c1,c2\n")
+    result = CliRunner().invoke(main, ["check-markers", str(counts), "--markers", str(markers), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out, sep="\t", keep_default_na=False)
+    assert list(table.columns) == list(FLAG_COLUMNS)
+    assert table[["level", "name", "flag"]].values.tolist() == [["marker", "NOTAGENE", "missing"]]
+    assert f"marker diagnostics: 1 warning (missing: NOTAGENE); details in {out}\n" in result.stderr
+
+
+def test_diagnose_needs_assigned_types(truth, tmp_path):
+    from click.testing import CliRunner
+
+    from cellassign_nf.cli import main
+
+    counts = tmp_path / "counts.h5ad"
+    truth.write_h5ad(counts)
+    result = CliRunner().invoke(main, ["diagnose", str(counts), "--markers", "tme", "-o", str(tmp_path / "d.tsv"),
+                                       "--specificity", str(tmp_path / "s.tsv")])
+    assert result.exit_code == 2
+    assert f"error: {counts}: has no obs['cellassign_celltype'] (assigned cell types)" in result.stderr
+    assert "check-markers" in result.stderr
+    assert not (tmp_path / "d.tsv").exists()
