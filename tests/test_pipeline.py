@@ -148,6 +148,24 @@ def test_per_sample_run_writes_every_output(per_sample_run):
         assert tool in versions, versions
 
 
+def test_marker_diagnostics_reach_every_sample_report_and_multiqc(per_sample_run):
+    """DIAGNOSE per sample: its TSVs are published, the report has the section, and MultiQC's
+    General Statistics has the warnings column (0 on the demo with its own panel)."""
+    out = per_sample_run["outdir"]
+    for s in SAMPLES:
+        header = (out / s / f"{s}.marker_diagnostics.tsv").read_text().splitlines()[0]
+        assert header == "level\tname\tflag\tseverity\tmessage\tmarkers\tcandidates", header
+        spec = (out / s / f"{s}.marker_specificity.tsv").read_text().splitlines()
+        assert spec[0].split("\t")[0] == "cell_type" and len(spec) == 5, spec  # the demo's 4 types
+        html = (out / s / "report" / f"{s}.report.html").read_text()
+        assert 'id="marker-diagnostics"' in html and "No marker problems found" in html
+        assert f"{s}: marker diagnostics: no warnings" in per_sample_run["result"].stdout  # the terminal line
+    stats = (out / "multiqc" / "multiqc_data" / "multiqc_general_stats.txt").read_text().splitlines()
+    column = next(i for i, c in enumerate(stats[0].split("\t")) if "marker_warnings" in c)
+    assert sorted(row.split("\t")[column] for row in stats[1:]) == ["0", "0"] or \
+        sorted(float(row.split("\t")[column]) for row in stats[1:]) == [0.0, 0.0], stats
+
+
 def test_per_sample_run_one_task_per_sample_and_step(per_sample_run):
     counts = _process_counts(_trace(per_sample_run["outdir"]))
     assert counts == {"QC": 2, "SIZE_FACTORS": 2, "DESIGN": 2, "TRAIN": 2, "ANNOTATE": 2, "DIAGNOSE": 2, "REPORT": 2,

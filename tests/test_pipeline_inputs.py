@@ -76,7 +76,7 @@ def test_outputs_keep_barcodes_and_gene_ids_and_annotate_correctly(facility_run,
 
 def test_duplicated_marker_symbol_is_logged_and_resolved_to_the_expressed_gene(facility_run):
     logs = [" ".join(p.read_text().split()) for p in (facility_run["launch"] / "work").glob("*/*/.command.log")]
-    train_logs = [t for t in logs if "markers matched by gene symbol" in t]
+    train_logs = [t for t in logs if "markers matched by gene symbol" in t and "marker check before training" in t]
     assert len(train_logs) == 2, "expected one TRAIN log per sample"
     s = facility_run["data"]["PBMC_1"]  # both samples have the same gene IDs
     for text in train_logs:
@@ -104,3 +104,24 @@ def test_unknown_marker_panel_name_stops_before_any_task(tmp_path):
     assert result.returncode != 0
     assert "Parameter --markers: file" in output and "'pbmc9' is not a bundled panel (tme)" in output, output
     assert not list((tmp_path / "work").glob("??/*"))
+
+
+def test_marker_diagnostics_flag_the_panels_subset_type_by_symbol_everywhere_a_user_looks(facility_run):
+    """The TME panel's Myofibroblast markers are all markers of Vascular smooth muscle cells too:
+    the pre-flight flags the pair (genes named by symbol, though the data are indexed by Ensembl
+    ID), the run still succeeds, and the warning reaches the terminal, the report and MultiQC."""
+    out = facility_run["outdir"]
+    stats = (out / "multiqc" / "multiqc_data" / "multiqc_general_stats.txt").read_text().splitlines()
+    column = next(i for i, c in enumerate(stats[0].split("\t")) if "marker_warnings" in c)
+    for sample in SAMPLES:
+        table = pd.read_csv(out / sample / f"{sample}.marker_diagnostics.tsv", sep="\t", keep_default_na=False)
+        pair = table[(table["flag"] == "overlap") & (table["name"] == "Myofibroblast vs Vascular smooth muscle cells")]
+        assert len(pair) == 1, table[["name", "flag"]]
+        assert set(pair["markers"].iloc[0].split(", ")) >= {"ACTA2", "COL1A1", "COL3A1", "SERPINH1"}
+        assert "Myofibroblast has no marker of its own" in pair["message"].iloc[0]
+        n_warnings = int((table["severity"] == "warning").sum())
+        assert f"{sample}: marker diagnostics: {n_warnings} warning" in facility_run["result"].stdout
+        html = (out / sample / "report" / f"{sample}.report.html").read_text()
+        assert html.index('id="marker-diagnostics"') < html.index('id="celltypes"'), "flagged: the section comes first"
+        row = next(r.split("\t") for r in stats[1:] if r.split("\t")[0] == sample)
+        assert float(row[column]) == n_warnings

@@ -45,6 +45,21 @@ def softwareVersionsYaml(List texts) {
     return new Yaml(options).dump(merged)
 }
 
+/*
+ * One line per sample on the terminal: its marker-diagnostics warnings (columns of
+ * marker_diagnostics.tsv: level, name, flag, severity, ...), or that there are none.
+ */
+def logDiagnostics(String sample, tsv) {
+    def rows = tsv.readLines().drop(1)*.split('\t', -1).findAll { it.size() > 3 && it[3] == 'warning' }
+    def where = "${params.outdir}/${sample}/${sample}.marker_diagnostics.tsv"
+    if (rows) {
+        def named = rows.take(4).collect { "${it[2]}: ${it[1]}" }.join('; ') + (rows.size() > 4 ? ' ...' : '')
+        log.warn "${sample}: marker diagnostics: ${rows.size()} warning${rows.size() == 1 ? '' : 's'} (${named}); details in ${where}"
+    } else {
+        log.info "${sample}: marker diagnostics: no warnings"
+    }
+}
+
 workflow CELLASSIGN {
     take:
     ch_samples      // channel: [meta, counts]
@@ -99,6 +114,7 @@ workflow CELLASSIGN {
     // marker diagnostics of every sample's own cells (docs/markers.md)
     DIAGNOSE(ANNOTATE.out.h5ad, ch_markers)
     ch_versions = ch_versions.mix(DIAGNOSE.out.versions)
+    DIAGNOSE.out.tsv.subscribe { meta, tsv, _specificity -> logDiagnostics(meta.id, tsv) }
 
     ch_report_input = ANNOTATE.out.h5ad
         .join(ch_fit, failOnMismatch: true, failOnDuplicate: true)

@@ -30,6 +30,8 @@ process REPORT {
         --sample ${meta.id} \\
         --outdir report \\
         --params params.json \\
+        --diagnostics ${diagnostics} \\
+        --specificity ${specificity} \\
         ${args}
 
     cat <<-END_VERSIONS > versions.yml

@@ -31,6 +31,7 @@ from .preflight import check_markers, preflight
 log = logging.getLogger(__name__)
 
 MAX_LOGGED = 10  # warnings logged one by one; the rest are in the TSV and the report
+MIN_SPLIT_SHARE = 0.1  # a merged group is split for candidates only when each half has this share of its cells
 
 __all__ = [
     "FLAG_COLUMNS", "INFO", "WARNING", "Diagnostics", "DiagnosticThresholds", "Flag", "check_markers", "diagnose",
@@ -99,13 +100,15 @@ def add_candidates(adata: ad.AnnData, rho: pd.DataFrame, stats: GroupStats, flag
 
 def split_candidates(norm: ad.AnnData, labels: pd.Series, flag: Flag, rho: pd.DataFrame, exclude: set[str],
                      t: DiagnosticThresholds) -> list[str]:
-    """For a type merged into a group: split the group's cells in two (k-means) and rank the half
-    where the type's own markers are higher against the other half."""
+    """For a type merged into a group: split the group's cells in two by the type's own markers
+    (those the group's type lacks) and rank the half where they are higher against the other."""
     markers = type_markers(rho)
     own = [g for g in markers[flag.name] if g not in markers.get(flag.against, [])] or markers[flag.name]
     sub = norm[(labels == flag.against).to_numpy()].copy()
     score = np.asarray(sub[:, own].X.mean(axis=1)).ravel()
-    like = split_in_two(sub, score)
+    like = split_in_two(score)
+    if min(like.sum(), (~like).sum()) < max(t.min_group_cells, MIN_SPLIT_SHARE * len(like)):
+        return []  # no second population: a few cells without the markers (dropouts) are not one
     halves = pd.Series(np.where(like, "like", "rest"), index=sub.obs_names)
     return rank_candidates(sub, halves, ["like"], exclude, t.n_candidates).get("like", [])
 

@@ -40,14 +40,12 @@ def rank_candidates(norm: ad.AnnData, labels: pd.Series, groups: Sequence[str], 
         norm.uns.pop("_diagnostics", None)
 
 
-def split_in_two(norm: ad.AnnData, score: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Two clusters of the cells of ``norm`` (k-means on the first principal components); True
-    marks the cluster with the higher mean ``score``."""
-    import scanpy as sc
+def split_in_two(score: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Two clusters of cells by a marker score (k-means in one dimension: the natural break);
+    True marks the cluster with the higher score. Splitting on the panel's markers, which are
+    left out of the candidates, keeps the candidates' test honest."""
     from sklearn.cluster import KMeans
 
-    n_comps = max(1, min(20, norm.n_obs - 1, norm.n_vars - 1))
-    pcs = sc.pp.pca(ad.AnnData(norm.X), n_comps=n_comps, random_state=seed, copy=True).obsm["X_pca"]  # sparse stays sparse
-    cluster = KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(pcs)
+    cluster = KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(score.reshape(-1, 1))
     means = [score[cluster == k].mean() if (cluster == k).any() else -np.inf for k in (0, 1)]
     return cluster == int(np.argmax(means))

@@ -142,7 +142,8 @@ def overlap_flags(rho: pd.DataFrame, table: pd.DataFrame, t: DiagnosticThreshold
         lacking = [c for c in (a, b) if not own[c]]
         flags.append(Flag("pair", f"{a} vs {b}", "overlap",
                           f"{a} and {b} share {len(shared)} of their {len(union)} usable markers ({name(shared)}); "
-                          f"{'only ' + apart + ' tell' if apart else 'no usable marker tells'} them apart"
+                          f"{'only ' + apart + (' tell' if len(own[a]) + len(own[b]) > 1 else ' tells') if apart else 'no usable marker tells'}"
+                          " them apart"
                           + (f", and {lacking[0]} has no marker of its own: it is told from the other only by the "
                              "absence of markers" if len(lacking) == 1 else "")
                           + ". Add markers that differ between the two types, or merge them into one.",
