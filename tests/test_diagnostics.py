@@ -185,3 +185,26 @@ def test_diagnose_needs_assigned_types(truth, tmp_path):
     assert f"error: {counts}: has no obs['cellassign_celltype'] (assigned cell types)" in result.stderr
     assert "check-markers" in result.stderr
     assert not (tmp_path / "d.tsv").exists()
+
+
+def test_train_logs_the_check_and_a_failing_check_never_stops_training(truth, tmp_path, monkeypatch, caplog):
+    from cellassign_nf import steps
+    from cellassign_nf.settings import TrainSettings
+
+    counts, markers = tmp_path / "counts.h5ad", tmp_path / "markers.txt"
+    truth.write_h5ad(counts)
+    markers.write_text("A:a1,a2,a3\nB:b1,b2,NOTAGENE\nC:c1,c2\n")
+    outputs = [tmp_path / n for n in ("model.pt", "history.tsv", "probabilities.tsv")]
+    fast = TrainSettings(max_epochs=3, n_restarts=1, progress=False)
+    steps.train(counts, markers, *outputs, settings=fast)
+    assert "marker check before training: 1 warning (missing: NOTAGENE)" in caplog.text
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the check")
+
+    monkeypatch.setattr(steps, "check_markers", broken)
+    for path in outputs:
+        path.unlink()
+    steps.train(counts, markers, *outputs, settings=fast)
+    assert all(p.is_file() for p in outputs)
+    assert "marker check before training skipped: RuntimeError: a bug in the check" in caplog.text

@@ -124,8 +124,7 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
     """Fit CellAssign; write the model file, training history and probabilities."""
     adata = read_h5ad(input)
     rho = read_markers(markers)
-    log_findings(check_markers(adata, rho, markers_path=markers, data_path=input, quiet=True),
-                 label="marker check before training")
+    preflight_check(adata, rho, markers, input)
     if other and OTHER not in rho.columns:
         rho[OTHER] = 0
     key = size_factor_key if size_factor_key in adata.obs else None
@@ -183,6 +182,18 @@ def celltype_summary(adata: ad.AnnData) -> pd.DataFrame:
     """Cells and share per assigned type (for the terminal summary)."""
     counts = adata.obs["cellassign_celltype"].value_counts(sort=False)
     return pd.DataFrame({"cells": counts, "percent": 100.0 * counts / max(adata.n_obs, 1)})
+
+
+def preflight_check(adata: ad.AnnData, rho: pd.DataFrame, markers: str | Path, input: str | Path) -> None:
+    """The marker check before training, logged as warnings. It never stops training: bad input is
+    reported by the model's own checks, and a failure of the check itself is one warning."""
+    try:
+        log_findings(check_markers(adata, rho, markers_path=markers, data_path=input, quiet=True),
+                     label="marker check before training")
+    except InputError:
+        pass  # the same problem stops training next, with its message
+    except Exception as exc:  # noqa: BLE001 - the check is advice, not a step
+        log.warning("marker check before training skipped: %s: %s", type(exc).__name__, exc)
 
 
 def check_panel(input: str | Path, markers: str | Path, output: str | Path, layer: str | None = None,
