@@ -523,3 +523,35 @@ def test_a_diagnostics_warning_puts_its_section_first_in_plain_sentences(pipelin
     gs = yaml.safe_load((tmp_path / "sample1_cellassign_general_stats_mqc.yaml").read_text())
     assert gs["data"]["sample1"]["marker_warnings"] == 1
     assert any("marker_warnings" in h for h in gs["pconfig"])
+
+
+def test_genes_of_id_indexed_data_are_labelled_by_symbol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cell Ranger data are indexed by Ensembl ID: the dot plot and the delta heat map show symbols."""
+    from types import SimpleNamespace
+
+    from cellassign_nf.markers import marker_list_to_matrix
+    from cellassign_nf.report import normalise, plot_marker_expression, sections
+    from cellassign_nf.simulate import simulate
+
+    rho = marker_list_to_matrix({"A": ["CD3E", "CD2"], "B": ["MS4A1", "CD19"]})
+    adata = simulate(rho, n_cells=200, n_other_genes=5, seed=0)
+    adata.var["gene_symbols"] = list(adata.var_names)
+    adata.var_names = [f"ENSG{i:011d}" for i in range(adata.n_vars)]
+    adata.obs["cellassign_celltype"] = adata.obs["true_celltype"].astype(str)
+    rho.index = list(adata.var_names[:4])
+    fig = plot_marker_expression(normalise(adata), rho, ["A", "B"])
+    labels = {t.get_text() for ax in fig.axes for t in ax.get_xticklabels()}
+    assert {"CD3E", "CD2", "MS4A1", "CD19"} <= labels and not any(x.startswith("ENSG") for x in labels)
+
+    drawn = {}
+    monkeypatch.setattr(sections, "plot_delta", lambda delta, rho_: drawn.update(delta=delta) or plt_figure())
+    model = SimpleNamespace(delta=rho.astype(float) * 2.5, rho=rho)
+    sections.delta_section(SimpleNamespace(adata=adata, model=model), sections.FigureSink(tmp_path, "s"))
+    assert list(drawn["delta"].index) == ["CD3E", "CD2", "MS4A1", "CD19"]
+    assert list(model.delta.index) == list(adata.var_names[:4]), "the model itself is not relabelled"
+
+
+def plt_figure():
+    import matplotlib.pyplot as plt
+
+    return plt.figure()

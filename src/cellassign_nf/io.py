@@ -81,6 +81,18 @@ def gene_symbols(adata: ad.AnnData) -> pd.Index:
     return pd.Index(adata.var_names.astype(str))
 
 
+def display_names(adata: ad.AnnData) -> dict[str, str]:
+    """The data's gene index -> the name shown to users: its symbol when the data carry symbols
+    (Cell Ranger data are indexed by Ensembl ID), else the index itself."""
+    return dict(zip(map(str, adata.var_names), gene_symbols(adata)))
+
+
+def relabel_genes(genes, names: dict[str, str]) -> list[str]:
+    """``genes`` by their shown names, or unchanged when two would then share a name."""
+    labels = [names.get(str(g), str(g)) for g in genes]
+    return labels if len(set(labels)) == len(labels) else [str(g) for g in genes]
+
+
 # --- finding the counts in a folder ------------------------------------------------------------------
 # in order of preference: Cell Ranger count (v3+ and v2), Cell Ranger multi, STARsolo
 _COUNTS_IN_FOLDER = (

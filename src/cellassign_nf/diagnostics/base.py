@@ -12,7 +12,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError
-from ..io import atomic_path, gene_symbols
+from ..io import atomic_path, display_names  # noqa: F401 - display_names: re-exported for the package
 from ..markers import OTHER
 
 WARNING, INFO = "warning", "info"
@@ -68,11 +68,6 @@ def type_markers(rho: pd.DataFrame) -> dict[str, list[str]]:
     """``{type: [marker genes]}`` of a binary matrix, types without markers (``other``) left out."""
     out = {str(t): [str(g) for g in rho.index[rho[t].to_numpy() > 0]] for t in rho.columns if t != OTHER}
     return {t: genes for t, genes in out.items() if genes}
-
-
-def display_names(adata: ad.AnnData) -> dict[str, str]:
-    """The data's gene index -> the name shown to users (its symbol when the data carry symbols)."""
-    return dict(zip(map(str, adata.var_names), gene_symbols(adata)))
 
 
 def normalised_columns(adata: ad.AnnData, genes: Sequence[str]) -> sp.csr_matrix:

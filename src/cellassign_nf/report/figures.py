@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..io import display_names, relabel_genes  # noqa: E402
 from ..size_factors import normalise  # noqa: E402,F401 - re-exported: the report's normalisation
 from .base import CELLTYPE_KEY, DPI, HVG_THRESHOLD, PROB_KEY, UNASSIGNED, UNASSIGNED_COLOUR  # noqa: E402
 
@@ -107,6 +108,9 @@ def plot_marker_expression(norm: ad.AnnData, rho: pd.DataFrame, cell_types: Sequ
     order += [t for t in obs[CELLTYPE_KEY].astype(str).unique() if t not in order]
     genes = sorted({g for gs in var_names.values() for g in gs})
     sub = norm[:, genes].copy()
+    shown = dict(zip(genes, relabel_genes(genes, display_names(sub))))  # symbols for ID-indexed data
+    sub.var_names = [shown[g] for g in genes]
+    var_names = {t: [shown[g] for g in gs] for t, gs in var_names.items()}
     sub.obs[CELLTYPE_KEY] = pd.Categorical(sub.obs[CELLTYPE_KEY].astype(str), categories=order)
     n_genes = sum(len(g) for g in var_names.values())
     width = min(max(4.0 + 0.32 * n_genes, 6.0), 40.0)

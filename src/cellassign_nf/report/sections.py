@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from ..io import display_names, relabel_genes
 from .base import (
     PROB_KEY, SIZE_FACTOR_KEY, UMAP_MIN_CELLS, ModelLike, QCSummary, ReportFigure, SampleSummary, flatten,
     write_bytes,
@@ -205,8 +206,9 @@ def delta_section(inp: ReportInputs, sink: FigureSink) -> _Section:
     s = _Section("delta", "Fitted over-expression (delta)",
                  "delta[g, c]: the fitted log fold over-expression of marker g in type c relative to "
                  "types it does not mark (exp(delta) = fold change). Grey cells: g is not a marker of c.")
-    sink.add(s, "delta", "Delta heat map", lambda: plot_delta(inp.model.delta, inp.model.rho),
-             "Fitted delta per marker gene and type.")
+    delta, rho = inp.model.delta.copy(), inp.model.rho.copy()
+    delta.index = rho.index = relabel_genes(delta.index, display_names(inp.adata))  # symbols for ID-indexed data
+    sink.add(s, "delta", "Delta heat map", lambda: plot_delta(delta, rho), "Fitted delta per marker gene and type.")
     return s
 
 
