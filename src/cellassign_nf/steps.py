@@ -1,6 +1,7 @@
 """The pipeline steps as plain functions: files in, files out (docs/steps.md).
 
-Each ``cellassign-nf`` subcommand calls one of these; Nextflow calls the subcommands.
+Each ``cellassign-nf`` subcommand calls one of these; Nextflow calls the subcommands. Only the
+steps that use the model import torch (in the function), so that the other steps start fast.
 """
 from __future__ import annotations
 
@@ -10,23 +11,24 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .api import CellAssign
 from .design import make_design, read_design
 from .diagnostics import CELLTYPE_KEY, Diagnostics, check_markers, log_findings, write_diagnostics
 from .diagnostics import diagnose as run_diagnostics
 from .errors import InputError
 from .io import INPUT_INFO_KEY, atomic_path, default_sample_name, read_counts, read_h5ad, read_table, write_h5ad, write_table
 from .markers import OTHER, read_markers
-from .predict import assign_labels
 from .qc import QCThresholds, filter_cells, metrics_table
-from .settings import DiagnosticThresholds
+from .settings import DiagnosticThresholds, TrainSettings
 from .size_factors import SIZE_FACTOR_KEY, add_size_factors
-from .train import TrainSettings
+
+if TYPE_CHECKING:
+    from .api import CellAssign
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,9 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
           probabilities_out: str | Path, design_path: str | Path | None = None,
           size_factor_key: str = SIZE_FACTOR_KEY, layer: str | None = None, other: bool = False,
           min_delta: float = 2.0, settings: TrainSettings | None = None) -> CellAssign:
-    """Fit CellAssign; write the model file, training history and probabilities."""
+    """Fit CellAssign; write the model file, training history and probabilities. Returns the model."""
+    from .api import CellAssign
+
     adata = read_h5ad(input)
     rho = read_markers(markers)
     preflight_check(adata, rho, markers, input)
@@ -149,6 +153,8 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
 def annotate(input: str | Path, probabilities: str | Path, output: str | Path, predictions: str | Path,
              min_prob: float = 0.5, sample: str | None = None) -> ad.AnnData:
     """Add labels and probabilities to the h5ad; write it and a predictions TSV."""
+    from .predict import assign_labels
+
     adata = read_h5ad(input)
     probs = read_table(probabilities)
     probs.index = probs.index.astype(str)
