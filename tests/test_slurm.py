@@ -17,7 +17,6 @@ and the job completion log (`sacct -c`).
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
 import re
@@ -29,6 +28,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from test_pipeline import _accuracy, _trace  # the run's trace rows; agreement with obs['true_celltype']
 
 REPO = Path(__file__).resolve().parents[1]
 NEXTFLOW = REPO / "scripts" / "nextflow"
@@ -119,13 +120,6 @@ def _explain(run: dict) -> str:
     return f"exit {run['code']}\n{run['output'][-8000:]}"
 
 
-def _trace(outdir: Path, newest: bool = True) -> list[dict[str, str]]:
-    traces = sorted((outdir / "pipeline_info").glob("execution_trace_*.txt"))
-    assert traces, f"no execution trace in {outdir / 'pipeline_info'}"
-    with open(traces[-1] if newest else traces[0], newline="") as fh:
-        return list(csv.DictReader(fh, delimiter="\t"))
-
-
 def _step(row: dict[str, str]) -> str:
     return row["process"].split(":")[-1]
 
@@ -174,14 +168,6 @@ def _when_running(conf: Path, job_name: str, action, stop: threading.Event, afte
     thread.start()
     seen["thread"] = thread
     return seen
-
-
-def _accuracy(annotated: Path) -> float:
-    import anndata
-
-    adata = anndata.read_h5ad(annotated)
-    return float((adata.obs["cellassign_celltype"].astype(str).to_numpy()
-                  == adata.obs["true_celltype"].astype(str).to_numpy()).mean())
 
 
 # --------------------------------------------------------------------------------------
