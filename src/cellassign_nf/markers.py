@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,18 @@ def marker_list_to_matrix(markers: Mapping[str, Sequence[str]], include_other: b
     if include_other:
         rho[OTHER] = 0
     return rho
+
+
+def markers_by_type(rho: pd.DataFrame, genes_present: Iterable[str] | None = None) -> dict[str, list[str]]:
+    """``{type: [marker genes]}`` from the binary marker matrix, keeping genes in ``genes_present``
+    (all by default); types left without a gene are left out."""
+    present = None if genes_present is None else set(map(str, genes_present))
+    out: dict[str, list[str]] = {}
+    for t in rho.columns:
+        genes = [str(g) for g in rho.index[rho[t].to_numpy() > 0] if present is None or str(g) in present]
+        if genes:
+            out[str(t)] = genes
+    return out
 
 
 def read_markers(path: str | Path) -> pd.DataFrame:

@@ -10,6 +10,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SIZE_FACTOR_KEY = "size_factor"
+TARGET_SUM = 1e4  # normalised expression: counts per 10,000, then log1p
 
 
 def compute_size_factors(adata: ad.AnnData) -> np.ndarray:
@@ -34,6 +35,6 @@ def normalise(adata: ad.AnnData) -> ad.AnnData:
 
     norm = adata.copy()
     norm.X = norm.X.astype(np.float32)
-    sc.pp.normalize_total(norm, target_sum=1e4)
+    sc.pp.normalize_total(norm, target_sum=TARGET_SUM)
     sc.pp.log1p(norm)
     return norm

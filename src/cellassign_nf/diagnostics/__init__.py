@@ -18,11 +18,12 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from ..settings import DiagnosticThresholds
 from .base import (
     CELLTYPE_KEY, FLAG_COLUMNS, INFO, UNASSIGNED, WARNING, Diagnostics, Flag, display_names, group_expression,
-    normalised_columns, read_diagnostics, read_specificity, type_markers, write_diagnostics,
+    read_diagnostics, read_specificity, type_markers, write_diagnostics,
 )
 from .candidates import rank_candidates, split_in_two
 from .postfit import GroupStats, assignment_flags, specificity_table
@@ -45,10 +46,10 @@ def diagnose(adata: ad.AnnData, panel: pd.DataFrame, thresholds: DiagnosticThres
     """The pre-flight checks and, when ``adata.obs['cellassign_celltype']`` holds the assigned
     labels, the post-fit checks, the specificity table and candidate markers."""
     t = thresholds or DiagnosticThresholds()
-    result, rho = preflight(adata, panel, t, markers_path, data_path)
+    result, rho, values = preflight(adata, panel, t, markers_path, data_path)
     if CELLTYPE_KEY not in adata.obs:
         return result
-    stats = group_stats(adata, rho)
+    stats = group_stats(adata, rho, values)
     post = assignment_flags(rho, stats, t)
     if candidates:
         post += add_candidates(adata, rho, stats, post, t)
@@ -57,13 +58,14 @@ def diagnose(adata: ad.AnnData, panel: pd.DataFrame, thresholds: DiagnosticThres
     return result
 
 
-def group_stats(adata: ad.AnnData, rho: pd.DataFrame) -> GroupStats:
-    """Marker detection and mean expression per assigned group (types in panel order first)."""
+def group_stats(adata: ad.AnnData, rho: pd.DataFrame, values: sp.csr_matrix) -> GroupStats:
+    """Marker detection and mean expression per assigned group (types in panel order first), from
+    the markers' log-normalised expression ``values`` (cells x ``rho``'s genes)."""
     labels = adata.obs[CELLTYPE_KEY].astype(str)
     order = [str(c) for c in rho.columns] + sorted(set(labels) - set(map(str, rho.columns)) - {UNASSIGNED})
     labels = pd.Series(pd.Categorical(labels, categories=order + [UNASSIGNED]), index=adata.obs_names)
     genes = [str(g) for g in rho.index]
-    detection, mean, sizes = group_expression(normalised_columns(adata, genes), labels, genes)
+    detection, mean, sizes = group_expression(values, labels, genes)
     return GroupStats(detection, mean, sizes, display_names(adata))
 
 
@@ -75,7 +77,7 @@ def add_candidates(adata: ad.AnnData, rho: pd.DataFrame, stats: GroupStats, flag
     norm = normalise(adata)
     labels = adata.obs[CELLTYPE_KEY].astype(str)
     exclude = {str(g) for g in rho.index}
-    show = lambda genes: [stats.names.get(g, g) for g in genes]  # noqa: E731
+    show = stats.show
     groups = [g for g in stats.sizes.index if stats.size(g) >= stats.min_cells(t)]
     per_group = rank_candidates(norm, labels, groups, exclude, t.n_candidates) if len(groups) > 1 else {}
     for flag in flags:

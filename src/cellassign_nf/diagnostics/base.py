@@ -12,11 +12,11 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError
-from ..io import atomic_path, display_names  # noqa: F401 - display_names: re-exported for the package
-from ..markers import OTHER
+from ..io import atomic_path, display_names, read_table  # noqa: F401 - display_names: re-exported for the package
+from ..markers import OTHER, markers_by_type
+from ..size_factors import TARGET_SUM
 
 WARNING, INFO = "warning", "info"
-LEVELS = ("marker", "type", "pair")
 FLAG_COLUMNS = ("level", "name", "flag", "severity", "message", "markers", "candidates")
 UNASSIGNED = "unassigned"
 CELLTYPE_KEY = "cellassign_celltype"
@@ -65,9 +65,8 @@ class Diagnostics:
 
 
 def type_markers(rho: pd.DataFrame) -> dict[str, list[str]]:
-    """``{type: [marker genes]}`` of a binary matrix, types without markers (``other``) left out."""
-    out = {str(t): [str(g) for g in rho.index[rho[t].to_numpy() > 0]] for t in rho.columns if t != OTHER}
-    return {t: genes for t, genes in out.items() if genes}
+    """``{type: [marker genes]}`` of the types the diagnostics judge (not ``other``)."""
+    return {t: genes for t, genes in markers_by_type(rho).items() if t != OTHER}
 
 
 def normalised_columns(adata: ad.AnnData, genes: Sequence[str]) -> sp.csr_matrix:
@@ -75,7 +74,7 @@ def normalised_columns(adata: ad.AnnData, genes: Sequence[str]) -> sp.csr_matrix
     cells x genes, sparse, without copying the whole matrix."""
     X = adata.X
     totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
-    scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
+    scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
     sub = sp.csr_matrix(X[:, adata.var_names.get_indexer(list(genes))], dtype=np.float32)
     sub = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ sub)
     sub.data = np.log1p(sub.data)
@@ -138,11 +137,4 @@ def read_diagnostics(path: str | Path) -> pd.DataFrame:
 
 def read_specificity(path: str | Path) -> pd.DataFrame:
     """Read a ``marker_specificity.tsv`` (types x assigned groups)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "marker specificity file not found", "Give the TSV written by 'cellassign-nf diagnose'.")
-    try:
-        return pd.read_csv(path, sep="\t", index_col=0)
-    except Exception as exc:
-        raise InputError(path, f"cannot be read as a TSV table ({exc})",
-                         "Give the TSV written by 'cellassign-nf diagnose'.") from exc
+    return read_table(path)

@@ -4,18 +4,16 @@ markers, and which pairs of types share most of their usable markers."""
 from __future__ import annotations
 
 import itertools
-import logging
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
-from ..markers import OTHER, match_panel, validate_markers
+from ..markers import OTHER, markers_by_type, match_panel, validate_markers
 from ..settings import DiagnosticThresholds
 from .base import Diagnostics, Flag, display_names, listing, normalised_columns, pct, type_markers
-
-log = logging.getLogger(__name__)
 
 OK, LOW, UBIQUITOUS = "ok", "low_detection", "ubiquitous"
 
@@ -29,21 +27,24 @@ def check_markers(adata: ad.AnnData, panel: pd.DataFrame, thresholds: Diagnostic
 
 
 def preflight(adata: ad.AnnData, panel: pd.DataFrame, t: DiagnosticThresholds, markers_path: str | Path | None,
-              data_path: str | Path | None, quiet: bool = False) -> tuple[Diagnostics, pd.DataFrame]:
-    """The pre-flight findings and the panel matched to the data's genes."""
+              data_path: str | Path | None, quiet: bool = False
+              ) -> tuple[Diagnostics, pd.DataFrame, sp.csr_matrix]:
+    """The pre-flight findings, the panel matched to the data's genes, and the log-normalised
+    expression of those genes (cells x genes), which the post-fit checks reuse."""
     panel = validate_markers(panel, markers_path)
     match = match_panel(panel, adata, markers_path, data_path, strict=False, quiet=quiet)
-    table = marker_table(adata, match.rho, t)
+    values = normalised_columns(adata, [str(g) for g in match.rho.index])
+    table = marker_table(adata, match.rho, values, t)
     flags = missing_flags(match.missing, panel) + detection_flags(table, t)
     flags += few_marker_flags(match.rho, table, panel, match.missing, t) + overlap_flags(match.rho, table, t)
-    return Diagnostics(flags, table), match.rho
+    return Diagnostics(flags, table), match.rho, values
 
 
-def marker_table(adata: ad.AnnData, rho: pd.DataFrame, t: DiagnosticThresholds) -> pd.DataFrame:
-    """Per marker gene of the data: the name shown, the types it marks, the share of cells that
-    detect it, its mean log-normalised expression and whether it is usable."""
+def marker_table(adata: ad.AnnData, rho: pd.DataFrame, values: sp.csr_matrix, t: DiagnosticThresholds) -> pd.DataFrame:
+    """Per marker gene of the data (``values``: their log-normalised expression, cells x genes):
+    the name shown, the types it marks, the share of cells that detect it, its mean expression
+    and whether it is usable."""
     genes = [str(g) for g in rho.index]
-    values = normalised_columns(adata, genes)
     n = max(adata.n_obs, 1)
     detection = np.asarray((values > 0).sum(axis=0)).ravel() / n
     fold = np.full(len(genes), np.nan)
@@ -101,9 +102,8 @@ def detection_flags(table: pd.DataFrame, t: DiagnosticThresholds) -> list[Flag]:
 
 def usable_markers(rho: pd.DataFrame, table: pd.DataFrame) -> dict[str, list[str]]:
     """``{type: [usable marker genes]}``: present in the data and neither rare nor ubiquitous."""
-    ok = set(table.index[table["status"] == OK])
-    return {str(c): [str(g) for g in rho.index[rho[c].to_numpy() > 0] if str(g) in ok]
-            for c in rho.columns if c != OTHER}
+    usable = markers_by_type(rho, table.index[table["status"] == OK])
+    return {str(c): usable.get(str(c), []) for c in rho.columns if c != OTHER}
 
 
 def few_marker_flags(rho: pd.DataFrame, table: pd.DataFrame, panel: pd.DataFrame, missing: list[str],

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..io import display_names, relabel_genes  # noqa: E402
+from ..markers import markers_by_type  # noqa: E402 - re-exported: one place for {type: [markers]}
 from ..size_factors import normalise  # noqa: E402,F401 - re-exported: the report's normalisation
 from .base import CELLTYPE_KEY, DPI, HVG_THRESHOLD, PROB_KEY, UNASSIGNED, UNASSIGNED_COLOUR  # noqa: E402
 
@@ -79,17 +80,6 @@ def plot_probability_histogram(probs: np.ndarray | pd.Series, min_prob: float | 
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     return fig
-
-
-def markers_by_type(rho: pd.DataFrame, genes_present: Iterable[str]) -> dict[str, list[str]]:
-    """``{type: [marker genes]}`` from the binary marker matrix, keeping genes in the data."""
-    present = set(map(str, genes_present))
-    out: dict[str, list[str]] = {}
-    for t in rho.columns:
-        genes = [str(g) for g in rho.index[rho[t].to_numpy() > 0] if str(g) in present]
-        if genes:
-            out[str(t)] = genes
-    return out
 
 
 def plot_marker_expression(norm: ad.AnnData, rho: pd.DataFrame, cell_types: Sequence[str]) -> Figure | None:

@@ -86,7 +86,8 @@ def build_sections(inp: ReportInputs, sink: FigureSink, versions: Mapping[str, s
     sections += [training_section(inp, sink), delta_section(inp, sink), qc_section(inp, sink),
                  parameters_section(inp), versions_section(versions)]
     if inp.diagnostics is not None:  # first when it warns, else after the marker dot plot
-        sections.insert(0 if inp.summary.marker_warnings else 3, diagnostics_section(inp, sink))
+        after_markers = [sec.id for sec in sections].index("markers") + 1
+        sections.insert(0 if inp.summary.marker_warnings else after_markers, diagnostics_section(inp, sink))
     return sections
 
 
