@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from harness import (  # noqa: E402
-    default_python, has_module, loadavg, machine_info, run_worker, s_per_epoch, terms_per_s, write_data,
+    default_python, has_module, loadavg, machine_info, run_worker, s_per_epoch, shown_path, terms_per_s, write_data,
 )
 from rbf_memory import measure  # noqa: E402
 from report import render_markdown, render_plot  # noqa: E402
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--batch-size", str(args.batch_size), "--device", args.device, "--seed", str(args.seed)]
     results: dict = {"machine": info, "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                      "device": args.device, "batch_size": args.batch_size, "quick": args.quick,
-                     "ours_python": ours_py, "peer_python": peer_py if run_peer else None,
+                     "ours_python": shown_path(ours_py), "peer_python": shown_path(peer_py) if run_peer else None,
                      "mem_cap_mb": cap_mb, "cases": {}, "scaling": []}
     impls = [("ours", ours_py)] + ([("peer", peer_py)] if run_peer else [])
 

@@ -117,6 +117,8 @@ def run_worker(python: str, args: list[str], cap_mb: float, timeout_s: float, lo
         log(f"    FAILED: {rec['failed']}\n" + "\n".join("      " + l for l in output.strip().splitlines()[-15:]))
     rec["sampled_peak_rss_mb"] = sampled
     rec["wall_s"] = time.perf_counter() - t0
+    if "python" in rec:
+        rec["python"] = shown_path(rec["python"])
     return rec
 
 
@@ -194,6 +196,15 @@ def has_module(python: str, module: str) -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return r.returncode == 0
+
+
+def shown_path(path: str) -> str:
+    """A path as the records show it: relative to the repository when inside it, so that a
+    committed record names no folder of the machine that made it."""
+    try:
+        return str(Path(path).relative_to(REPO)) if Path(path).is_absolute() else path  # no resolve: venv links
+    except ValueError:
+        return path
 
 
 def default_python(venv: str) -> str:

@@ -16,16 +16,13 @@ SIBLING, BRIEF = "shared", "DESIGN" + ".md"
 OUTSIDE = re.compile(
     rf"\.\./{SIBLING}|/work/|parents?(\[\d\]|\b)\s*/\s*['\"]{SIBLING}['\"]|{re.escape(BRIEF)}",
 )
-# docs/performance.json is a benchmark record: it names the interpreters that ran (provenance);
-# nothing reads those paths.
-RECORDS = {"docs/performance.json"}
 
 
 def tracked_text_files():
     out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout
     for name in out.decode().split("\0"):
         path = ROOT / name
-        if not name or name in RECORDS or Path(name) == Path(__file__).relative_to(ROOT) or not path.is_file():
+        if not name or Path(name) == Path(__file__).relative_to(ROOT) or not path.is_file():
             continue
         data = path.read_bytes()
         if b"\0" not in data[:8192]:  # text only
