@@ -9,18 +9,30 @@ from cellassign_nf.model import PHI_LOWER_BOUND, basis_means, nb_terms
 from cellassign_nf.simulate import simulate
 
 
-def _both(x, log_mu, log_a, v, b):
-    """(terms, d/dlog_mu, d/dlog_a) of sum(grad * terms): plain chain in float64 from the same
-    float32 inputs, fused kernel in float32."""
-    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+def _layout(G: int, C: int, gen: torch.Generator):
+    """A marker layout with shared markers: each type gets 3-5 genes, some genes in two types."""
+    rho = torch.zeros(G, C)
+    for c in range(C):
+        rho[torch.randperm(G, generator=gen)[: 3 + c % 3], c] = 1.0
+    mg, mt = rho.nonzero(as_tuple=True)
+    W = torch.cat([1.0 - rho, torch.nn.functional.one_hot(mt, C).float()])
+    return kernels.layout(G, C, mg, mt), torch.cat([torch.arange(G), mg]), W
+
+
+def _both(x, offset, col, log_a, v, b, lay, gene, W):
+    """(out, d/d offset, d/d col, d/d log_a) of sum(grad * out): the plain chain in float64 from the
+    same float32 inputs (the reference), the fused kernel in float32."""
+    grad = torch.randn(x.shape[0], lay.C, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     out = []
-    for fn, dtype in ((lambda *t: nb_terms(*t, v, b), torch.float64),
-                      (lambda *t: kernels.fused_nb_terms(*t, v, b, PHI_LOWER_BOUND), torch.float32)):
-        lm = log_mu.to(dtype).clone().requires_grad_()
-        la = log_a.to(dtype).clone().requires_grad_()
-        terms = fn(x.to(dtype), lm, la)
-        (terms * grad.to(dtype)).sum().backward()
-        out.append([t.detach().double() for t in (terms, lm.grad, la.grad)])
+    for fused in (False, True):
+        dtype = torch.float32 if fused else torch.float64
+        off, cl, la = (t.to(dtype).clone().requires_grad_() for t in (offset, col, log_a))
+        if fused:
+            ll = kernels.fused_log_likelihood(x, off, cl, la, lay, v, b, PHI_LOWER_BOUND)
+        else:
+            ll = nb_terms(x.double()[:, gene], off[:, gene] + cl, la, v, b) @ W.double()
+        (ll * grad.to(dtype)).sum().backward()
+        out.append([t.detach().double() for t in (ll, off.grad, cl.grad, la.grad)])
     return out
 
 
@@ -29,54 +41,75 @@ def _close(ref, got, rtol):
         np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=rtol, atol=rtol * float(r.abs().max()))
 
 
-@pytest.mark.parametrize("case", ["small counts", "large counts", "mean beyond the centres", "tiny phi", "huge phi"])
+@pytest.mark.parametrize("case", ["small counts", "large counts", "mean beyond the centres", "tiny phi", "huge phi",
+                                  "wide rows"])
 def test_fused_kernel_equals_plain_chain(case):
+    """Values and all three gradients; each case drives one part of the kernel to its edge (the
+    shift/Stirling lgamma, the RBF recursion's range, phi at its bound, rows longer than a block)."""
     g = torch.Generator().manual_seed(0)
-    M, W = 64, 37
+    M, G, C = 64, 37, 6
+    if case == "wide rows":  # 2 blocks of 256 columns per row and a ragged end
+        G, C = 400, 9
+    lay, gene, W = _layout(G, C, g)
     v, b = basis_means(60.0)
-    x = torch.poisson(torch.rand(M, W, generator=g) * 6, generator=g)
-    log_mu = torch.randn(M, W, generator=g) + 1.0
+    x = torch.poisson(torch.rand(M, G, generator=g) * 6, generator=g)
+    offset = 0.5 * torch.randn(M, 1, generator=g) + 0.3 * torch.randn(M, G, generator=g)
+    col = torch.randn(lay.width, generator=g) + 1.0
     log_a = 0.5 * torch.randn(10, generator=g)
-    if case == "large counts":  # lgamma / digamma path (x >= SMALL_COUNT) and x far above the centres
-        x = torch.poisson(torch.rand(M, W, generator=g) * 400 + kernels.SMALL_COUNT, generator=g)
-        log_mu = torch.log(x + 1) + 0.3 * torch.randn(M, W, generator=g)
-    elif case == "mean beyond the centres":  # walk from the last centre; e[i] underflow, no NaN
-        log_mu = log_mu + torch.rand(M, W, generator=g) * 8.0
+    if case == "large counts":  # x far above the centres, lgamma of large arguments
+        x = torch.poisson(torch.rand(M, G, generator=g) * 400 + 24, generator=g)
+        offset = torch.log(x + 1) + 0.3 * torch.randn(M, G, generator=g)
+        col = 0.1 * col
+    elif case == "mean beyond the centres":  # t up to its limit: e[i] underflow, no NaN
+        offset = offset + torch.rand(M, G, generator=g) * 8.0
     elif case == "tiny phi":  # phi at its lower bound
         log_a = log_a - 30.0
-    elif case == "huge phi":  # phi > PHI_PRODUCT_MAX: lgamma path for small counts too
+    elif case == "huge phi":
         log_a = log_a + 24.0
-    ref, got = _both(x.float(), log_mu.float(), log_a.float(), v, b)
+    ref, got = _both(x, offset, col, log_a, v, b, lay, gene, W)
     assert all(torch.isfinite(t).all() for t in got)
     if case == "huge phi":
         # phi log phi - (phi + x) log(phi + mu) cancels ~11 digits in either chain, and d/d log_a
-        # (d term/d phi ~ 1e-10 times a ~ 1e10) is rounding in both: values and d/d log_mu only
-        _close(ref[:2], got[:2], rtol=1e-3)
+        # (d term/d phi ~ 1e-10 times a ~ 1e10) is rounding in both: values and d/d offset, d/d col only
+        _close(ref[:3], got[:3], rtol=1e-3)
     else:
         _close(ref, got, rtol=2e-5)
 
 
 def test_fused_kernel_same_on_one_and_two_threads():
     g = torch.Generator().manual_seed(3)
-    x = torch.poisson(torch.rand(300, 20, generator=g) * 5, generator=g)
-    log_mu = torch.randn(300, 20, generator=g)
+    lay, gene, W = _layout(20, 4, g)
+    x = torch.poisson(torch.rand(3000, 20, generator=g) * 5, generator=g)
+    offset, col = torch.randn(3000, 20, generator=g), torch.randn(lay.width, generator=g)
     v, b = basis_means(30.0)
-    before = torch.get_num_threads()
+    results = []
     try:
-        results = []
         for n in (1, 2):
-            torch.set_num_threads(n)
-            results.append(_both(x, log_mu, torch.zeros(10), v, b)[1])
+            kernels.set_threads(n)
+            assert len(kernels._ranges(3000, lay.width)) == n
+            results.append(_both(x, offset, col, torch.zeros(10), v, b, lay, gene, W)[1])
     finally:
-        torch.set_num_threads(before)
+        kernels.set_threads(None)
     for a, c in zip(*results):
-        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-9)
+        torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-6)
 
 
 def test_fused_kernel_needs_equally_spaced_centres():
-    x = log_mu = torch.zeros(2, 2)
+    lay = kernels.layout(2, 1, torch.tensor([0]), torch.tensor([0]))
+    x = offset = torch.zeros(2, 2)
     with pytest.raises(ValueError, match="equally spaced"):
-        kernels.fused_nb_terms(x, log_mu, torch.zeros(3), [0.0, 1.0, 3.0], 0.5, PHI_LOWER_BOUND)
+        kernels.fused_log_likelihood(x, offset, torch.zeros(3), torch.zeros(3), lay, [0.0, 1.0, 3.0], 0.5,
+                                     PHI_LOWER_BOUND)
+
+
+def test_fused_kernel_checks_shapes_and_layout():
+    lay = kernels.layout(2, 1, torch.tensor([0]), torch.tensor([0]))
+    v, b = basis_means(10.0)
+    with pytest.raises(ValueError, match=r"x and offset of shape \(M, 2\) and col of 3 entries"):
+        kernels.fused_log_likelihood(torch.zeros(4, 3), torch.zeros(4, 3), torch.zeros(3), torch.zeros(10), lay, v, b,
+                                     PHI_LOWER_BOUND)
+    with pytest.raises(ValueError, match=r"marker genes in \[0, G\)"):
+        kernels.layout(2, 1, torch.tensor([2]), torch.tensor([0]))
 
 
 MARKERS = {"A": ["a1", "a2", "a3"], "B": ["b1", "b2", "b3"], "C": ["c1", "c2", "c3"], "D": ["d1", "d2", "a1"]}

@@ -200,20 +200,24 @@ def _fusion_case():
     return m.float(), torch.tensor(x).float(), torch.tensor(np.log(s)).float(), torch.tensor(D).float()
 
 
-def _fake_kernel(monkeypatch, kernel):
-    """Stand in for the numba kernel (kernels.py, tested against the plain chain in
-    test_kernels.py): these tests are about the probe that decides whether it is used."""
+def _fake_kernel(monkeypatch, m, scale: float = 1.0, error: Exception | None = None):
+    """Stand in for the C kernel (kernels.py, tested against the plain chain in test_kernels.py):
+    these tests are about the probe that decides whether it is used. The stand-in computes the
+    plain chain from the kernel's inputs, times ``scale``, or raises ``error``."""
     import cellassign_nf.model as model
 
+    def kernel(x, offset, col, log_a, lay, v, b, eps):
+        if error is not None:
+            raise error
+        return scale * (model.nb_terms(x[:, m.column_gene], offset[:, m.column_gene] + col, log_a, v, b) @ m.W)
+
     monkeypatch.setattr(model.kernels, "available", lambda: True)
-    monkeypatch.setattr(model.kernels, "fused_nb_terms", kernel)
+    monkeypatch.setattr(model.kernels, "fused_log_likelihood", kernel)
 
 
 def test_fusion_is_used_when_the_fused_kernel_agrees(monkeypatch):
-    from cellassign_nf.model import nb_terms
-
-    _fake_kernel(monkeypatch, lambda x, log_mu, log_a, v, b, lower: nb_terms(x, log_mu, log_a, v, b))
     m, x, log_s, D = _fusion_case()
+    _fake_kernel(monkeypatch, m)
     plain = m.log_likelihood(x, log_s, D).detach()
     assert m.enable_fusion(x, log_s, D) is True and m.fused is True
     assert all(p.grad is None for p in m.parameters())  # the probe leaves no gradients behind
@@ -221,10 +225,8 @@ def test_fusion_is_used_when_the_fused_kernel_agrees(monkeypatch):
 
 
 def test_fusion_is_refused_when_the_fused_kernel_disagrees(monkeypatch, caplog):
-    from cellassign_nf.model import nb_terms
-
-    _fake_kernel(monkeypatch, lambda x, log_mu, log_a, v, b, lower: nb_terms(x, log_mu, log_a, v, b) * 1.01)
     m, x, log_s, D = _fusion_case()
+    _fake_kernel(monkeypatch, m, scale=1.01)
     with caplog.at_level("WARNING", logger="cellassign_nf.model"):
         assert m.enable_fusion(x, log_s, D) is False
     assert m.fused is False
@@ -232,15 +234,12 @@ def test_fusion_is_refused_when_the_fused_kernel_disagrees(monkeypatch, caplog):
 
 
 def test_fusion_is_refused_when_the_fused_kernel_fails(monkeypatch, caplog):
-    def broken(*args):
-        raise RuntimeError("numba cannot compile here\nsecond line")
-
-    _fake_kernel(monkeypatch, broken)
     m, x, log_s, D = _fusion_case()
+    _fake_kernel(monkeypatch, m, error=RuntimeError("the kernel cannot run here\nsecond line"))
     with caplog.at_level("WARNING", logger="cellassign_nf.model"):
         assert m.enable_fusion(x, log_s, D) is False
     assert m.fused is False and all(p.grad is None for p in m.parameters())
-    assert "the fused likelihood kernel failed (numba cannot compile here); using the plain likelihood" in caplog.text
+    assert "the fused likelihood kernel failed (the kernel cannot run here); using the plain likelihood" in caplog.text
     assert "second line" not in caplog.text
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import __version__
+from . import __version__, kernels
 from .design import DesignSpec, apply_design, drop_redundant_columns, make_design
 from .errors import InputError
 from .io import MAIN_MATRIX, as_count_matrix, atomic_path
@@ -266,6 +266,8 @@ class CellAssign:
         self.history = pd.DataFrame(payload["history"])
         self.restarts = pd.DataFrame(payload["restarts"])
         self.train_params = payload["train_params"]
+        # predict with the fused CPU kernel where it was built, unless the fit asked for the plain path
+        module.fused = self.train_params.get("fuse") != "off" and kernels.unavailable_reason() is None
         return self
 
     def __repr__(self) -> str:

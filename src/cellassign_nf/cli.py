@@ -140,8 +140,9 @@ def train_options(f):
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                      help="auto: CUDA GPU when present, else CPU."),
         click.option("--fuse", type=click.Choice(["auto", "on", "off"]), default="auto",
-                     help="Fast paths: auto = CUDA graph on GPUs; on = also the fused CPU kernel (numba); "
-                          "off = the plain PyTorch reference."),
+                     help="Fast paths: auto = the fused C kernel on CPUs (when built), the CUDA graph on GPUs; "
+                          "on = the same, but fail if the CPU kernel was not built; off = the plain PyTorch "
+                          "reference."),
         click.option("--threads", type=click.IntRange(min=1), default=None,
                      help="CPU threads for PyTorch (default: all cores; set to the task's CPUs in pipelines)."),
     ]):

@@ -1,206 +1,93 @@
-"""Fused CPU kernel for the CellAssign likelihood terms (numba): forward and backward in one pass
+"""The fused CPU kernel for the CellAssign likelihood terms: forward and backward in one pass
 each over the N x (G + K) terms, no temporaries per RBF centre, memory flat in B.
 
-It computes exactly what :func:`cellassign_nf.model.nb_terms` computes (the reference, plain
-PyTorch), for float32 tensors on the CPU::
+The arithmetic is C (``_nbkernel.c``, compiled when the package is installed; SIMD code for AVX2
+CPUs and a baseline copy, picked at run time). This module is its Python side: checks, threads,
+and the autograd function. It computes exactly what :func:`cellassign_nf.model.nb_terms` computes
+(the reference, plain PyTorch), for float32 tensors on the CPU::
 
     mu   = exp(log_mu)
     phi  = PHI_LOWER_BOUND + sum_i a[i] * exp(-b * (mu - v[i])**2),   a = exp(log_a)
     term = lgamma(x + phi) - lgamma(phi) + phi log phi + x log_mu - (phi + x) log(phi + mu)
 
-and, for the backward pass, d term / d log_mu and d term / d phi (saved by the forward pass),
-from which d loss / d log_a[i] = sum grad * d term/d phi * a[i] e[i] is reduced. Arithmetic is
-in float64 inside the kernel. Three shortcuts make it cheap:
-
-* the counts are integers, so for small x  lgamma(x + phi) - lgamma(phi) = log prod_j (phi + j)
-  and  digamma(x + phi) - digamma(phi) = sum_j 1 / (phi + j)  (j < x): one log, no lgamma;
-* the centres are equally spaced (``basis_means``): with t = (mu - v[0]) / h, h = v[1] - v[0],
-  b = 1 / (2 h^2), each RBF term is e[i] = exp(-(t - i)^2 / 2) and neighbours differ by the
-  factor exp(t - i - 1/2): two exponentials per term instead of B, walking out from the centre
-  nearest to t so that nothing overflows;
-* one pass per cell row; blocks of rows run on torch's number of threads (the compiled code
-  releases the GIL), which keeps numba's own compile-heavy parallel machinery out.
-
-Compiled on first use and cached on disk by numba (``cache=True``); see :func:`warm_up`.
+The forward pass also saves d term / d log_mu (through phi too) and d term / d phi; the backward
+pass recomputes the RBF terms to reduce d loss / d log_a[i] = a[i] sum grad * d term/d phi * e[i].
+Arithmetic is in float64 inside the kernel; how each piece is computed: docs/model.md section 6.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
-import os
-import threading
-import time
-from collections.abc import Sequence
+from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-SMALL_COUNT = 24  # below this count the rising factorial replaces lgamma / digamma
-PHI_PRODUCT_MAX = 1e10  # ... as long as the product (phi + j) stays far from overflowing
-_E_HALF, _E_MINUS_ONE = math.exp(-0.5), math.exp(-1.0)
-
-_numba = None
-_STATE: dict[str, object] = {}
+MIN_TERMS_PER_THREAD = 1 << 14  # below this, one thread: a thread hand-off costs more than it saves
+_THREADS: list[int] = []  # set_threads(); empty: torch's number of threads
 
 
-def _load_numba():
-    global _numba
-    if _numba is None:
-        import numba
-
-        _numba = numba
-    return _numba
+def threads() -> int:
+    """Threads the kernel runs on: ``set_threads(n)``, else torch's number of threads."""
+    return _THREADS[0] if _THREADS else torch.get_num_threads()
 
 
-def _digamma(y: float) -> float:
-    """digamma(y) for y > 0: recurrence up to y >= 6, then the asymptotic series (error < 1e-12)."""
-    acc = 0.0
-    while y < 6.0:
-        acc -= 1.0 / y
-        y += 1.0
-    inv = 1.0 / y
-    inv2 = inv * inv
-    return acc + math.log(y) - 0.5 * inv - inv2 * (1.0 / 12 - inv2 * (1.0 / 120 - inv2 * (1.0 / 252 - inv2 * (
-        1.0 / 240 - inv2 / 132))))
+def set_threads(n: int | None) -> None:
+    """Run the kernel on ``n`` threads (None: follow torch's number of threads)."""
+    _THREADS[:] = [] if n is None else [max(1, int(n))]
 
 
-def _rbf(mu: float, a: np.ndarray, v0: float, h: float, eps: float, want_e: bool, e: np.ndarray):
-    """phi(mu) and d phi / d mu; with ``want_e`` also the terms a[i] e[i] into ``e``."""
-    n_centres = a.shape[0]
-    t = (mu - v0) / h
-    k = int(math.floor(t + 0.5))
-    if k < 0:
-        k = 0
-    elif k > n_centres - 1:
-        k = n_centres - 1
-    d = t - k
-    phi = eps
-    dphi = 0.0
-    if want_e:
-        for i in range(n_centres):
-            e[i] = 0.0
-    if d * d > 1400.0:  # every e[i] < exp(-700): phi is the lower bound
-        return phi, dphi
-    ek = math.exp(-0.5 * d * d)
-    r = math.exp(d)
-    rinv = 1.0 / r
-    # centre k and upwards: e[i+1] = e[i] * exp(d) * exp(k - i - 1/2)
-    ei = ek
-    c = _E_HALF  # exp(k - i + 1/2) for i = k + 1, k + 2, ...
-    for i in range(k, n_centres):
-        if i > k:
-            ei *= r * c
-            c *= _E_MINUS_ONE
-        w = a[i] * ei
-        phi += w
-        dphi -= w * (t - i)
-        if want_e:
-            e[i] = w
-    # downwards: e[i-1] = e[i] * exp(-d) * exp(-(k - i) - 1/2)
-    ei = ek
-    c = _E_HALF  # exp(i - k + 1/2) for i = k - 1, k - 2, ...
-    for i in range(k - 1, -1, -1):
-        ei *= rinv * c
-        c *= _E_MINUS_ONE
-        w = a[i] * ei
-        phi += w
-        dphi -= w * (t - i)
-        if want_e:
-            e[i] = w
-    return phi, dphi / h
-
-
-def _nb_term(x: float, log_mu: float, mu: float, phi: float, need_grad: bool):
-    """(term, d term / d phi, d term / d mu with phi held fixed)."""
-    log_phi = math.log(phi)
-    log_phi_mu = math.log(phi + mu)
-    if x == 0.0:
-        lg, dg = 0.0, 0.0
-    elif x < SMALL_COUNT and phi < PHI_PRODUCT_MAX:
-        p, dp = 1.0, 0.0
-        for j in range(int(x)):
-            q = phi + j
-            dp = dp * q + p
-            p *= q
-        lg = math.log(p)
-        dg = dp / p
-    else:
-        lg = math.lgamma(x + phi) - math.lgamma(phi)
-        dg = _digamma_j(x + phi) - _digamma_j(phi) if need_grad else 0.0
-    term = lg + phi * log_phi + x * log_mu - (phi + x) * log_phi_mu
-    ratio = (phi + x) / (phi + mu)
-    return term, dg + log_phi + 1.0 - log_phi_mu - ratio, -ratio
-
-
-def _forward(x, log_mu, a, v0, h, eps, terms, d_log_mu, d_phi, need_grad, lo, hi):
-    W = x.shape[1]
-    dummy = np.empty(1)
-    for n in range(lo, hi):
-        for j in range(W):
-            lm = np.float64(log_mu[n, j])
-            xv = np.float64(x[n, j])
-            mu = math.exp(lm)
-            phi, dphi_dmu = _rbf_j(mu, a, v0, h, eps, False, dummy)
-            term, dt_dphi, dt_dmu = _nb_term_j(xv, lm, mu, phi, need_grad)
-            terms[n, j] = term
-            if need_grad:
-                d_log_mu[n, j] = xv + mu * (dt_dmu + dt_dphi * dphi_dmu)
-                d_phi[n, j] = dt_dphi
-
-
-def _backward(grad, log_mu, d_log_mu, d_phi, a, v0, h, eps, grad_log_mu, partial, lo, hi):
-    W = grad.shape[1]
-    B = a.shape[0]
-    e = np.empty(B)
-    acc = np.zeros(B)
-    for n in range(lo, hi):
-        for i in range(B):
-            acc[i] = 0.0
-        for j in range(W):
-            g = np.float64(grad[n, j])
-            grad_log_mu[n, j] = g * d_log_mu[n, j]
-            gp = g * d_phi[n, j]
-            if gp != 0.0:
-                _rbf_j(math.exp(np.float64(log_mu[n, j])), a, v0, h, eps, True, e)
-                for i in range(B):
-                    acc[i] += gp * e[i]
-        for i in range(B):
-            partial[n, i] = acc[i]
-
-
-def _compiled() -> tuple:
-    """The numba-compiled kernels (compiled on first call, cached on disk). They work on a range
-    of rows and release the GIL, so that threads of ours run them side by side."""
-    if "kernels" not in _STATE:
-        numba = _load_numba()
-        g = globals()
-        jit = numba.njit(cache=True, nogil=True, inline="always")
-        g["_digamma_j"] = jit(_digamma)
-        g["_rbf_j"] = jit(_rbf)
-        g["_nb_term_j"] = jit(_nb_term)
-        rows = numba.njit(cache=True, nogil=True)
-        _STATE["kernels"] = (rows(_forward), rows(_backward))
-    return _STATE["kernels"]
-
+@contextmanager
+def owning_threads() -> Iterator[None]:
+    """While training with the kernel: the kernel runs on all of torch's threads and torch's own
+    (small) operations on one. torch's OpenMP workers keep spinning after each operation and would
+    take the cores from the kernel's threads: one 1,024-cell step of 20,000 x 120 x 8 took 15.0 ms
+    on 2 cores with both pools, 11.0 ms like this (docs/performance.md)."""
+    n = torch.get_num_threads()
+    set_threads(n)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+        set_threads(None)
 
 _POOL: dict[int, ThreadPoolExecutor] = {}
 
 
-def _run_rows(fn, n_rows: int, *args) -> None:
-    """fn(*args, lo, hi) over row blocks, on torch's number of threads."""
-    n_threads = max(1, min(torch.get_num_threads(), n_rows // 16 or 1))
-    if n_threads == 1:
-        fn(*args, 0, n_rows)
-        return
-    pool = _POOL.get(n_threads)
-    if pool is None:
-        pool = _POOL[n_threads] = ThreadPoolExecutor(n_threads, thread_name_prefix="cellassign-kernel")
+def _extension():
+    """The compiled C module; ImportError (with the reason) when the package was installed without it."""
+    from . import _nbkernel
+
+    return _nbkernel
+
+
+def _ranges(n_rows: int, width: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges of rows, one per thread (``threads()``), each of at least
+    MIN_TERMS_PER_THREAD terms."""
+    n_threads = max(1, min(threads(), n_rows * width // MIN_TERMS_PER_THREAD, n_rows))
     edges = [n_rows * i // n_threads for i in range(n_threads + 1)]
-    for f in [pool.submit(fn, *args, lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]:
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _run(fn, ranges: list[tuple[int, int]], args_for) -> None:
+    """fn(*args_for(i, lo, hi)) for each range, side by side on our threads (the C code releases
+    the GIL); the first range runs on the calling thread."""
+    if len(ranges) == 1:
+        fn(*args_for(0, *ranges[0]))
+        return
+    pool = _POOL.get(len(ranges))
+    if pool is None:
+        pool = _POOL[len(ranges)] = ThreadPoolExecutor(len(ranges) - 1, thread_name_prefix="cellassign-kernel")
+    futures = [pool.submit(fn, *args_for(i, lo, hi)) for i, (lo, hi) in enumerate(ranges) if i > 0]
+    fn(*args_for(0, *ranges[0]))
+    for f in futures:
         f.result()
 
 
@@ -215,83 +102,115 @@ def _spacing(v: Sequence[float], b: float) -> tuple[float, float]:
     return v[0], h
 
 
-class _FusedNBTerms(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, log_mu: Tensor, log_a: Tensor, v0: float, h: float, eps: float) -> Tensor:  # type: ignore[override]
-        fwd, _ = _compiled()
-        need_grad = log_mu.requires_grad or log_a.requires_grad
-        xs = x.detach().contiguous()
-        lm = log_mu.detach().contiguous()
-        a = log_a.detach().double().exp().numpy()
-        terms = torch.empty_like(lm)
-        if need_grad:
-            d_log_mu, d_phi = torch.empty_like(lm), torch.empty_like(lm)
-        else:
-            d_log_mu = d_phi = torch.empty((1, 1), dtype=lm.dtype)
-        _run_rows(fwd, lm.shape[0], xs.numpy(), lm.numpy(), a, v0, h, eps, terms.numpy(), d_log_mu.numpy(),
-                  d_phi.numpy(), need_grad)
-        if need_grad:
-            ctx.save_for_backward(lm, d_log_mu, d_phi, log_a)
-            ctx.spacing = (v0, h, eps)
-        return terms
+class _FusedLogLikelihood(torch.autograd.Function):
+    """out[n, c] = sum_j term(x[n, gene(j)], offset[n, gene(j)] + col[j]) W[j, c] (module docstring)."""
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        _, bwd = _compiled()
-        lm, d_log_mu, d_phi, log_a = ctx.saved_tensors
-        v0, h, eps = ctx.spacing
-        a = log_a.detach().double().exp().numpy()
-        g = grad.contiguous()
-        grad_log_mu = torch.empty_like(lm)
-        partial = np.empty((lm.shape[0], a.shape[0]))
-        _run_rows(bwd, lm.shape[0], g.numpy(), lm.numpy(), d_log_mu.numpy(), d_phi.numpy(), a, v0, h, eps,
-                  grad_log_mu.numpy(), partial)
-        grad_log_a = torch.from_numpy(partial.sum(axis=0)).to(log_a.dtype)
-        return None, grad_log_mu, grad_log_a, None, None, None
+    def forward(ctx, x: Tensor, offset: Tensor, col: Tensor, log_a: Tensor, layout: Layout,  # type: ignore[override]
+                spacing: tuple[float, float, float]) -> Tensor:
+        ext = _extension()
+        need_grad = offset.requires_grad or col.requires_grad or log_a.requires_grad
+        xs, off, cl = (t.detach().float().contiguous() for t in (x, offset, col))
+        a = log_a.detach().double().exp().contiguous()
+        M, width = xs.shape[0], layout.width
+        out = torch.empty(M, layout.C)
+        d_log_mu, d_phi = (torch.empty(M, width), torch.empty(M, width)) if need_grad else (out, out)
+        ranges = _ranges(M, width)
+        work = torch.empty(len(ranges), 2 * width)
+        dwork = torch.empty(len(ranges), width + layout.C, dtype=torch.float64)
+        _run(ext.forward, ranges, lambda i, lo, hi: (
+            xs.data_ptr(), off.data_ptr(), cl.data_ptr(), lo, hi, *layout.args(), a.data_ptr(), a.numel(), *spacing,
+            out.data_ptr(), d_log_mu.data_ptr(), d_phi.data_ptr(), need_grad, work[i].data_ptr(),
+            dwork[i].data_ptr()))
+        if need_grad:
+            ctx.save_for_backward(off, cl, log_a, d_log_mu, d_phi)
+            ctx.layout, ctx.spacing = layout, spacing
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        ext = _extension()
+        off, cl, log_a, d_log_mu, d_phi = ctx.saved_tensors
+        layout = ctx.layout
+        a = log_a.detach().double().exp().contiguous()
+        go = grad_out.float().contiguous()
+        M, width = off.shape[0], layout.width
+        grad_offset = torch.empty_like(off)
+        ranges = _ranges(M, width)
+        col_acc = torch.zeros(len(ranges), width, dtype=torch.float64)
+        rbf_acc = torch.zeros(len(ranges), a.numel(), dtype=torch.float64)
+        work = torch.empty(len(ranges), 2 * width)
+        _run(ext.backward, ranges, lambda i, lo, hi: (
+            go.data_ptr(), off.data_ptr(), cl.data_ptr(), lo, hi, *layout.args(), a.data_ptr(), a.numel(),
+            *ctx.spacing, d_log_mu.data_ptr(), d_phi.data_ptr(), grad_offset.data_ptr(), col_acc[i].data_ptr(),
+            rbf_acc[i].data_ptr(), work[i].data_ptr()))
+        grad_col = col_acc.sum(dim=0).to(cl.dtype)
+        grad_log_a = (rbf_acc.sum(dim=0) * a).to(log_a.dtype)
+        return None, grad_offset, grad_col, grad_log_a, None, None
 
 
-def fused_nb_terms(x: Tensor, log_mu: Tensor, log_a: Tensor, v: Sequence[float], b: float,
-                   eps: float) -> Tensor:
-    """The fused kernel; same inputs and result as ``model.nb_terms`` (float32, CPU)."""
+@dataclass(frozen=True)
+class Layout:
+    """Which gene each marker column reads and which type it counts for (``model.py``'s G base
+    columns and K marker columns); int64 tensors kept alive for the C code."""
+
+    G: int
+    C: int
+    marker_gene: Tensor
+    marker_type: Tensor
+
+    @property
+    def width(self) -> int:
+        return self.G + int(self.marker_gene.numel())
+
+    def args(self) -> tuple:
+        return (self.G, int(self.marker_gene.numel()), self.C, self.marker_gene.data_ptr(),
+                self.marker_type.data_ptr())
+
+
+def layout(n_genes: int, n_types: int, marker_gene: Tensor, marker_type: Tensor) -> Layout:
+    """The column layout, checked: marker genes in [0, G), types in [0, C)."""
+    mg = marker_gene.detach().to("cpu", torch.int64).contiguous()
+    mt = marker_type.detach().to("cpu", torch.int64).contiguous()
+    if mg.shape != mt.shape or (mg.numel() and (int(mg.min()) < 0 or int(mg.max()) >= n_genes
+                                                or int(mt.min()) < 0 or int(mt.max()) >= n_types)):
+        raise ValueError("the fused kernel needs marker genes in [0, G) and marker types in [0, C)")
+    return Layout(n_genes, n_types, mg, mt)
+
+
+def fused_log_likelihood(x: Tensor, offset: Tensor, col: Tensor, log_a: Tensor, lay: Layout,
+                         v: Sequence[float], b: float, eps: float) -> Tensor:
+    """sum_j term[n, j] W[j, c] (M x C), the fused equivalent of ``model.nb_terms(x[:, gene],
+    offset[:, gene] + col, log_a, v, b) @ W`` with gene = [0..G-1, marker_gene] (float32, CPU).
+    ``x`` and ``offset`` are M x G, ``col`` has G + K entries."""
+    M = x.shape[0]
+    if x.shape != (M, lay.G) or offset.shape != (M, lay.G) or col.shape != (lay.width,):
+        raise ValueError(f"the fused kernel needs x and offset of shape (M, {lay.G}) and col of {lay.width} "
+                         f"entries, got {tuple(x.shape)}, {tuple(offset.shape)}, {tuple(col.shape)}")
     v0, h = _spacing(v, b)
-    return _FusedNBTerms.apply(x, log_mu, log_a, v0, h, eps)
+    return _FusedLogLikelihood.apply(x, offset, col, log_a, lay, (v0, h, eps))
 
 
-def supported(x: Tensor, log_mu: Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype == torch.float32 and log_mu.dtype == torch.float32
+def supported(x: Tensor) -> bool:
+    """The kernel runs on float32 CPU tensors."""
+    return x.device.type == "cpu" and x.dtype == torch.float32
 
 
-def available() -> bool:
-    """numba importable and the kernels compiled (or loaded from numba's cache)."""
+@functools.cache
+def unavailable_reason() -> str | None:
+    """None when the compiled kernel can be loaded; otherwise why not, in one line."""
     try:
-        warm_up()
-        return True
-    except Exception as exc:  # numba missing or broken on this platform
-        log.warning("the fused likelihood kernel is not available (%s); using the plain one",
-                    str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
-        return False
+        _extension()
+        return None
+    except ImportError as exc:
+        return (f"the fused CPU kernel (cellassign_nf._nbkernel) is not built ({exc}); the package was "
+                "installed without a C compiler: install gcc and reinstall it to train faster")
 
 
-def warm_up() -> float:
-    """Compile (or load from the on-disk cache) both kernels by running them once on a tiny
-    problem; returns the seconds it took. Installations and images call this once
-    (``python -m cellassign_nf.kernels``) so that users never wait for the compiler."""
-    with _LOCK:
-        if _STATE.get("warm"):
-            return 0.0
-        t0 = time.perf_counter()
-        x = torch.tensor([[0.0, 3.0, 40.0]])
-        log_mu = torch.tensor([[0.1, 1.0, 3.5]], requires_grad=True)
-        log_a = torch.zeros(4, requires_grad=True)
-        fused_nb_terms(x, log_mu, log_a, [0.0, 1.0, 2.0, 3.0], 0.5, 1e-10).sum().backward()
-        _STATE["warm"] = True
-        return time.perf_counter() - t0
-
-
-_LOCK = threading.Lock()
-
-
-if __name__ == "__main__":  # python -m cellassign_nf.kernels: fill numba's cache (image builds)
-    logging.basicConfig(level=logging.INFO)
-    print(f"fused likelihood kernel ready in {warm_up():.2f} s (numba cache: "
-          f"{os.environ.get('NUMBA_CACHE_DIR') or 'next to the module'})")
+@functools.cache
+def available() -> bool:
+    """The compiled kernel can be loaded (logs why not, once per process)."""
+    reason = unavailable_reason()
+    if reason:
+        log.warning("%s; using the plain likelihood", reason)
+    return reason is None

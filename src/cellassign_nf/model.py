@@ -119,7 +119,8 @@ class CellAssignModule(nn.Module):
         self.min_delta = float(min_delta)
         self.dirichlet_concentration = float(dirichlet_concentration)
         self.shrinkage = shrinkage
-        self.fused = False  # use the fused CPU kernel for the likelihood terms (see enable_fusion)
+        self.fused = False  # use the fused CPU kernel for the likelihood (see enable_fusion)
+        self._layout: kernels.Layout | None = None  # the kernel's view of the marker columns
 
         self.register_buffer("rho", rho)
         self.register_buffer("marker_gene", marker_gene)
@@ -155,24 +156,28 @@ class CellAssignModule(nn.Module):
     def log_pi(self) -> Tensor:
         return torch.log_softmax(self.theta_logit, dim=-1)
 
+    def gene_offset(self, log_s: Tensor, D: Tensor | None) -> Tensor:
+        """log s[n] + sum_p beta[g,p] D[n,p]: the per-cell part of log mu, M x G."""
+        offset = log_s[:, None].expand(-1, self.n_genes)
+        return offset + D @ self.beta.T if self.n_covariates else offset
+
+    def column_constant(self) -> Tensor:
+        """beta0[g] (+ delta[g,c] at marker columns): the per-column part of log mu, G + K."""
+        return self.beta0[self.column_gene] + torch.cat([torch.zeros_like(self.beta0), self.delta])
+
     def log_mu(self, log_s: Tensor, D: Tensor | None) -> Tensor:
         """log mu for the G base columns and the K marker columns: M x (G + K)."""
-        # per-column parameters are gathered before broadcasting over cells
-        column = self.beta0[self.column_gene] + torch.cat([torch.zeros_like(self.beta0), self.delta])
-        log_mu = log_s[:, None] + column
-        if self.n_covariates:
-            log_mu = log_mu + D @ self.beta[self.column_gene].T
-        return log_mu
+        return self.gene_offset(log_s, D)[:, self.column_gene] + self.column_constant()
 
     def log_likelihood(self, x: Tensor, log_s: Tensor, D: Tensor | None) -> Tensor:
         """sum_g log NB(x[n,g]; mu[n,g,c], phi[n,g,c]) for each cell and type, without the
         ``-sum_g lgamma(x+1)`` constant (see ``log_factorial``): M x C."""
-        log_mu = self.log_mu(log_s, D)
-        x = x[:, self.column_gene]
-        if self.fused and kernels.supported(x, log_mu):
-            terms = kernels.fused_nb_terms(x, log_mu, self.log_a, self.v, self.b, PHI_LOWER_BOUND)
-        else:
-            terms = nb_terms(x, log_mu, self.log_a, self.v, self.b)
+        if self.fused and kernels.supported(x):
+            if self._layout is None:
+                self._layout = kernels.layout(self.n_genes, self.n_types, self.marker_gene, self.marker_type)
+            return kernels.fused_log_likelihood(x, self.gene_offset(log_s, D), self.column_constant(), self.log_a,
+                                                self._layout, self.v, self.b, PHI_LOWER_BOUND)
+        terms = nb_terms(x[:, self.column_gene], self.log_mu(log_s, D), self.log_a, self.v, self.b)
         return terms @ self.W
 
     def joint_log_prob(self, x: Tensor, log_s: Tensor, D: Tensor | None) -> Tensor:
@@ -193,7 +198,7 @@ class CellAssignModule(nn.Module):
     def enable_fusion(self, x: Tensor, log_s: Tensor, D: Tensor | None) -> bool:
         """Switch to the fused kernel (``kernels.py``) if it is available and agrees with the plain
         chain on a probe batch (forward and backward); otherwise stay plain. Returns the choice."""
-        if not kernels.supported(x, x) or not kernels.available():
+        if not kernels.supported(x) or not kernels.available():
             self.fused = False
             return False
         try:
@@ -210,7 +215,7 @@ class CellAssignModule(nn.Module):
             if not ok:
                 log.warning("the fused likelihood kernel disagrees with the plain one; using the plain one")
             self.fused = ok
-        except Exception as exc:  # numba broken on this platform, ...
+        except Exception as exc:  # a kernel broken on this platform or build
             log.warning("the fused likelihood kernel failed (%s); using the plain likelihood",
                         str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
             self.zero_grad(set_to_none=True)

@@ -39,7 +39,7 @@ class TrainSettings:
     patience: int = 10
     rel_tol: float = 1e-4
     device: str = "auto"
-    fuse: str = "auto"  # fast paths: auto (CUDA graph on GPUs), on (also the fused CPU kernel), off (plain)
+    fuse: str = "auto"  # fast paths: auto (fused C kernel on CPUs, CUDA graph on GPUs), on (same, kernel required), off (plain)
     progress: bool = True
 
     def check(self) -> None:

@@ -4,6 +4,7 @@ The algorithm, what is detached and why: docs/model.md section 5.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import kernels
 from .cuda_graph import GraphedStep
 from .errors import DeviceError
 from .model import CellAssignModule, gamma_from_joint
@@ -56,11 +58,15 @@ def cuda_problem() -> str:
 
 
 def want_fusion(settings: TrainSettings, module: CellAssignModule) -> bool:
-    """Use the fused CPU likelihood kernel (``kernels.py``)? Only when asked (``fuse='on'``): on a
-    quiet 2-core Xeon it ran 1.4 s per epoch against the plain chain's 0.48 s (20,000 cells x 120
-    markers x 8 types; docs/performance.md), so ``auto`` keeps the plain chain on the CPU. On CUDA
-    ``auto`` replays the step as a CUDA graph instead (``use_cuda_graph``)."""
-    return settings.fuse == "on" and next(module.buffers()).device.type == "cpu"
+    """Use the fused CPU likelihood kernel (``kernels.py``)? On the CPU unless ``fuse='off'``;
+    ``fuse='on'`` fails when the kernel was not built. On CUDA the step is replayed as a CUDA graph
+    instead (``use_cuda_graph``)."""
+    if settings.fuse == "off" or next(module.buffers()).device.type != "cpu":
+        return False
+    reason = kernels.unavailable_reason()
+    if settings.fuse == "on" and reason:
+        raise DeviceError(f"--fuse on: {reason}", "Install gcc and reinstall cellassign-nf, or use --fuse auto")
+    return True
 
 
 def split_cells(n_cells: int, validation_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,25 +93,27 @@ def fit(data: ModelData, make_module: Callable[[torch.Generator], CellAssignModu
     rows: list[dict] = []
     summaries: list[dict] = []
     best: tuple[float, CellAssignModule, int] | None = None
-    for restart in range(settings.n_restarts):
-        gen = torch.Generator().manual_seed(settings.seed * 1009 + restart)
-        module = make_module(gen).to(device)
-        if want_fusion(settings, module):
-            probe = train_idx[: min(256, train_idx.numel())]
-            if module.enable_fusion(*data.batch(probe)) and restart == 0:
-                log.info("using the fused likelihood kernel")
-        t0 = time.perf_counter()
-        history = _fit_one(module, data, train_idx, val_idx, settings, gen, restart)
-        final = marginal_log_likelihood(module, data) + float(module.log_prior().detach())
-        seconds = time.perf_counter() - t0
-        for h in history:
-            h["restart"] = restart
-        rows.extend(history)
-        summaries.append({"restart": restart, "epochs": len(history), "final_loglik": final, "seconds": seconds})
-        log.info("restart %d/%d: %d epochs in %.1f s, log likelihood %.2f", restart + 1, settings.n_restarts,
-                 len(history), seconds, final)
-        if best is None or final > best[0]:
-            best = (final, module, restart)
+    with contextlib.ExitStack() as threads:
+        for restart in range(settings.n_restarts):
+            gen = torch.Generator().manual_seed(settings.seed * 1009 + restart)
+            module = make_module(gen).to(device)
+            if want_fusion(settings, module):
+                probe = train_idx[: min(256, train_idx.numel())]
+                if module.enable_fusion(*data.batch(probe)) and restart == 0:
+                    log.info("using the fused CPU likelihood kernel on %d threads", torch.get_num_threads())
+                    threads.enter_context(kernels.owning_threads())
+            t0 = time.perf_counter()
+            history = _fit_one(module, data, train_idx, val_idx, settings, gen, restart)
+            final = marginal_log_likelihood(module, data) + float(module.log_prior().detach())
+            seconds = time.perf_counter() - t0
+            for h in history:
+                h["restart"] = restart
+            rows.extend(history)
+            summaries.append({"restart": restart, "epochs": len(history), "final_loglik": final, "seconds": seconds})
+            log.info("restart %d/%d: %d epochs in %.1f s, log likelihood %.2f", restart + 1, settings.n_restarts,
+                     len(history), seconds, final)
+            if best is None or final > best[0]:
+                best = (final, module, restart)
     assert best is not None
     selected = best[2]
     history_df = pd.DataFrame(rows, columns=["restart", "epoch", "train_loglik", "val_loglik"])

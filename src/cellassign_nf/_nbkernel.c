@@ -1,0 +1,375 @@
+/* The fused CPU kernel of cellassign_nf (see kernels.py, the Python side, and docs/model.md
+ * section 6): the negative binomial terms of CellAssign with their RBF inverse dispersion,
+ * forward and backward, in one pass each over the N x (G + K) terms.
+ *
+ * Per term (x, log_mu), with a[i] = exp(log_a[i]) and equally spaced centres v[i] = v0 + i h,
+ * b = 1 / (2 h^2), t = (mu - v0) / h:
+ *
+ *   mu   = exp(log_mu)
+ *   e[i] = exp(-b (mu - v[i])^2) = exp(-(t - i)^2 / 2)
+ *   phi  = eps + sum_i a[i] e[i]
+ *   term = lgamma(x + phi) - lgamma(phi) + phi log phi + x log_mu - (phi + x) log(phi + mu)
+ *
+ * Why it is fast: every loop is a plain loop over a block of terms with no branches, so the
+ * compiler turns it into SIMD code (AVX2 where the CPU has it, chosen at run time); exp and log
+ * are written out below in arithmetic the compiler can vectorise; the B exponentials of the RBF
+ * are two (e[i+1] = e[i] exp(t) exp(-(i + 1/2))); lgamma and digamma differences come from the
+ * shift lgamma(z) = lgamma(z + 6) - log(z (z+1) ... (z+5)) and Stirling's series at z + 6.
+ * Arithmetic is in double precision; inputs and outputs are float32.
+ *
+ * The module only does arithmetic on caller-owned memory given as addresses; kernels.py checks
+ * shapes, dtypes and contiguity, splits rows over threads and releases nothing it did not own.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define BLOCK 256     /* terms per block: every temporary of a block stays in L1 */
+#define SHIFT 6       /* lgamma / digamma shift: Stirling's series at z + 6, error < 1e-11 */
+#define T_LIMIT 60.0  /* |t| beyond this: every e[i] < exp(-1300), i.e. 0 */
+
+/* every helper is inlined into the two entry points, so that each copy of those (AVX2 and the
+ * baseline) gets its own SIMD code */
+#define INLINE static inline __attribute__((always_inline))
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DISPATCH __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define DISPATCH
+#endif
+
+/* ---- exp and log in vectorisable arithmetic (cf. Cephes / fdlibm), exp to 2e-10 relative, log to 1e-15 ---- */
+
+INLINE double as_double(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
+INLINE uint64_t as_bits(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
+
+INLINE double vexp(double x) {
+    const double magic = 6755399441055744.0; /* 1.5 * 2^52: adding it rounds to an integer */
+    double xc = x < -708.0 ? -708.0 : (x > 709.0 ? 709.0 : x);
+    double tn = xc * 1.4426950408889634 + magic;
+    double n = tn - magic;
+    double r = xc - n * 0.6931471803691238 - n * 1.9082149292705877e-10; /* |r| <= 0.347 */
+    double p = 1.0 / 40320.0; /* Taylor to r^8: relative error < 2.1e-10, far below float32's */
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    uint64_t k = as_bits(tn) - as_bits(magic); /* n as a two's complement integer */
+    double scale = as_double((k + 1023u) << 52);
+    return x < -708.0 ? 0.0 : p * scale;
+}
+
+INLINE double vlog(double x) { /* x > 0, normal */
+    uint64_t u = as_bits(x);
+    double e = as_double(0x4330000000000000ull | (u >> 52)) - 4503599627370496.0 - 1023.0;
+    double m = as_double((u & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull); /* [1, 2) */
+    int big = m > 1.4142135623730951;
+    m = big ? 0.5 * m : m;
+    e = big ? e + 1.0 : e;
+    double f = m - 1.0; /* [-0.29, 0.41] */
+    double s = f / (2.0 + f);
+    double z = s * s, w = z * z;
+    double t1 = w * (3.999999999940941908e-01 + w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01));
+    double t2 = z * (6.666666666666735130e-01 + w * (2.857142874366239149e-01 +
+                     w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
+    double hfsq = 0.5 * f * f;
+    return e * 6.93147180369123816490e-01 - ((hfsq - (s * (hfsq + t1 + t2) + e * 1.90821492927058770002e-10)) - f);
+}
+
+/* ---- the model's pieces, on one block of n <= BLOCK terms ---- */
+
+typedef struct {
+    const double *a; /* a[i] = exp(log_a[i]), B of them */
+    const double *c; /* c[i] = exp(-(i + 1/2)): e[i+1] = e[i] exp(t) c[i] */
+    int B;
+    double v0, inv_h, eps;
+} Rbf;
+
+/* mu, t, e[0] = exp(-t^2/2) and r = exp(t) for a block */
+INLINE void rbf_start(const float *log_mu, int n, const Rbf *p, double *mu, double *t, double *e, double *r) {
+#pragma omp simd
+    for (int j = 0; j < n; j++) {
+        double m = vexp((double)log_mu[j]);
+        double tj = (m - p->v0) * p->inv_h;
+        tj = tj < -T_LIMIT ? -T_LIMIT : (tj > T_LIMIT ? T_LIMIT : tj);
+        mu[j] = m;
+        t[j] = tj;
+        e[j] = vexp(-0.5 * tj * tj);
+        r[j] = vexp(tj);
+    }
+}
+
+/* phi = eps + sum a[i] e[i] and d phi / d mu = -(1/h) sum a[i] e[i] (t - i) */
+INLINE void rbf_phi(int n, const Rbf *p, const double *t, double *e, const double *r, double *phi, double *dphi) {
+    double s1[BLOCK];
+#pragma omp simd
+    for (int j = 0; j < n; j++) { phi[j] = 0.0; s1[j] = 0.0; }
+    for (int i = 0; i < p->B; i++) {
+        const double ai = p->a[i], ci = p->c[i], di = (double)i;
+#pragma omp simd
+        for (int j = 0; j < n; j++) {
+            double w = ai * e[j];
+            phi[j] += w;
+            s1[j] += w * di;
+            e[j] *= r[j] * ci;
+        }
+    }
+#pragma omp simd
+    for (int j = 0; j < n; j++) {
+        dphi[j] = -(t[j] * phi[j] - s1[j]) * p->inv_h;
+        phi[j] += p->eps;
+    }
+}
+
+/* Stirling's series without its constant: lgamma(w) - log(2 pi) / 2 for w >= SHIFT (next term
+ * 691 / (360360 w^11) < 6e-12) */
+INLINE double stirling(double w, double log_w) {
+    double iw = 1.0 / w, iw2 = iw * iw;
+    return (w - 0.5) * log_w - w +
+           iw * (1.0 / 12 - iw2 * (1.0 / 360 - iw2 * (1.0 / 1260 - iw2 * (1.0 / 1680 - iw2 / 1188))));
+}
+
+/* digamma(w) for w >= SHIFT (asymptotic series; next term 691 / (32760 w^12) < 1e-11) */
+INLINE double psi(double w, double log_w) {
+    double iw = 1.0 / w, iw2 = iw * iw;
+    return log_w - 0.5 * iw - iw2 * (1.0 / 12 - iw2 * (1.0 / 120 - iw2 * (1.0 / 252 - iw2 * (1.0 / 240 - iw2 / 132))));
+}
+
+/* the NB term and, with need_grad, d term / d log_mu (through phi too) and d term / d phi */
+INLINE void nb_block(const float *x, const float *log_mu, int n, const double *mu, const double *phi,
+                            const double *dphi, double *terms, float *d_log_mu, float *d_phi, const int need_grad) {
+#pragma omp simd
+    for (int j = 0; j < n; j++) {
+        double xj = (double)x[j], lm = (double)log_mu[j], ph = phi[j], m = mu[j];
+        double z1 = xj + ph, p1 = 1.0, dp1 = 0.0, p2 = 1.0, dp2 = 0.0;
+        for (int k = 0; k < SHIFT; k++) { /* rising products and their derivatives */
+            double q1 = z1 + k, q2 = ph + k;
+            dp1 = dp1 * q1 + p1;
+            p1 *= q1;
+            dp2 = dp2 * q2 + p2;
+            p2 *= q2;
+        }
+        double w1 = z1 + SHIFT, w2 = ph + SHIFT;
+        double lw1 = vlog(w1), lw2 = vlog(w2);
+        double lgamma_diff = stirling(w1, lw1) - stirling(w2, lw2) - vlog(p1 / p2);
+        double log_phi = vlog(ph), log_pm = vlog(ph + m);
+        terms[j] = lgamma_diff + ph * log_phi + xj * lm - (ph + xj) * log_pm;
+        if (need_grad) {
+            double ratio = (ph + xj) / (ph + m);
+            double digamma_diff = psi(w1, lw1) - psi(w2, lw2) - (dp1 * p2 - dp2 * p1) / (p1 * p2);
+            double dt_dphi = digamma_diff + log_phi + 1.0 - log_pm - ratio;
+            d_phi[j] = (float)dt_dphi;
+            d_log_mu[j] = (float)(xj + m * (dt_dphi * dphi[j] - ratio));
+        }
+    }
+}
+
+/* acc[i] += sum_j g_phi[j] e[i](t_j) (the a[i] factor is applied by the caller) */
+INLINE void rbf_reduce(int n, const Rbf *p, double *e, const double *r, const double *g_phi, double *acc) {
+    for (int i = 0; i < p->B; i++) {
+        const double ci = p->c[i];
+        double s = 0.0;
+#pragma omp simd reduction(+ : s)
+        for (int j = 0; j < n; j++) {
+            s += g_phi[j] * e[j];
+            e[j] *= r[j] * ci;
+        }
+        acc[i] += s;
+    }
+}
+
+/* ---- the model's layout: G base columns and K marker columns per cell ----
+ *
+ * Column j < G is gene j; column G + k is marker entry k (gene mg[k], type mt[k]). For cell n:
+ *   log_mu[n, j] = offset[n, gene(j)] + col[j]
+ *   out[n, c]    = sum_j term[n, j] W[j, c],  W = [1 - rho; onehot(mt)]
+ *                = sum_{g < G} term[n, g] + sum_{k: mt[k] = c} (term[n, G + k] - term[n, mg[k]])
+ * so neither the N x (G + K) inputs nor the terms are ever stored, and the product with W costs
+ * G + K additions per cell instead of (G + K) C multiply-adds. */
+
+typedef struct {
+    Py_ssize_t G, K, C;
+    const int64_t *mg, *mt;
+    const float *col;
+} Layout;
+
+/* the row's counts and log means, in column order */
+INLINE void gather_row(const float *x_row, const float *offset_row, const Layout *L, float *xs, float *lms) {
+    for (Py_ssize_t g = 0; g < L->G; g++) {
+        xs[g] = x_row[g];
+        lms[g] = offset_row[g] + L->col[g];
+    }
+    for (Py_ssize_t k = 0; k < L->K; k++) {
+        xs[L->G + k] = x_row[L->mg[k]];
+        lms[L->G + k] = offset_row[L->mg[k]] + L->col[L->G + k];
+    }
+}
+
+DISPATCH
+static void forward_rows(const float *x, const float *offset, Py_ssize_t lo, Py_ssize_t hi, const Layout *L,
+                         const Rbf *p, float *out, float *d_log_mu, float *d_phi, int need_grad, float *work,
+                         double *dwork) {
+    double mu[BLOCK], t[BLOCK], e[BLOCK], r[BLOCK], phi[BLOCK], dphi[BLOCK];
+    const Py_ssize_t W = L->G + L->K;
+    float *xs = work, *lms = work + W;
+    double *terms = dwork, *o = dwork + W;
+    for (Py_ssize_t n = lo; n < hi; n++) {
+        gather_row(x + n * L->G, offset + n * L->G, L, xs, lms);
+        for (Py_ssize_t s = 0; s < W; s += BLOCK) {
+            int m = (int)(W - s < BLOCK ? W - s : BLOCK);
+            rbf_start(lms + s, m, p, mu, t, e, r);
+            rbf_phi(m, p, t, e, r, phi, dphi);
+            if (need_grad) /* two copies of the loop, each without a branch */
+                nb_block(xs + s, lms + s, m, mu, phi, dphi, terms + s, d_log_mu + n * W + s, d_phi + n * W + s, 1);
+            else
+                nb_block(xs + s, lms + s, m, mu, phi, dphi, terms + s, NULL, NULL, 0);
+        }
+        double base = 0.0;
+        for (Py_ssize_t g = 0; g < L->G; g++) base += terms[g];
+        for (Py_ssize_t c = 0; c < L->C; c++) o[c] = base;
+        for (Py_ssize_t k = 0; k < L->K; k++) o[L->mt[k]] += terms[L->G + k] - terms[L->mg[k]];
+        for (Py_ssize_t c = 0; c < L->C; c++) out[n * L->C + c] = (float)o[c];
+    }
+}
+
+/* d loss / d offset (M x G), partial sums of d loss / d col (W, added to col_acc) and of
+ * sum_n g_phi e[i] (B, added to rbf_acc), for rows [lo, hi) */
+DISPATCH
+static void backward_rows(const float *grad_out, const float *offset, const float *d_log_mu, const float *d_phi,
+                          Py_ssize_t lo, Py_ssize_t hi, const Layout *L, const Rbf *p, float *grad_offset,
+                          double *col_acc, double *rbf_acc, float *work) {
+    double mu[BLOCK], t[BLOCK], e[BLOCK], r[BLOCK], g_phi[BLOCK];
+    const Py_ssize_t W = L->G + L->K;
+    float *g_term = work, *lms = work + W;
+    for (Py_ssize_t n = lo; n < hi; n++) {
+        const float *go = grad_out + n * L->C;
+        double total = 0.0; /* d loss / d term: W^T applied to the row of grad_out */
+        for (Py_ssize_t c = 0; c < L->C; c++) total += go[c];
+        for (Py_ssize_t g = 0; g < L->G; g++) g_term[g] = (float)total;
+        for (Py_ssize_t k = 0; k < L->K; k++) {
+            g_term[L->mg[k]] -= go[L->mt[k]];
+            g_term[L->G + k] = go[L->mt[k]];
+        }
+        for (Py_ssize_t g = 0; g < L->G; g++) lms[g] = offset[n * L->G + g] + L->col[g];
+        for (Py_ssize_t k = 0; k < L->K; k++) lms[L->G + k] = offset[n * L->G + L->mg[k]] + L->col[L->G + k];
+        const float *dl = d_log_mu + n * W, *dp = d_phi + n * W;
+        float *gof = grad_offset + n * L->G;
+        for (Py_ssize_t s = 0; s < W; s += BLOCK) {
+            int m = (int)(W - s < BLOCK ? W - s : BLOCK);
+#pragma omp simd
+            for (int j = 0; j < m; j++) {
+                double gt = (double)g_term[s + j];
+                g_phi[j] = gt * (double)dp[s + j];
+                g_term[s + j] = (float)(gt * (double)dl[s + j]); /* now d loss / d log_mu */
+            }
+            rbf_start(lms + s, m, p, mu, t, e, r);
+            rbf_reduce(m, p, e, r, g_phi, rbf_acc);
+        }
+        for (Py_ssize_t j = 0; j < W; j++) col_acc[j] += g_term[j];
+        for (Py_ssize_t g = 0; g < L->G; g++) gof[g] = g_term[g];
+        for (Py_ssize_t k = 0; k < L->K; k++) gof[L->mg[k]] += g_term[L->G + k];
+    }
+}
+
+/* ---- Python glue: addresses in, nothing out; the GIL is released while computing ---- */
+
+static int read_rbf(PyObject *a_addr, int B, double v0, double h, double eps, Rbf *p, double *c) {
+    p->a = (const double *)PyLong_AsVoidPtr(a_addr);
+    if (PyErr_Occurred()) return -1;
+    if (B < 1 || B > 256 || !(h > 0.0)) {
+        PyErr_SetString(PyExc_ValueError, "RBF: need 1..256 centres and a positive spacing");
+        return -1;
+    }
+    for (int i = 0; i < B; i++) c[i] = exp(-(i + 0.5));
+    p->c = c;
+    p->B = B;
+    p->v0 = v0;
+    p->inv_h = 1.0 / h;
+    p->eps = eps;
+    return 0;
+}
+
+static int read_layout(PyObject *mg, PyObject *mt, PyObject *col, Py_ssize_t G, Py_ssize_t K, Py_ssize_t C,
+                       Layout *L) {
+    L->G = G;
+    L->K = K;
+    L->C = C;
+    L->mg = PyLong_AsVoidPtr(mg);
+    L->mt = PyLong_AsVoidPtr(mt);
+    L->col = PyLong_AsVoidPtr(col);
+    if (PyErr_Occurred()) return -1;
+    if (G < 1 || K < 0 || C < 1) {
+        PyErr_SetString(PyExc_ValueError, "layout: need G >= 1, K >= 0, C >= 1");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_forward(PyObject *self, PyObject *args) {
+    PyObject *x, *off, *col, *mg, *mt, *a, *out, *dlm, *dphi, *work, *dwork;
+    Py_ssize_t lo, hi, G, K, C;
+    int B, need_grad;
+    double v0, h, eps;
+    if (!PyArg_ParseTuple(args, "OOOnnnnnOOOidddOOOpOO", &x, &off, &col, &lo, &hi, &G, &K, &C, &mg, &mt, &a, &B, &v0,
+                          &h, &eps, &out, &dlm, &dphi, &need_grad, &work, &dwork))
+        return NULL;
+    Rbf p;
+    Layout L;
+    double c[256];
+    if (read_rbf(a, B, v0, h, eps, &p, c) < 0 || read_layout(mg, mt, col, G, K, C, &L) < 0) return NULL;
+    const float *xp = PyLong_AsVoidPtr(x), *op = PyLong_AsVoidPtr(off);
+    float *outp = PyLong_AsVoidPtr(out), *dlmp = PyLong_AsVoidPtr(dlm), *dphip = PyLong_AsVoidPtr(dphi),
+          *wp = PyLong_AsVoidPtr(work);
+    double *dwp = PyLong_AsVoidPtr(dwork);
+    if (PyErr_Occurred()) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    forward_rows(xp, op, lo, hi, &L, &p, outp, dlmp, dphip, need_grad, wp, dwp);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_backward(PyObject *self, PyObject *args) {
+    PyObject *go, *off, *col, *mg, *mt, *a, *dlm, *dphi, *gof, *col_acc, *rbf_acc, *work;
+    Py_ssize_t lo, hi, G, K, C;
+    int B;
+    double v0, h, eps;
+    if (!PyArg_ParseTuple(args, "OOOnnnnnOOOidddOOOOOO", &go, &off, &col, &lo, &hi, &G, &K, &C, &mg, &mt, &a, &B,
+                          &v0, &h, &eps, &dlm, &dphi, &gof, &col_acc, &rbf_acc, &work))
+        return NULL;
+    Rbf p;
+    Layout L;
+    double c[256];
+    if (read_rbf(a, B, v0, h, eps, &p, c) < 0 || read_layout(mg, mt, col, G, K, C, &L) < 0) return NULL;
+    const float *gop = PyLong_AsVoidPtr(go), *op = PyLong_AsVoidPtr(off), *dlmp = PyLong_AsVoidPtr(dlm),
+                *dphip = PyLong_AsVoidPtr(dphi);
+    float *gofp = PyLong_AsVoidPtr(gof), *wp = PyLong_AsVoidPtr(work);
+    double *cap = PyLong_AsVoidPtr(col_acc), *rap = PyLong_AsVoidPtr(rbf_acc);
+    if (PyErr_Occurred()) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    backward_rows(gop, op, dlmp, dphip, lo, hi, &L, &p, gofp, cap, rap, wp);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"forward", py_forward, METH_VARARGS,
+     "forward(x, offset, col, lo, hi, G, K, C, mg, mt, a, B, v0, h, eps, out, d_log_mu, d_phi, need_grad, work, "
+     "dwork): rows [lo, hi) of the M x C log likelihood (addresses; work: 2 (G + K) float32, dwork: G + K + C "
+     "float64)"},
+    {"backward", py_backward, METH_VARARGS,
+     "backward(grad_out, offset, col, lo, hi, G, K, C, mg, mt, a, B, v0, h, eps, d_log_mu, d_phi, grad_offset, "
+     "col_acc, rbf_acc, work): rows [lo, hi) (addresses; col_acc, rbf_acc: float64 sums added to; work: 2 (G + K) "
+     "floats)"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_nbkernel",
+                                    "Fused CellAssign log likelihood (C, SIMD); used through kernels.py", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__nbkernel(void) { return PyModule_Create(&module); }
