@@ -61,6 +61,8 @@ def run_ours(args, adata, markers, rec):
     from cellassign_nf import CellAssign
 
     rec["torch"] = torch.__version__
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rec["threads"] = torch.get_num_threads()
     try:
         import cellassign_nf
@@ -269,6 +271,7 @@ def main() -> int:
     p.add_argument("--limit-train-batches", type=int, default=None, help="peer only: stop each epoch early")
     p.add_argument("--fuse", default="auto", choices=["auto", "on", "off"], help="ours: fast paths (on: fused CPU kernel; off: plain)")
     p.add_argument("--predict", action="store_true", help="also predict after an 'epochs' run")
+    p.add_argument("--threads", type=int, default=None, help="ours: torch / kernel threads (default: all cores)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 

@@ -45,8 +45,8 @@ QUICK_CASES = {
 }
 FULL_SCALING = dict(base=(20_000, 120, 8), factors=(0.5, 1.0, 2.0), epochs=4)
 QUICK_SCALING = dict(base=(2_000, 30, 4), factors=(0.5, 1.0, 2.0), epochs=2)
-ALL_CASES = ["20k", "100k", "wide", "scaling", "rbf", "1m"]
-DEFAULT_CASES = ["20k", "100k", "wide", "scaling", "rbf"]  # 1m: the GPU case, ask for it
+ALL_CASES = ["20k", "100k", "wide", "scaling", "threads", "rbf", "1m"]
+DEFAULT_CASES = ["20k", "100k", "wide", "scaling", "threads", "rbf"]  # 1m: the GPU case, ask for it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="cellassign-bench-") as tmp:
         workdir = Path(tmp)
-        for name in [c for c in cases if c not in ("scaling", "rbf")]:
+        for name in [c for c in cases if c not in ("scaling", "threads", "rbf")]:
             d = dict(case_defs[name])
             if args.epochs:
                 d["epochs"] = args.epochs
@@ -166,6 +166,20 @@ def main(argv: list[str] | None = None) -> int:
                     results["scaling"].append({"axis": axis, "factor": f, "n_cells": n, "n_markers": g,
                                                "n_types": c, "s_per_epoch": s_per_epoch(rec),
                                                "terms_per_s": terms_per_s(rec), "peak_rss_mb": rec.get("peak_rss_mb")})
+
+        if "threads" in cases:
+            n0, g0, c0 = scaling["base"]
+            data, markers = write_data(workdir, n0, g0, c0, args.seed)
+            runs = [(t, "auto") for t in range(1, max(2, int(info.get("nproc") or 2)) + 1)] + [(info.get("nproc") or 2,
+                                                                                            "off")]
+            for threads, fuse in runs:
+                log(f"threads: ours at {n0:,} x {g0} x {c0}, {threads} thread(s), fuse={fuse}")
+                rec = run_worker(ours_py, ["--impl", "ours", "--data", data, "--markers", markers, *common,
+                                           "--mode", "epochs", "--epochs", str(scaling["epochs"]),
+                                           "--threads", str(threads), "--fuse", fuse], cap_mb, args.timeout, log)
+                results.setdefault("threads", []).append({"threads": threads, "fuse": fuse, "n_cells": n0,
+                                                          "n_markers": g0, "n_types": c0,
+                                                          "s_per_epoch": s_per_epoch(rec)})
 
         if "rbf" in cases:
             log("rbf: peak memory against the number of RBF centres B")

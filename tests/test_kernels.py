@@ -1,5 +1,7 @@
 """The fused CPU kernel (kernels.py) against the plain PyTorch chain (model.nb_terms), which is
 the reference: values and gradients, over the regimes the kernel treats differently."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -123,3 +125,52 @@ def test_fit_with_fused_kernel_equals_plain_fit():
     assert fits[0].module.fused and not fits[1].module.fused
     np.testing.assert_allclose(fits[0].history["train_loglik"], fits[1].history["train_loglik"], rtol=1e-5)
     np.testing.assert_allclose(fits[0].predict().to_numpy(), fits[1].predict().to_numpy(), atol=1e-4)
+
+
+def _unbuilt(monkeypatch):
+    """As if the package had been installed without a C compiler."""
+    reason = "the fused CPU kernel (cellassign_nf._nbkernel) is not built (No module named 'x')"
+    monkeypatch.setattr(kernels, "unavailable_reason", lambda: reason)
+    monkeypatch.setattr(kernels, "_WARNED", set())
+    return reason
+
+
+def _small_model():
+    adata = simulate(MARKERS, n_cells=300, n_other_genes=5, seed=1)
+    return CellAssign(adata, marker_list_to_matrix(MARKERS), size_factor_key="size_factor")
+
+
+def test_without_the_built_kernel_auto_trains_on_the_plain_chain_and_says_why(monkeypatch, caplog):
+    reason = _unbuilt(monkeypatch)
+    with caplog.at_level("WARNING", logger="cellassign_nf.kernels"):
+        model = _small_model().train(device="cpu", n_restarts=2, max_epochs=2, progress=False)
+    assert not model.module.fused
+    assert caplog.text.count(f"{reason}; using the plain likelihood") == 1  # once, not once per restart
+
+
+def test_fuse_on_without_the_built_kernel_is_an_error(monkeypatch):
+    from cellassign_nf.errors import DeviceError
+
+    reason = _unbuilt(monkeypatch)
+    with pytest.raises(DeviceError, match=r"--fuse on: " + re.escape(reason)):
+        _small_model().train(device="cpu", n_restarts=1, max_epochs=2, fuse="on", progress=False)
+
+
+def test_training_with_the_kernel_gives_it_the_threads_and_restores_torch(monkeypatch):
+    """While the kernel trains, torch runs on one thread and the kernel on all of them; after the
+    fit both are as before."""
+    seen = []
+    real = kernels.fused_log_likelihood
+
+    def spy(*args):
+        seen.append((torch.get_num_threads(), kernels.threads()))
+        return real(*args)
+
+    monkeypatch.setattr(kernels, "fused_log_likelihood", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _small_model().train(device="cpu", n_restarts=1, max_epochs=2, progress=False)
+        assert (1, 2) in seen and torch.get_num_threads() == 2 and kernels.threads() == 2
+    finally:
+        torch.set_num_threads(before)

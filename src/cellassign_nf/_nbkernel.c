@@ -1,6 +1,6 @@
 /* The fused CPU kernel of cellassign_nf (see kernels.py, the Python side, and docs/model.md
- * section 6): the negative binomial terms of CellAssign with their RBF inverse dispersion,
- * forward and backward, in one pass each over the N x (G + K) terms.
+ * section 4): the log likelihood of CellAssign, the negative binomial terms with their RBF
+ * inverse dispersion summed by cell type, forward and backward, one cell at a time.
  *
  * Per term (x, log_mu), with a[i] = exp(log_a[i]) and equally spaced centres v[i] = v0 + i h,
  * b = 1 / (2 h^2), t = (mu - v0) / h:
@@ -18,7 +18,7 @@
  * Arithmetic is in double precision; inputs and outputs are float32.
  *
  * The module only does arithmetic on caller-owned memory given as addresses; kernels.py checks
- * shapes, dtypes and contiguity, splits rows over threads and releases nothing it did not own.
+ * shapes, dtypes and contiguity, and splits rows over threads.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

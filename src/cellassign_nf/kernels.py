@@ -1,18 +1,22 @@
-"""The fused CPU kernel for the CellAssign likelihood terms: forward and backward in one pass
-each over the N x (G + K) terms, no temporaries per RBF centre, memory flat in B.
+"""The fused CPU kernel for the CellAssign log likelihood: the M x C matrix
+``sum_j term[n, j] W[j, c]`` of a minibatch, forward and backward, in one pass per cell over its
+G + K terms; no N x (G + K) input or term tensor, no temporaries per RBF centre, memory flat in B.
 
 The arithmetic is C (``_nbkernel.c``, compiled when the package is installed; SIMD code for AVX2
 CPUs and a baseline copy, picked at run time). This module is its Python side: checks, threads,
-and the autograd function. It computes exactly what :func:`cellassign_nf.model.nb_terms` computes
-(the reference, plain PyTorch), for float32 tensors on the CPU::
+and the autograd function. It computes exactly what the plain PyTorch chain of ``model.py``
+computes (the reference), for float32 tensors on the CPU, with gene = [0..G-1, marker_gene]::
 
+    log_mu[n, j] = offset[n, gene[j]] + col[j]          (model.gene_offset, model.column_constant)
     mu   = exp(log_mu)
     phi  = PHI_LOWER_BOUND + sum_i a[i] * exp(-b * (mu - v[i])**2),   a = exp(log_a)
     term = lgamma(x + phi) - lgamma(phi) + phi log phi + x log_mu - (phi + x) log(phi + mu)
+    out[n, c] = sum_j term[n, j] W[j, c]                (W from rho and the marker entries)
 
 The forward pass also saves d term / d log_mu (through phi too) and d term / d phi; the backward
-pass recomputes the RBF terms to reduce d loss / d log_a[i] = a[i] sum grad * d term/d phi * e[i].
-Arithmetic is in float64 inside the kernel; how each piece is computed: docs/model.md section 6.
+pass applies W^T per cell, and recomputes the RBF terms to reduce d loss / d log_a[i] =
+a[i] sum grad * d term/d phi * e[i]. Arithmetic is in float64 inside the kernel; how each piece
+is computed: docs/model.md section 4.
 """
 from __future__ import annotations
 
@@ -57,6 +61,7 @@ def owning_threads() -> Iterator[None]:
     finally:
         torch.set_num_threads(n)
         set_threads(None)
+
 
 _POOL: dict[int, ThreadPoolExecutor] = {}
 
@@ -207,10 +212,13 @@ def unavailable_reason() -> str | None:
                 "installed without a C compiler: install gcc and reinstall it to train faster")
 
 
-@functools.cache
 def available() -> bool:
     """The compiled kernel can be loaded (logs why not, once per process)."""
     reason = unavailable_reason()
-    if reason:
+    if reason and reason not in _WARNED:
+        _WARNED.add(reason)
         log.warning("%s; using the plain likelihood", reason)
     return reason is None
+
+
+_WARNED: set[str] = set()
