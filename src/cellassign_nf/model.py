@@ -167,6 +167,8 @@ class CellAssignModule(nn.Module):
 
     def log_mu(self, log_s: Tensor, D: Tensor | None) -> Tensor:
         """log mu for the G base columns and the K marker columns: M x (G + K)."""
+        if not self.n_covariates:  # the offset is the same for every gene: no gather needed
+            return log_s[:, None] + self.column_constant()
         return self.gene_offset(log_s, D)[:, self.column_gene] + self.column_constant()
 
     def log_likelihood(self, x: Tensor, log_s: Tensor, D: Tensor | None) -> Tensor:
