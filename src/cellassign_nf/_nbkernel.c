@@ -65,21 +65,48 @@ INLINE double vexp(double x) {
     return x < -708.0 ? 0.0 : p * scale;
 }
 
-INLINE double vlog(double x) { /* x > 0, normal */
+/* log x for x > 0 (normal) in two halves, so that several logs can share one division: the split
+ * gives x = 2^e (1 + f) with f in [sqrt(1/2) - 1, sqrt(2) - 1]; the finish needs 1 / (2 + f). */
+INLINE void log_split(double x, double *e, double *f) {
     uint64_t u = as_bits(x);
-    double e = as_double(0x4330000000000000ull | (u >> 52)) - 4503599627370496.0 - 1023.0;
+    double ex = as_double(0x4330000000000000ull | (u >> 52)) - 4503599627370496.0 - 1023.0;
     double m = as_double((u & 0x000FFFFFFFFFFFFFull) | 0x3FF0000000000000ull); /* [1, 2) */
     int big = m > 1.4142135623730951;
-    m = big ? 0.5 * m : m;
-    e = big ? e + 1.0 : e;
-    double f = m - 1.0; /* [-0.29, 0.41] */
-    double s = f / (2.0 + f);
+    *f = (big ? 0.5 * m : m) - 1.0;
+    *e = big ? ex + 1.0 : ex;
+}
+
+INLINE double log_finish(double e, double f, double inv_2f) {
+    double s = f * inv_2f; /* f / (2 + f) */
     double z = s * s, w = z * z;
     double t1 = w * (3.999999999940941908e-01 + w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01));
     double t2 = z * (6.666666666666735130e-01 + w * (2.857142874366239149e-01 +
                      w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
     double hfsq = 0.5 * f * f;
     return e * 6.93147180369123816490e-01 - ((hfsq - (s * (hfsq + t1 + t2) + e * 1.90821492927058770002e-10)) - f);
+}
+
+/* five logs for the price of one division: each 1 / (2 + f_i) from 1 / prod_i (2 + f_i), the
+ * d_i lying in [1.7, 2.5] (no overflow); written out in scalars so that the loop stays SIMD */
+INLINE void log5(double x0, double x1, double x2, double x3, double x4, double *l0, double *l1, double *l2,
+                 double *l3, double *l4) {
+    double e0, e1, e2, e3, e4, f0, f1, f2, f3, f4;
+    log_split(x0, &e0, &f0);
+    log_split(x1, &e1, &f1);
+    log_split(x2, &e2, &f2);
+    log_split(x3, &e3, &f3);
+    log_split(x4, &e4, &f4);
+    double d0 = 2.0 + f0, d1 = 2.0 + f1, d2 = 2.0 + f2, d3 = 2.0 + f3, d4 = 2.0 + f4;
+    double p01 = d0 * d1, p012 = p01 * d2, p0123 = p012 * d3;
+    double r = 1.0 / (p0123 * d4); /* 1 / (d0 ... d4) */
+    *l4 = log_finish(e4, f4, r * p0123);
+    r *= d4; /* 1 / (d0 ... d3) */
+    *l3 = log_finish(e3, f3, r * p012);
+    r *= d3;
+    *l2 = log_finish(e2, f2, r * p01);
+    r *= d2;
+    *l1 = log_finish(e1, f1, r * d0);
+    *l0 = log_finish(e0, f0, r * d1);
 }
 
 /* ---- the model's pieces, on one block of n <= BLOCK terms ---- */
@@ -128,22 +155,25 @@ INLINE void rbf_phi(int n, const Rbf *p, const double *t, double *e, const doubl
 }
 
 /* Stirling's series without its constant: lgamma(w) - log(2 pi) / 2 for w >= SHIFT (next term
- * 691 / (360360 w^11) < 6e-12) */
-INLINE double stirling(double w, double log_w) {
-    double iw = 1.0 / w, iw2 = iw * iw;
+ * 691 / (360360 w^11) < 6e-12); iw = 1 / w */
+INLINE double stirling(double w, double log_w, double iw) {
+    double iw2 = iw * iw;
     return (w - 0.5) * log_w - w +
            iw * (1.0 / 12 - iw2 * (1.0 / 360 - iw2 * (1.0 / 1260 - iw2 * (1.0 / 1680 - iw2 / 1188))));
 }
 
 /* digamma(w) for w >= SHIFT (asymptotic series; next term 691 / (32760 w^12) < 1e-11) */
-INLINE double psi(double w, double log_w) {
-    double iw = 1.0 / w, iw2 = iw * iw;
+INLINE double psi(double log_w, double iw) {
+    double iw2 = iw * iw;
     return log_w - 0.5 * iw - iw2 * (1.0 / 12 - iw2 * (1.0 / 120 - iw2 * (1.0 / 252 - iw2 * (1.0 / 240 - iw2 / 132))));
 }
 
-/* the NB term and, with need_grad, d term / d log_mu (through phi too) and d term / d phi */
+/* the NB term and, with need_grad, d term / d log_mu (through phi too) and d term / d phi.
+ * Divisions are the slowest vector instruction, so each term makes two: one shared by 1/w1,
+ * 1/w2, 1/(phi + mu) and 1/(p1 p2), one by the five logs (log5). The products stay far from
+ * overflow for x and phi below 1e15. */
 INLINE void nb_block(const float *x, const float *log_mu, int n, const double *mu, const double *phi,
-                            const double *dphi, double *terms, float *d_log_mu, float *d_phi, const int need_grad) {
+                     const double *dphi, double *terms, float *d_log_mu, float *d_phi, const int need_grad) {
 #pragma omp simd
     for (int j = 0; j < n; j++) {
         double xj = (double)x[j], lm = (double)log_mu[j], ph = phi[j], m = mu[j];
@@ -155,14 +185,18 @@ INLINE void nb_block(const float *x, const float *log_mu, int n, const double *m
             dp2 = dp2 * q2 + p2;
             p2 *= q2;
         }
-        double w1 = z1 + SHIFT, w2 = ph + SHIFT;
-        double lw1 = vlog(w1), lw2 = vlog(w2);
-        double lgamma_diff = stirling(w1, lw1) - stirling(w2, lw2) - vlog(p1 / p2);
-        double log_phi = vlog(ph), log_pm = vlog(ph + m);
+        double w1 = z1 + SHIFT, w2 = ph + SHIFT, pm = ph + m;
+        double ww = w1 * w2, pp = p1 * p2;
+        double inv = 1.0 / (ww * pm * pp);
+        double inv_ww = inv * pm * pp, inv_pm = inv * ww * pp, inv_pp = inv * ww * pm;
+        double iw1 = inv_ww * w2, iw2 = inv_ww * w1;
+        double lw1, lw2, log_ratio, log_phi, log_pm; /* log_ratio = log(p1 / p2), p1 / p2 = p1 p1 / (p1 p2) */
+        log5(w1, w2, p1 * p1 * inv_pp, ph, pm, &lw1, &lw2, &log_ratio, &log_phi, &log_pm);
+        double lgamma_diff = stirling(w1, lw1, iw1) - stirling(w2, lw2, iw2) - log_ratio;
         terms[j] = lgamma_diff + ph * log_phi + xj * lm - (ph + xj) * log_pm;
         if (need_grad) {
-            double ratio = (ph + xj) / (ph + m);
-            double digamma_diff = psi(w1, lw1) - psi(w2, lw2) - (dp1 * p2 - dp2 * p1) / (p1 * p2);
+            double ratio = (ph + xj) * inv_pm;
+            double digamma_diff = psi(lw1, iw1) - psi(lw2, iw2) - (dp1 * p2 - dp2 * p1) * inv_pp;
             double dt_dphi = digamma_diff + log_phi + 1.0 - log_pm - ratio;
             d_phi[j] = (float)dt_dphi;
             d_log_mu[j] = (float)(xj + m * (dt_dphi * dphi[j] - ratio));

@@ -189,7 +189,7 @@ def _em_step(module: CellAssignModule, optimizer: Adam, data: ModelData, idx: to
     loss.backward()
     optimizer.step()
     module.clamp_()
-    train_ll += torch.logsumexp(joint.detach().double(), dim=1).sum() - data.log_factorial[idx].sum()
+    train_ll += torch.logsumexp(joint.detach().double(), dim=1).sum() - data.log_factorial.index_select(0, idx).sum()
 
 
 def use_cuda_graph(settings: TrainSettings, device: torch.device) -> bool:
