@@ -174,3 +174,21 @@ def test_training_with_the_kernel_gives_it_the_threads_and_restores_torch(monkey
         assert (1, 2) in seen and torch.get_num_threads() == 2 and kernels.threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_error_on_one_thread_waits_for_the_others():
+    """The C code writes into buffers the calling frame owns: an error on the calling thread must
+    not return before the other threads are done with them."""
+    import time
+
+    done = []
+
+    def fn(i):
+        if i == 0:
+            raise RuntimeError("range 0 failed")
+        time.sleep(0.2)
+        done.append(i)
+
+    with pytest.raises(RuntimeError, match="range 0 failed"):
+        kernels._run(fn, [(0, 1), (1, 2), (2, 3)], lambda i, lo, hi: (i,))
+    assert sorted(done) == [1, 2]

@@ -25,7 +25,7 @@ import logging
 import math
 from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import torch
@@ -91,7 +91,10 @@ def _run(fn, ranges: list[tuple[int, int]], args_for) -> None:
     if pool is None:
         pool = _POOL[len(ranges)] = ThreadPoolExecutor(len(ranges) - 1, thread_name_prefix="cellassign-kernel")
     futures = [pool.submit(fn, *args_for(i, lo, hi)) for i, (lo, hi) in enumerate(ranges) if i > 0]
-    fn(*args_for(0, *ranges[0]))
+    try:
+        fn(*args_for(0, *ranges[0]))
+    finally:
+        wait(futures)  # never return while a thread still writes into buffers the caller owns
     for f in futures:
         f.result()
 
