@@ -192,3 +192,15 @@ def test_an_error_on_one_thread_waits_for_the_others():
     with pytest.raises(RuntimeError, match="range 0 failed"):
         kernels._run(fn, [(0, 1), (1, 2), (2, 3)], lambda i, lo, hi: (i,))
     assert sorted(done) == [1, 2]
+
+
+@pytest.mark.parametrize("fuse", ["auto", "off"])
+def test_a_loaded_model_predicts_on_the_path_it_was_trained_with(tmp_path, fuse):
+    """annotate loads the model file: it predicts with the kernel unless the fit asked for the
+    plain chain, and both give the probabilities the fit gave."""
+    model = _small_model().train(device="cpu", n_restarts=1, max_epochs=3, fuse=fuse, progress=False)
+    model.save(tmp_path / "model.pt")
+    loaded = CellAssign.load(tmp_path / "model.pt")
+    assert loaded.module.fused is (fuse == "auto")
+    adata = simulate(MARKERS, n_cells=300, n_other_genes=5, seed=1)
+    np.testing.assert_allclose(loaded.predict(adata).to_numpy(), model.predict().to_numpy(), atol=1e-4)
