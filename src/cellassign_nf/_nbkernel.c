@@ -233,16 +233,10 @@ typedef struct {
     const float *col;
 } Layout;
 
-/* the row's counts and log means, in column order */
-INLINE void gather_row(const float *x_row, const float *offset_row, const Layout *L, float *xs, float *lms) {
-    for (Py_ssize_t g = 0; g < L->G; g++) {
-        xs[g] = x_row[g];
-        lms[g] = offset_row[g] + L->col[g];
-    }
-    for (Py_ssize_t k = 0; k < L->K; k++) {
-        xs[L->G + k] = x_row[L->mg[k]];
-        lms[L->G + k] = offset_row[L->mg[k]] + L->col[L->G + k];
-    }
+/* a row of G per-gene values in column order: out[j] = row[gene(j)] (+ col[j] with add_col) */
+INLINE void gather_row(const float *row, const Layout *L, int add_col, float *out) {
+    for (Py_ssize_t g = 0; g < L->G; g++) out[g] = row[g] + (add_col ? L->col[g] : 0.0f);
+    for (Py_ssize_t k = 0; k < L->K; k++) out[L->G + k] = row[L->mg[k]] + (add_col ? L->col[L->G + k] : 0.0f);
 }
 
 DISPATCH
@@ -254,7 +248,8 @@ static void forward_rows(const float *x, const float *offset, Py_ssize_t lo, Py_
     float *xs = work, *lms = work + W;
     double *terms = dwork, *o = dwork + W;
     for (Py_ssize_t n = lo; n < hi; n++) {
-        gather_row(x + n * L->G, offset + n * L->G, L, xs, lms);
+        gather_row(x + n * L->G, L, 0, xs);        /* counts */
+        gather_row(offset + n * L->G, L, 1, lms);  /* log means */
         for (Py_ssize_t s = 0; s < W; s += BLOCK) {
             int m = (int)(W - s < BLOCK ? W - s : BLOCK);
             rbf_start(lms + s, m, p, mu, t, e, r);
@@ -290,8 +285,7 @@ static void backward_rows(const float *grad_out, const float *offset, const floa
             g_term[L->mg[k]] -= go[L->mt[k]];
             g_term[L->G + k] = go[L->mt[k]];
         }
-        for (Py_ssize_t g = 0; g < L->G; g++) lms[g] = offset[n * L->G + g] + L->col[g];
-        for (Py_ssize_t k = 0; k < L->K; k++) lms[L->G + k] = offset[n * L->G + L->mg[k]] + L->col[L->G + k];
+        gather_row(offset + n * L->G, L, 1, lms);
         const float *dl = d_log_mu + n * W, *dp = d_phi + n * W;
         float *gof = grad_offset + n * L->G;
         for (Py_ssize_t s = 0; s < W; s += BLOCK) {
