@@ -34,17 +34,18 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 MIN_TERMS_PER_THREAD = 1 << 14  # below this, one thread: a thread hand-off costs more than it saves
-_THREADS: list[int] = []  # set_threads(); empty: torch's number of threads
+_threads: int | None = None  # set_threads(); None: torch's number of threads
 
 
 def threads() -> int:
     """Threads the kernel runs on: ``set_threads(n)``, else torch's number of threads."""
-    return _THREADS[0] if _THREADS else torch.get_num_threads()
+    return _threads or torch.get_num_threads()
 
 
 def set_threads(n: int | None) -> None:
     """Run the kernel on ``n`` threads (None: follow torch's number of threads)."""
-    _THREADS[:] = [] if n is None else [max(1, int(n))]
+    global _threads
+    _threads = None if n is None else max(1, int(n))
 
 
 @contextmanager
@@ -99,8 +100,10 @@ def _run(fn, ranges: list[tuple[int, int]], args_for) -> None:
         f.result()
 
 
-def _spacing(v: Sequence[float], b: float) -> tuple[float, float]:
-    """(v[0], h) of equally spaced centres with b = 1 / (2 h^2); raises otherwise."""
+@functools.lru_cache(maxsize=16)
+def _spacing(v: tuple[float, ...], b: float) -> tuple[float, float]:
+    """(v[0], h) of equally spaced centres with b = 1 / (2 h^2); raises otherwise. Cached: every
+    likelihood call of a fit asks for the same centres."""
     v = [float(c) for c in v]
     h = v[1] - v[0] if len(v) > 1 else 1.0 / math.sqrt(2.0 * b)
     if len(v) > 1 and (h <= 0 or any(abs((v[i] - v[0]) - i * h) > 1e-6 * max(1.0, abs(v[i])) for i in range(len(v)))):
@@ -195,7 +198,7 @@ def fused_log_likelihood(x: Tensor, offset: Tensor, col: Tensor, log_a: Tensor, 
     if x.shape != (M, lay.G) or offset.shape != (M, lay.G) or col.shape != (lay.width,):
         raise ValueError(f"the fused kernel needs x and offset of shape (M, {lay.G}) and col of {lay.width} "
                          f"entries, got {tuple(x.shape)}, {tuple(offset.shape)}, {tuple(col.shape)}")
-    v0, h = _spacing(v, b)
+    v0, h = _spacing(tuple(v), float(b))
     return _FusedLogLikelihood.apply(x, offset, col, log_a, lay, (v0, h, eps))
 
 
