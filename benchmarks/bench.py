@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         if "threads" in cases:
             n0, g0, c0 = scaling["base"]
             data, markers = write_data(workdir, n0, g0, c0, args.seed)
-            runs = [(t, "auto") for t in range(1, max(2, int(info.get("nproc") or 2)) + 1)] + [(info.get("nproc") or 2,
-                                                                                            "off")]
+            most = max(2, int(info.get("nproc") or 2))
+            runs = [(t, "auto") for t in range(1, most + 1)] + [(most, "off")]
             for threads, fuse in runs:
                 log(f"threads: ours at {n0:,} x {g0} x {c0}, {threads} thread(s), fuse={fuse}")
                 rec = run_worker(ours_py, ["--impl", "ours", "--data", data, "--markers", markers, *common,
