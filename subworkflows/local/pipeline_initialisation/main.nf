@@ -385,16 +385,20 @@ def readSamplesheet(String input) {
  */
 CONTAINER_BUILD_COMMAND = 'scripts/build-images'
 
+// [exit status, the last non-empty line the command wrote to stdout or stderr]. One pipe for both
+// streams, read by one thread that is joined before the text is used: two threads appending to one
+// buffer corrupted it, and reading it before they finished lost its last lines.
 def runCommand(List<String> command, long timeoutMs) {
     def out = new StringBuilder()
     def proc
     try {
-        proc = command.execute()
+        proc = new ProcessBuilder(command).redirectErrorStream(true).start()
     } catch (IOException e) {
         return [127, "${command[0]}: command not found"]
     }
-    proc.consumeProcessOutput(out, out)
+    def reader = proc.consumeProcessOutputStream(out)
     proc.waitForOrKill(timeoutMs)
+    reader.join(timeoutMs)
     return [proc.exitValue(), out.toString().trim().readLines().findAll { it.trim() }.with { it ? it[-1] : '' }]
 }
 
