@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from cellassign_nf.cli import main
 from cellassign_nf.errors import InputError
-from cellassign_nf.io import default_sample_name, read_counts, resolve_counts_path
+from cellassign_nf.io import default_sample_name, dense_counts, read_counts, resolve_counts_path
 from cellassign_nf.markers import bundled_panels, marker_list_to_matrix, match_markers, read_markers
 
 from conftest import DEMO
@@ -370,3 +370,31 @@ def test_run_on_cell_ranger_outs_with_duplicated_symbol(tmp_path):
 
     model = CellAssign.load(out / "PBMC_1.model.pt")
     assert s["real_id"] in model.genes and s["decoy_id"] not in model.genes
+
+
+@pytest.mark.parametrize("kind", ["dense", "csr", "csc"])
+def test_dense_counts_is_the_selected_block_built_in_pieces(kind):
+    # the model's counts: chosen rows and columns, dense float32, built a few rows at a time
+    rng = np.random.default_rng(3)
+    full = rng.poisson(2.0, size=(11, 6)).astype(np.float64)
+    X = {"dense": full, "csr": sp.csr_matrix(full), "csc": sp.csc_matrix(full)}[kind]
+    rows, cols = np.array([0, 2, 3, 5, 6, 7, 9, 10]), np.array([4, 0, 2])
+    for block_values in (1, 7, 2**22):  # 1 row, 2 rows (and a ragged end), all rows at once
+        x = dense_counts(X, rows, cols, block_values=block_values)
+        assert x.dtype == np.float32
+        np.testing.assert_array_equal(x, full[rows][:, cols])
+
+
+def test_dense_counts_checks_every_block_and_only_the_selected_values():
+    full = np.ones((9, 4))
+    full[7, 1] = 2.5  # in the last block of 2 rows
+    full[1, 3] = -1.0  # in a column left out
+    with pytest.raises(InputError) as err:
+        dense_counts(full, np.arange(9), np.array([0, 1, 2]), path="s.h5ad", layers=["counts"], block_values=6)
+    assert "counts are not integers (e.g. 2.5); the data look log-normalised" in str(err.value)
+    assert "layers in this file: counts" in str(err.value)
+    np.testing.assert_array_equal(dense_counts(full, np.arange(7), np.array([0, 1, 2]), block_values=6),
+                                  np.ones((7, 3)))
+    full[4, 0] = np.nan
+    with pytest.raises(InputError, match="counts contain NaN or infinite values"):
+        dense_counts(full, np.arange(6), np.array([0]), block_values=6)

@@ -248,6 +248,12 @@ def test_log_factorial_is_the_per_cell_constant():
     expected = [math.lgamma(4) + math.lgamma(6), math.lgamma(3)]
     np.testing.assert_allclose(log_factorial(x).numpy(), expected, rtol=1e-12)
     assert log_factorial(x).dtype == torch.float64
+    # in blocks of rows (here 1 and 2 rows of 3 values, plus a ragged end): the same sums, every row
+    big = torch.tensor(np.random.default_rng(0).poisson(4.0, size=(7, 3)), dtype=torch.float32)
+    whole = torch.lgamma(big.double() + 1).sum(dim=1).numpy()
+    for block_values in (1, 3, 6, 2**22):
+        np.testing.assert_array_equal(log_factorial(big, block_values=block_values).numpy(), whole)
+    assert log_factorial(torch.zeros(0, 3)).shape == (0,)
 
 
 def test_log_pi_and_delta_matrix_values():

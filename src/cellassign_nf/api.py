@@ -16,7 +16,7 @@ import torch
 from . import __version__, kernels
 from .design import DesignSpec, apply_design, drop_redundant_columns, make_design
 from .errors import InputError
-from .io import MAIN_MATRIX, as_count_matrix, atomic_path
+from .io import MAIN_MATRIX, as_count_matrix, atomic_path, dense_counts
 from .markers import match_markers, validate_markers
 from .model import N_CENTRES, CellAssignModule, basis_means, log_factorial
 from .predict import ModelData, predict_gamma
@@ -96,7 +96,9 @@ class CellAssign:
         x_max = float(self._data.x.max()) if self._data.x.numel() else 1.0
         self.v, self.b = basis_means(x_max, 0.0, n_centres)
         # start of beta0 (the same for every restart): log mean of size-factor-scaled counts
-        self._beta0_init = torch.log((self._data.x / self._data.log_s.exp()[:, None]).mean(dim=0) + 1e-2)
+        # (the mean over cells of x / s, as one matrix-vector product: no cells x genes temporary)
+        x, n = self._data.x, max(self._data.n_cells, 1)
+        self._beta0_init = torch.log(torch.mv(x.T, torch.exp(-self._data.log_s)) / n + 1e-2)
 
     # --- data -------------------------------------------------------------------------------------
     @property
@@ -122,14 +124,14 @@ class CellAssign:
             raise InputError(None, f"no layer '{self.layer}' (layers: {', '.join(adata.layers) or 'none'})",
                              f"Name an existing layer, or {MAIN_MATRIX} (the default) for the main matrix.")
         counts = adata.layers[self.layer] if use_layer else adata.X
-        counts = as_count_matrix(counts, layers=list(adata.layers))
+        layers = list(adata.layers)
         if self.size_factor_key:
             if self.size_factor_key not in adata.obs:
                 raise InputError(None, f"no size factors in obs['{self.size_factor_key}']",
                                  "Compute them with 'cellassign-nf size-factors' or leave size_factor_key out.")
             s = adata.obs[self.size_factor_key].to_numpy(dtype=np.float64)
-        else:
-            s = compute_size_factors(ad.AnnData(counts))
+        else:  # from all genes
+            s = compute_size_factors(ad.AnnData(as_count_matrix(counts, layers=layers)))
         keep = np.isfinite(s) & (s > 0)
         if not keep.all():
             log.warning("removed %d cells with zero total counts (or size factor <= 0) of %d", (~keep).sum(), len(s))
@@ -137,7 +139,7 @@ class CellAssign:
             raise InputError(None, "no cell has counts", "Check the input data.")
         cells = adata.obs_names[keep]
         col = adata.var_names.get_indexer(self.genes)
-        x = np.asarray(counts[keep][:, col].toarray(), dtype=np.float32)
+        x = dense_counts(counts, np.flatnonzero(keep), col, layers=layers)
         if design is None and self.design_spec.formula:
             design = apply_design(adata.obs, self.design_spec)
         D = None

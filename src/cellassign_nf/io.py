@@ -376,7 +376,32 @@ def read_counts(path: str | Path, layer: str | None = None) -> ad.AnnData:
 def as_count_matrix(X, path: str | Path | None = None, layers: list[str] | None = None) -> sp.csr_matrix:
     """Check that ``X`` holds raw counts (non-negative integers) and return it as float32 CSR."""
     X = sp.csr_matrix(X, dtype=np.float32) if not sp.issparse(X) else X.tocsr().astype(np.float32)
-    values = X.data
+    check_counts(X.data, path, layers)
+    return X
+
+
+def dense_counts(X, rows: np.ndarray, cols: np.ndarray, path: str | Path | None = None,
+                 layers: list[str] | None = None, block_values: int = 2**22) -> np.ndarray:
+    """``X[rows][:, cols]`` as dense float32 counts, checked like :func:`as_count_matrix`.
+
+    Built a block of about ``block_values`` values at a time straight into the result, so that
+    no temporary copy of the whole matrix (CSR of a dense matrix, the check's rounding) is ever
+    made: the peak is the result plus one block.
+    """
+    if sp.issparse(X) and X.format != "csr":
+        X = X.tocsr()
+    out = np.empty((len(rows), len(cols)), dtype=np.float32)
+    block = max(1, block_values // max(len(cols), 1))
+    for start in range(0, len(rows), block):
+        part = X[rows[start:start + block]][:, cols]
+        part = np.asarray(part.toarray() if sp.issparse(part) else part, dtype=np.float32)
+        check_counts(part.ravel(), path, layers)
+        out[start:start + len(part)] = part
+    return out
+
+
+def check_counts(values: np.ndarray, path: str | Path | None = None, layers: list[str] | None = None) -> None:
+    """Raise InputError unless ``values`` are finite non-negative integers (raw UMI counts)."""
     if values.size and not np.all(np.isfinite(values)):
         raise InputError(path, "counts contain NaN or infinite values", "Pass raw UMI counts.")
     if values.size and values.min() < 0:
@@ -386,7 +411,6 @@ def as_count_matrix(X, path: str | Path | None = None, layers: list[str] | None 
         example = values[values != np.round(values)][0]
         raise InputError(path, f"counts are not integers (e.g. {example:g}); the data look log-normalised",
                          _layer_hint(layers))
-    return X
 
 
 def _layer_hint(layers: list[str] | None) -> str:

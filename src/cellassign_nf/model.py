@@ -235,6 +235,11 @@ def gamma_from_joint(joint: Tensor) -> Tensor:
     return torch.softmax(joint, dim=-1)
 
 
-def log_factorial(x: Tensor) -> Tensor:
-    """sum_g lgamma(x[n,g] + 1): the per-cell constant of the NB log density, computed once."""
-    return torch.lgamma(x.double() + 1).sum(dim=1)
+def log_factorial(x: Tensor, block_values: int = 2**22) -> Tensor:
+    """sum_g lgamma(x[n,g] + 1): the per-cell constant of the NB log density, computed once
+    (a block of about ``block_values`` values at a time: the float64 temporaries stay small)."""
+    out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    block = max(1, block_values // max(x.shape[1], 1))
+    for start in range(0, x.shape[0], block):
+        out[start:start + block] = torch.lgamma(x[start:start + block].double() + 1).sum(dim=1)
+    return out
