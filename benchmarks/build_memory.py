@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -24,19 +23,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _worker import peak_rss_mb, rss_now_mb  # noqa: E402
 from harness import write_data  # noqa: E402
 
 
-def rss_gib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
-
-
-def peak_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+def _gib(mb: float) -> float:
+    return mb / 1024
 
 
 def main() -> int:
@@ -55,9 +47,9 @@ def main() -> int:
         with multiprocessing.get_context("spawn").Pool(1) as pool:  # the simulation's peak is not ours
             data, markers = pool.apply(write_data, (Path(tmp), args.cells, args.markers, args.types, 0))
         adata, rho = ad.read_h5ad(data), pd.read_csv(markers, index_col=0)
-    read, read_peak = rss_gib(), peak_gib()
+    read, read_peak = _gib(rss_now_mb()), _gib(peak_rss_mb())
     model = CellAssign(adata, rho, size_factor_key="size_factor")
-    built, peak = rss_gib(), peak_gib()
+    built, peak = _gib(rss_now_mb()), _gib(peak_rss_mb())
     counts = model._data.x.numel() * 4 / 2**30
     print(f"{args.cells:,} cells x {args.markers} markers x {args.types} types: the model's counts {counts:.2f} GiB")
     print(f"RSS after reading {read:.2f} GiB (peak so far {read_peak:.2f}), after building {built:.2f} GiB, "
