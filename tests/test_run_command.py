@@ -1,4 +1,4 @@
-"""runCommand, through which the container checks read Docker's and Apptainer's answers.
+"""runCommand, through which the container check of `-profile docker` reads the daemon's answers.
 
 A command that writes to stdout and to stderr must come back with its exit status and the last
 line it wrote, every time: reading the two streams with two threads into one buffer, and using

@@ -1,6 +1,6 @@
 /*
- * Calls runCommand of the initialisation subworkflow (the container checks read the daemon's
- * answers through it) --times times on a command that writes to stdout and to stderr, and
+ * Calls runCommand of the initialisation subworkflow (the docker container check reads the
+ * daemon's answers through it) --times times on a command that writes to stdout and to stderr, and
  * prints a WRONG line for each call that does not return [3, the last line the command wrote],
  * then DONE <calls> <wrong calls> (tests/test_run_command.py).
  */
