@@ -50,7 +50,7 @@ def main() -> int:
     read, read_peak = _gib(rss_now_mb()), _gib(peak_rss_mb())
     model = CellAssign(adata, rho, size_factor_key="size_factor")
     built, peak = _gib(rss_now_mb()), _gib(peak_rss_mb())
-    counts = model._data.x.numel() * 4 / 2**30
+    counts = len(model.data_cells) * len(model.genes) * 4 / 2**30  # float32 cells x markers
     print(f"{args.cells:,} cells x {args.markers} markers x {args.types} types: the model's counts {counts:.2f} GiB")
     print(f"RSS after reading {read:.2f} GiB (peak so far {read_peak:.2f}), after building {built:.2f} GiB, "
           f"peak {peak:.2f} GiB")

@@ -130,8 +130,9 @@ class CellAssign:
                 raise InputError(None, f"no size factors in obs['{self.size_factor_key}']",
                                  "Compute them with 'cellassign-nf size-factors' or leave size_factor_key out.")
             s = adata.obs[self.size_factor_key].to_numpy(dtype=np.float64)
-        else:  # from all genes
-            s = compute_size_factors(ad.AnnData(as_count_matrix(counts, layers=layers)))
+        else:  # from all genes (the checked CSR is then also what the marker counts are cut from)
+            counts = as_count_matrix(counts, layers=layers)
+            s = compute_size_factors(ad.AnnData(counts))
         keep = np.isfinite(s) & (s > 0)
         if not keep.all():
             log.warning("removed %d cells with zero total counts (or size factor <= 0) of %d", (~keep).sum(), len(s))
