@@ -11,6 +11,12 @@ DEMO = ROOT / "assets" / "demo"
 
 
 @pytest.fixture(scope="session")
+def nxf_home(tmp_path_factory) -> Path:
+    """NXF_HOME of every Nextflow run of the session (tests/nextflow_helpers.py starts them)."""
+    return tmp_path_factory.mktemp("nxf_home")
+
+
+@pytest.fixture(scope="session")
 def original():
     """The original implementation's example data and fit."""
     counts = pd.read_csv(ORIGINAL / "example_counts.csv", index_col=0)
