@@ -202,9 +202,65 @@ def test_train_logs_the_check_and_a_failing_check_never_stops_training(truth, tm
     def broken(*args, **kwargs):
         raise RuntimeError("a bug in the check")
 
-    monkeypatch.setattr(steps, "check_markers", broken)
+    from cellassign_nf import diagnostics
+
+    monkeypatch.setattr(diagnostics, "check_markers", broken)
     for path in outputs:
         path.unlink()
     steps.train(counts, markers, *outputs, settings=fast)
     assert all(p.is_file() for p in outputs)
     assert "marker check before training skipped: RuntimeError: a bug in the check" in caplog.text
+
+
+# --- the limits that bind: the type-fraction threshold, the panel's genes kept out of the candidates --------
+def test_a_type_above_min_group_cells_but_below_min_type_fraction_counts_as_merged(truth):
+    """20 cells of A keep their label and the others are called B: more than min_group_cells (10)
+    but fewer than min_type_fraction of the cells (2% of 1,500 = 30), so the fraction is the limit
+    that makes A a type that received (almost) no cells. Catches a min_type_fraction that is not
+    applied (GroupStats.min_cells from min_group_cells alone): A would count as an assigned type."""
+    from cellassign_nf.settings import DiagnosticThresholds
+
+    t = DiagnosticThresholds(min_type_fraction=0.02)
+    truth_labels = truth.obs["true_celltype"].astype(str).to_numpy()
+    kept = np.flatnonzero(truth_labels == "A")[:20]
+    wrong = np.where(truth_labels == "A", "B", truth_labels)
+    wrong[kept] = "A"
+    assert t.min_group_cells < len(kept) < t.min_type_fraction * truth.n_obs  # the fraction binds, not the count
+    markers = {**TRUE, "A": TRUE["A"][:3]}
+    diag = diagnose(labelled(truth, wrong), panel(markers), thresholds=t)
+    assert found(diag) == [("type", "A", "merged")]
+    assert diag.warnings[0].against == "B"
+    assert diag.warnings[0].message.startswith("A received 20 cells (1.3%), but its markers are high in the")
+    # with the default fraction (0.5% of 1,500 < 10 cells) the same 20 cells make A an assigned type
+    assert ("type", "A", "merged") not in found(diagnose(labelled(truth, wrong), panel(markers), candidates=False))
+
+
+def _called_b(labels: np.ndarray) -> np.ndarray:
+    return np.where(labels == "A", "B", labels)
+
+
+def _swapped(labels: np.ndarray) -> np.ndarray:
+    return np.select([labels == "A", labels == "B"], ["B", "A"], labels)
+
+
+@pytest.mark.parametrize("relabel, flag", [(None, "candidates"), (_called_b, "merged"), (_swapped, "not_specific")])
+def test_candidates_never_include_the_panels_genes(truth, relabel, flag):
+    """Candidate markers are genes to add to the panel: none is a panel gene, in the candidates
+    rows and in the merged and not-specific flags alike, although the panel's genes are among the
+    genes that separate the groups best (shown by ranking them without the exclusion). Catches
+    candidates that let the panel's genes in."""
+    from cellassign_nf.diagnostics.candidates import rank_candidates
+    from cellassign_nf.size_factors import normalise
+
+    markers = {**TRUE, "A": TRUE["A"][:3]}  # a4..a6 withheld: the candidates A should get
+    panel_genes = {g for genes in markers.values() for g in genes}
+    labels = truth.obs["true_celltype"].astype(str).to_numpy()
+    adata = labelled(truth, labels if relabel is None else relabel(labels))
+    diag = diagnose(adata, panel(markers))
+    with_candidates = [f for f in diag.flags if f.candidates]
+    assert any(f.flag == flag for f in with_candidates), diag.table().to_string()
+    for f in with_candidates:
+        assert not set(f.candidates) & panel_genes, (f.name, f.flag, f.candidates)
+    # without the exclusion the panel's genes rank first: leaving them out is what keeps them out
+    unfiltered = rank_candidates(normalise(truth), truth.obs["true_celltype"].astype(str), ["A", "B"], (), 5)
+    assert set(unfiltered["A"]) & set(markers["A"]) and set(unfiltered["B"]) & set(markers["B"]), unfiltered

@@ -5,6 +5,7 @@ The model, its fit and its initialisation are explained in docs/model.md.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,13 @@ from . import __version__, kernels
 from .design import DesignSpec, apply_design, drop_redundant_columns, make_design
 from .errors import InputError
 from .io import MAIN_MATRIX, as_count_matrix, atomic_path, dense_counts
-from .markers import match_markers, validate_markers
-from .model import N_CENTRES, CellAssignModule, basis_means, log_factorial
+from .keys import HISTORY_COLUMNS
+from .markers import MarkerMatch, match_panel, validate_markers
+from .model import CellAssignModule, basis_means, log_factorial
 from .predict import ModelData, predict_gamma
+from .settings import ModelSettings, TrainSettings, with_overrides
 from .size_factors import compute_size_factors
-from .train import FitResult, TrainSettings, fit, resolve_device
+from .train import FitResult, fit, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +32,11 @@ MODEL_FORMAT = "cellassign-nf-model/1"
 
 
 class CellAssign:
-    """CellAssign for one AnnData and one binary marker matrix (genes x cell types).
+    """CellAssign for one AnnData and one binary marker matrix (genes x cell types), or the
+    :class:`~cellassign_nf.markers.MarkerMatch` of one (a panel already checked and matched).
 
+    The model's options are the fields of :class:`~cellassign_nf.settings.ModelSettings`: give
+    ``settings=ModelSettings(...)`` or the fields as keyword arguments (``min_delta=1.5``).
     The model uses the marker genes only; size factors come from all genes (total counts over
     the mean) unless ``size_factor_key`` names them in ``adata.obs``. Covariates (``batch_key``,
     ``categorical_covariate_keys``, ``continuous_covariate_keys``) or a ready ``design`` matrix
@@ -44,24 +50,21 @@ class CellAssign:
     def __init__(
         self,
         adata: ad.AnnData | None,
-        marker_gene_matrix: pd.DataFrame,
+        marker_gene_matrix: pd.DataFrame | MarkerMatch,
         size_factor_key: str | None = None,
         batch_key: str | None = None,
         categorical_covariate_keys: list[str] | None = None,
         continuous_covariate_keys: list[str] | None = None,
         layer: str | None = None,
         design: pd.DataFrame | None = None,
-        min_delta: float = 2.0,
-        shrinkage: bool = True,
-        dirichlet_concentration: float = 1e-2,
-        n_centres: int = N_CENTRES,
+        settings: ModelSettings | None = None,
+        **model_options: Any,
     ) -> None:
         self.size_factor_key = size_factor_key
         self.layer = layer
-        self.model_params = {"min_delta": min_delta, "shrinkage": shrinkage,
-                             "dirichlet_concentration": dirichlet_concentration, "n_centres": n_centres}
+        self.settings = with_overrides(settings or ModelSettings(), model_options)
         self.module: CellAssignModule | None = None
-        self.history = pd.DataFrame(columns=["restart", "epoch", "train_loglik", "val_loglik", "selected"])
+        self.history = pd.DataFrame(columns=list(HISTORY_COLUMNS))
         self.restarts = pd.DataFrame()
         self.train_params: dict[str, Any] = {}
         self.design_spec = DesignSpec()
@@ -73,8 +76,9 @@ class CellAssign:
         if adata is None:  # filled in by load()
             self.rho = marker_gene_matrix
             return
-        rho = validate_markers(marker_gene_matrix)
-        self.rho = match_markers(rho, adata, layer=layer)
+        match = marker_gene_matrix if isinstance(marker_gene_matrix, MarkerMatch) else \
+            match_panel(validate_markers(marker_gene_matrix), adata, layer=layer)
+        self.rho = match.require_every_type().rho.copy()
         self.rho.index.name, self.rho.columns.name = "gene", None
         covariates = ([batch_key] if batch_key else []) + list(categorical_covariate_keys or [])
         continuous = list(continuous_covariate_keys or [])
@@ -94,13 +98,18 @@ class CellAssign:
         self._design_columns = [] if design is None else [str(c) for c in design.columns]
         self.data_cells, self._data = self._prepare(adata, design)
         x_max = float(self._data.x.max()) if self._data.x.numel() else 1.0
-        self.v, self.b = basis_means(x_max, 0.0, n_centres)
+        self.v, self.b = basis_means(x_max, 0.0, self.settings.n_centres)
         # start of beta0 (the same for every restart): log mean of size-factor-scaled counts
         # (the mean over cells of x / s, as one matrix-vector product: no cells x genes temporary)
         x, n = self._data.x, max(self._data.n_cells, 1)
         self._beta0_init = torch.log(torch.mv(x.T, torch.exp(-self._data.log_s)) / n + 1e-2)
 
     # --- data -------------------------------------------------------------------------------------
+    @property
+    def model_params(self) -> dict[str, Any]:
+        """The model's options as a dict (the fields of ``self.settings``)."""
+        return asdict(self.settings)
+
     @property
     def genes(self) -> list[str]:
         return list(self.rho.index)
@@ -156,23 +165,21 @@ class CellAssign:
         return cells, data
 
     def _make_module(self, generator: torch.Generator | None = None) -> CellAssignModule:
-        p = self.model_params
+        p = self.settings
         return CellAssignModule(torch.as_tensor(self.rho.to_numpy(dtype=np.float32)), len(self.design_columns),
-                                self.v, self.b, min_delta=p["min_delta"],
-                                dirichlet_concentration=p["dirichlet_concentration"],
-                                shrinkage=p["shrinkage"], beta0_init=self._beta0_init, generator=generator)
+                                self.v, self.b, min_delta=p.min_delta, dirichlet_concentration=p.dirichlet_concentration,
+                                shrinkage=p.shrinkage, beta0_init=self._beta0_init, generator=generator)
 
     # --- training and prediction ---------------------------------------------------------------
-    def train(self, max_epochs: int = 400, lr: float = 0.1, batch_size: int = 1024, n_restarts: int = 3,
-              seed: int = 0, device: str = "auto", validation_fraction: float = 0.1, early_stopping: bool = True,
-              patience: int = 10, rel_tol: float = 1e-4, fuse: str = "auto", progress: bool = True) -> CellAssign:
-        """Fit by minibatch EM (Adam), keeping the best of ``n_restarts`` random starts."""
+    def train(self, settings: TrainSettings | None = None, **options: Any) -> CellAssign:
+        """Fit by minibatch EM (Adam), keeping the best of ``n_restarts`` random starts.
+
+        The options are the fields of :class:`~cellassign_nf.settings.TrainSettings`: give
+        ``settings`` or the fields as keyword arguments (``max_epochs=100, seed=1``)."""
         if self.adata is None:
             raise RuntimeError("this model was loaded from a file; create a new CellAssign to train")
-        settings = TrainSettings(max_epochs=max_epochs, lr=lr, batch_size=batch_size, n_restarts=n_restarts,
-                                 seed=seed, validation_fraction=validation_fraction, early_stopping=early_stopping,
-                                 patience=patience, rel_tol=rel_tol, device=device, fuse=fuse, progress=progress)
-        dev = resolve_device(device)
+        settings = with_overrides(settings or TrainSettings(), options)
+        dev = resolve_device(settings.device)
         data = self._data.to(dev)
         log.info("training on %s: %d cells x %d marker genes x %d types, %d covariate columns",
                  dev, data.n_cells, len(self.genes), len(self.cell_types), len(self.design_columns))
@@ -259,7 +266,7 @@ class CellAssign:
         rho = pd.DataFrame(payload["rho"], index=pd.Index(payload["genes"], name="gene"),
                            columns=payload["cell_types"])
         self = cls(None, rho, size_factor_key=payload["size_factor_key"], layer=payload["layer"],
-                   **payload["model_params"])
+                   settings=ModelSettings(**payload["model_params"]))
         self.design_spec = DesignSpec(**payload["design_spec"])
         self._design_columns = payload["design_columns"]
         self.v, self.b = payload["v"], payload["b"]

@@ -11,7 +11,9 @@ import click
 from . import __version__
 from .cli_diagnostics import diagnostic_options, echo_summary, thresholds_of
 from .errors import InputError
-from .settings import QCThresholds, TrainSettings
+from .cli_options import options_of, settings_of
+from .keys import OTHER, SIZE_FACTOR_KEY
+from .settings import AnnotateSettings, ModelSettings, QCThresholds, TrainSettings
 
 log = logging.getLogger("cellassign_nf")
 
@@ -95,56 +97,24 @@ def main(ctx: click.Context, quiet: bool, verbose: bool) -> None:
 
 # --- shared options ---------------------------------------------------------------------------------
 def qc_options(f):
-    q = QCThresholds()
-    for opt in reversed([
-        click.option("--layer", default=None,
-                     help="h5ad: layer holding raw counts; X for the main matrix (default), raw for .raw."),
-        click.option("--nmads", type=click.FloatRange(min=0), default=q.nmads,
-                     help="Remove cells whose log total counts or log detected genes are more than this many MADs "
-                          "from the sample's median (0: off)."),
-        click.option("--nmads-mito", type=click.FloatRange(min=0), default=q.nmads_mito,
-                     help="Remove cells whose % mitochondrial counts is more than this many MADs above the "
-                          "sample's median (0: off)."),
-        click.option("--min-counts", type=click.IntRange(min=0), default=q.min_counts,
-                     help="Fixed threshold: minimum total UMI counts per cell."),
-        click.option("--min-genes", type=click.IntRange(min=0), default=q.min_genes,
-                     help="Fixed threshold: minimum detected genes per cell."),
-        click.option("--max-mito-pct", type=click.FloatRange(0, 100), default=q.max_mito_pct,
-                     help="Fixed threshold: maximum % of counts from mitochondrial genes."),
-        click.option("--min-cells", type=click.IntRange(min=0), default=0, help="Keep genes detected in this many cells."),
-        click.option("--mito-prefix", default="MT-", help="Prefix of mitochondrial gene names (case-insensitive)."),
-    ]):
-        f = opt(f)
-    return f
+    """The QC thresholds (``QCThresholds``) and the layer to read."""
+    f = options_of(QCThresholds)(f)
+    return click.option("--layer", default=None,
+                        help="h5ad: layer holding raw counts; X for the main matrix (default), raw for .raw.")(f)
 
 
 def train_options(f):
-    d = TrainSettings()
+    """The marker panel, the model's and the fit's options (``ModelSettings``, ``TrainSettings``)."""
+    f = click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="CPU threads for PyTorch (default: all cores; set to the task's CPUs in pipelines).")(f)
+    f = options_of(ModelSettings, TrainSettings)(f)
     for opt in reversed([
         click.option("--markers", "-m", required=True, type=click.Path(),
                      help="Markers: CSV/TSV binary genes x types matrix, YAML/JSON {type: [genes]}, .txt 'type:g1,g2', "
                           "or a bundled panel's name (cellassign-nf markers list)."),
-        click.option("--size-factor-key", default="size_factor",
+        click.option("--size-factor-key", default=SIZE_FACTOR_KEY,
                      help="obs column with size factors; computed from all genes when absent."),
-        click.option("--other", is_flag=True, help="Add an 'other' type without markers."),
-        click.option("--min-delta", type=click.FloatRange(min=0), default=2.0, help="Minimum log fold change of a marker."),
-        click.option("--max-epochs", type=click.IntRange(min=1), default=d.max_epochs),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=d.lr, help="Adam learning rate."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=d.batch_size, help="Cells per minibatch."),
-        click.option("--n-restarts", type=click.IntRange(min=1), default=d.n_restarts,
-                     help="Random restarts; the best final likelihood is kept."),
-        click.option("--seed", type=int, default=d.seed),
-        click.option("--validation-fraction", type=click.FloatRange(0, 1, max_open=True), default=d.validation_fraction),
-        click.option("--patience", type=click.IntRange(min=1), default=d.patience,
-                     help="Epochs without validation improvement before stopping."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-                     help="auto: CUDA GPU when present, else CPU."),
-        click.option("--fuse", type=click.Choice(["auto", "on", "off"]), default="auto",
-                     help="Fast paths: auto = the fused C kernel on CPUs (when built), the CUDA graph on GPUs; "
-                          "on = the same, but fail if the CPU kernel was not built; off = the plain PyTorch "
-                          "reference."),
-        click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="CPU threads for PyTorch (default: all cores; set to the task's CPUs in pipelines)."),
+        click.option("--other", is_flag=True, help=f"Add an '{OTHER}' type without markers."),
     ]):
         f = opt(f)
     return f
@@ -159,15 +129,7 @@ def _settings(ctx: click.Context, kw: dict) -> TrainSettings:
         import torch
 
         torch.set_num_threads(kw["threads"])
-    return TrainSettings(fuse=kw["fuse"], max_epochs=kw["max_epochs"], lr=kw["lr"], batch_size=kw["batch_size"],
-                         n_restarts=kw["n_restarts"], seed=kw["seed"], validation_fraction=kw["validation_fraction"],
-                         patience=kw["patience"], device=kw["device"], progress=not ctx.obj["quiet"])
-
-
-def _thresholds(kw: dict) -> QCThresholds:
-    return QCThresholds(min_counts=kw["min_counts"], min_genes=kw["min_genes"], max_mito_pct=kw["max_mito_pct"],
-                        nmads=kw["nmads"], nmads_mito=kw["nmads_mito"], min_cells=kw["min_cells"],
-                        mito_prefix=kw["mito_prefix"])
+    return settings_of(TrainSettings, kw, progress=not ctx.obj["quiet"])
 
 
 def _covariates(value: str | None) -> list[str]:
@@ -205,7 +167,7 @@ def qc(input, output, metrics, summary, sample, obs_values, layer, **kw):
         if not sep or not key.strip():
             raise click.BadParameter(f"'{item}' is not KEY=VALUE", param_hint="--obs")
         pairs[key.strip()] = value
-    steps.qc(input, output, metrics, summary, sample=sample, layer=layer, thresholds=_thresholds(kw),
+    steps.qc(input, output, metrics, summary, sample=sample, layer=layer, thresholds=settings_of(QCThresholds, kw),
              obs_values=pairs)
 
 
@@ -227,7 +189,7 @@ def merge(inputs, output):
 @main.command("size-factors")
 @click.argument("input", type=click.Path())
 @click.option("--output", "-o", required=True, type=click.Path())
-@click.option("--key", default="size_factor", help="obs column to write.")
+@click.option("--key", default=SIZE_FACTOR_KEY, help="obs column to write.")
 def size_factors_cmd(input, output, key):
     """Size factors from all genes: total counts / mean total counts.
 
@@ -266,8 +228,7 @@ def design(input, output, covariates, formula):
 @click.option("--design", "design_path", default=None, type=click.Path(), help="Design matrix TSV.")
 @click.option("--layer", default=None, help="Layer holding raw counts; X (the default) is the main matrix.")
 @click.pass_context
-def train(ctx, input, markers, output, history, probabilities, design_path, size_factor_key, layer, other,
-          min_delta, **kw):
+def train(ctx, input, markers, output, history, probabilities, design_path, size_factor_key, layer, other, **kw):
     """Fit CellAssign by minibatch EM (CPU or GPU).
 
     \b
@@ -278,8 +239,8 @@ def train(ctx, input, markers, output, history, probabilities, design_path, size
     from . import steps
 
     steps.train(input, markers, output, history, probabilities, design_path=design_path,
-                size_factor_key=size_factor_key, layer=layer, other=other, min_delta=min_delta,
-                settings=_settings(ctx, kw))
+                size_factor_key=size_factor_key, layer=layer, other=other,
+                model_settings=settings_of(ModelSettings, kw), settings=_settings(ctx, kw))
 
 
 @main.command()
@@ -287,9 +248,9 @@ def train(ctx, input, markers, output, history, probabilities, design_path, size
 @click.option("--probabilities", "-p", required=True, type=click.Path())
 @click.option("--output", "-o", required=True, type=click.Path(), help="Annotated h5ad.")
 @click.option("--predictions", required=True, type=click.Path(), help="Predictions TSV.")
-@click.option("--min-prob", type=click.FloatRange(0, 1), default=0.5, help="Below this, a cell is 'unassigned'.")
+@options_of(AnnotateSettings)
 @click.option("--sample", default=None, help="Take rows SAMPLE:BARCODE of cohort probabilities.")
-def annotate(input, probabilities, output, predictions, min_prob, sample):
+def annotate(input, probabilities, output, predictions, sample, **kw):
     """Add cell types and probabilities to an h5ad.
 
     \b
@@ -298,7 +259,7 @@ def annotate(input, probabilities, output, predictions, min_prob, sample):
     """
     from . import steps
 
-    adata = steps.annotate(input, probabilities, output, predictions, min_prob=min_prob, sample=sample)
+    adata = steps.annotate(input, probabilities, output, predictions, settings_of(AnnotateSettings, kw), sample=sample)
     _print_summary(adata, [output, predictions])
 
 
@@ -310,13 +271,13 @@ def annotate(input, probabilities, output, predictions, min_prob, sample):
 @click.option("--sample", default=None, help="Sample name (default: file name).")
 @click.option("--covariates", default=None, help="Comma-separated obs columns for the design.")
 @click.option("--formula", default=None, help="Design formula, e.g. '~ batch'.")
-@click.option("--min-prob", type=click.FloatRange(0, 1), default=0.5, help="Below this, a cell is 'unassigned'.")
+@options_of(AnnotateSettings)
 @click.option("--no-umap", is_flag=True, help="Skip the UMAP of the report (large samples).")
 @click.option("--no-report", is_flag=True, help="Skip the HTML report.")
 @diagnostic_options
 @click.pass_context
-def run(ctx, input, markers, outdir, sample, covariates, formula, min_prob, size_factor_key, layer, other,
-        min_delta, no_umap, no_report, **kw):
+def run(ctx, input, markers, outdir, sample, covariates, formula, size_factor_key, layer, other, no_umap,
+        no_report, **kw):
     """All steps for one input: QC, size factors, design, train, annotate, marker diagnostics, report.
 
     Writes what the pipeline writes for one sample: in OUTDIR, NAME.annotated.h5ad,
@@ -347,14 +308,14 @@ def run(ctx, input, markers, outdir, sample, covariates, formula, min_prob, size
         "specificity": out / f"{sample}.marker_specificity.tsv",
     }
     steps.qc(input, paths["qc"], paths["metrics"], paths["summary"], sample=sample, layer=layer,
-             thresholds=_thresholds(kw))
+             thresholds=settings_of(QCThresholds, kw))
     steps.size_factors(paths["qc"], paths["sf"], size_factor_key)
     steps.design(paths["sf"], paths["design"], _covariates(covariates), formula)
     steps.train(paths["sf"], markers, paths["model"], paths["history"], paths["probabilities"],
-                design_path=paths["design"], size_factor_key=size_factor_key, other=other, min_delta=min_delta,
-                settings=settings)
+                design_path=paths["design"], size_factor_key=size_factor_key, other=other,
+                model_settings=settings_of(ModelSettings, kw), settings=settings)
     adata = steps.annotate(paths["sf"], paths["probabilities"], paths["annotated"], paths["predictions"],
-                           min_prob=min_prob)
+                           settings_of(AnnotateSettings, kw))
     diagnostics = steps.diagnose(paths["annotated"], markers, paths["diagnostics"], paths["specificity"],
                                  thresholds=thresholds_of(kw))
     for tmp in ("qc", "sf"):
@@ -366,8 +327,7 @@ def run(ctx, input, markers, outdir, sample, covariates, formula, min_prob, size
 
         result = make_report(paths["annotated"], history=paths["history"], model=paths["model"],
                              qc_summary=paths["summary"], sample=sample, outdir=out / "report", umap=not no_umap,
-                             params={"command": "run", "input": str(input), "markers": str(markers),
-                                     "min_prob": min_prob, **kw},
+                             params={"command": "run", "input": str(input), "markers": str(markers), **kw},
                              diagnostics=paths["diagnostics"], specificity=paths["specificity"])
         outputs.append(result.html)
     log.info("finished in %.1f s", time.perf_counter() - t0)
@@ -395,7 +355,7 @@ def _print_summary(adata, outputs) -> None:
     console.print("outputs:\n" + "\n".join(f"  {o}" for o in outputs))
 
 
-# --- bundled marker panels (issue 14) ---------------------------------------------------------------
+# --- bundled marker panels --------------------------------------------------------------------------
 @main.group("markers")
 def markers_group() -> None:
     """The marker panels bundled with cellassign-nf (give a NAME to --markers instead of a path)."""

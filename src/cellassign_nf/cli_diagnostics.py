@@ -4,46 +4,16 @@ from __future__ import annotations
 
 import click
 
+from .cli_options import options_of, settings_of
 from .settings import DiagnosticThresholds
 
 
-def diagnostic_options(f):
-    """The thresholds of the diagnostics, as options (defaults: ``DiagnosticThresholds``)."""
-    d = DiagnosticThresholds()
-    for opt in reversed([
-        click.option("--min-detection", type=click.FloatRange(0, 1), default=d.min_detection,
-                     help="Flag a marker detected in a smaller share of cells (uninformative)."),
-        click.option("--max-detection", type=click.FloatRange(0, 1), default=d.max_detection,
-                     help="Flag a marker detected in a larger share of cells when it also varies less than "
-                          "--min-fold (not specific)."),
-        click.option("--min-fold", type=click.FloatRange(min=1), default=d.min_fold,
-                     help="Spread (95th percentile / median, or median / 5th percentile) below which a marker "
-                          "detected everywhere is not specific."),
-        click.option("--min-markers", type=click.IntRange(min=1), default=d.min_markers,
-                     help="Flag a type with fewer usable markers."),
-        click.option("--max-overlap", type=click.FloatRange(0, 1), default=d.max_overlap,
-                     help="Flag two types whose usable markers overlap this much (Jaccard index)."),
-        click.option("--min-type-fraction", type=click.FloatRange(0, 1), default=d.min_type_fraction,
-                     help="After the fit, a type with a smaller share of the cells received (almost) none."),
-        click.option("--min-group-cells", type=click.IntRange(min=1), default=d.min_group_cells,
-                     help="... as does a type with fewer cells; smaller groups are not compared."),
-        click.option("--high-detection", type=click.FloatRange(0, 1), default=d.high_detection,
-                     help="A marker is high in a group when detected in this share of its cells ..."),
-        click.option("--min-logfc", type=click.FloatRange(min=0), default=d.min_logfc,
-                     help="... and this much above its median over the groups (log1p of counts per 10,000); "
-                          "a type's own markers must exceed another type's cells by this much."),
-        click.option("--max-unassigned", type=click.FloatRange(0, 1), default=d.max_unassigned,
-                     help="Flag a larger share of unassigned cells."),
-        click.option("--n-candidates", type=click.IntRange(min=0), default=d.n_candidates,
-                     help="Candidate markers listed per type or flagged pair."),
-    ]):
-        f = opt(f)
-    return f
+diagnostic_options = options_of(DiagnosticThresholds)  # the thresholds of the diagnostics, as options
 
 
 def thresholds_of(kw: dict) -> DiagnosticThresholds:
-    """The ``DiagnosticThresholds`` of the options of :func:`diagnostic_options` in ``kw``."""
-    return DiagnosticThresholds(**{k: kw[k] for k in DiagnosticThresholds.__dataclass_fields__})
+    """The ``DiagnosticThresholds`` of the options of :data:`diagnostic_options` in ``kw``."""
+    return settings_of(DiagnosticThresholds, kw)
 
 
 def echo_summary(diagnostics, output) -> None:
@@ -69,7 +39,7 @@ def check_markers_command(counts, markers, output, layer, **kw):
     """
     from . import steps
 
-    diag = steps.check_panel(counts, markers, output, layer=layer, thresholds=thresholds_of(kw))
+    diag = steps.check_markers(counts, markers, output, layer=layer, thresholds=thresholds_of(kw))
     echo_summary(diag, output)
 
 

@@ -15,12 +15,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .errors import InputError
+from .keys import INPUT_INFO_KEY
+from .rules import COUNTS_IN_FOLDER, COUNTS_MULTI_GLOB, MATRIX_FILES
 
 log = logging.getLogger(__name__)
 
 MAIN_MATRIX = "X"  # --layer X (the default) names the main matrix, adata.X
-COUNT_SUFFIXES = (".h5ad", ".h5", "directory of 10x matrix.mtx(.gz), features.tsv(.gz), barcodes.tsv(.gz)",
-                  "Cell Ranger outs/ or STARsolo Solo.out/ folder")
 
 
 @contextlib.contextmanager
@@ -54,7 +54,6 @@ GENE_IDS = "gene_ids"            # var column: stable gene IDs (e.g. Ensembl), w
 GENE_SYMBOLS = "gene_symbols"    # var column: gene symbols (may repeat), when known
 FEATURE_TYPES = "feature_types"  # var column of 10x files: "Gene Expression", "Antibody Capture", ...
 GENE_EXPRESSION = "Gene Expression"
-INPUT_INFO_KEY = "cellassign_input"  # uns: what read_counts found (source file, gene index, features left out)
 # var columns that other tools use for the same two things (first match wins, case-insensitive)
 ID_COLUMNS = (GENE_IDS, "gene_id", "ensembl_id", "ensembl_ids", "ensembl", "feature_id", "gene_ensembl")
 SYMBOL_COLUMNS = (GENE_SYMBOLS, "gene_symbol", "gene_name", "gene_names", "feature_name", "symbol", "symbols")
@@ -94,19 +93,8 @@ def relabel_genes(genes, names: dict[str, str]) -> list[str]:
 
 
 # --- finding the counts in a folder ------------------------------------------------------------------
-# in order of preference: Cell Ranger count (v3+ and v2), Cell Ranger multi, STARsolo
-_COUNTS_IN_FOLDER = (
-    "filtered_feature_bc_matrix.h5", "outs/filtered_feature_bc_matrix.h5",
-    "filtered_feature_bc_matrix", "outs/filtered_feature_bc_matrix",
-    "sample_filtered_feature_bc_matrix.h5", "sample_filtered_feature_bc_matrix",
-    "filtered_gene_bc_matrices_h5.h5", "outs/filtered_gene_bc_matrices_h5.h5",
-    "Solo.out/Gene/filtered", "Gene/filtered",
-)
-_MULTI_GLOB = "outs/per_sample_outs/*/count/sample_filtered_feature_bc_matrix.h5"
-
-
 def _has_mtx(folder: Path) -> bool:
-    return any((folder / n).is_file() for n in ("matrix.mtx", "matrix.mtx.gz"))
+    return any((folder / n).is_file() for n in MATRIX_FILES)
 
 
 def resolve_counts_path(path: str | Path) -> Path:
@@ -116,18 +104,18 @@ def resolve_counts_path(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir() or _has_mtx(path):
         return path
-    for rel in _COUNTS_IN_FOLDER:
+    for rel in COUNTS_IN_FOLDER:
         cand = path / rel
         if (cand.is_file() and cand.suffix == ".h5") or (cand.is_dir() and _has_mtx(cand)):
             log.info("counts: %s is a Cell Ranger/STARsolo output folder; reading its filtered matrix %s", path, cand)
             return cand
-    multi = sorted(path.glob(_MULTI_GLOB))
+    multi = sorted(path.glob(COUNTS_MULTI_GLOB))
     if len(multi) == 1:
         log.info("counts: %s is a Cell Ranger multi output folder; reading %s", path, multi[0])
         return multi[0]
     found = ", ".join(str(p.relative_to(path)) for p in multi) if multi else "none"
     raise InputError(path, "folder holds no 10x matrix.mtx(.gz) and no Cell Ranger/STARsolo filtered matrix "
-                     f"(looked for matrix.mtx(.gz), {', '.join(_COUNTS_IN_FOLDER[:4])}, Solo.out/Gene/filtered; "
+                     f"(looked for matrix.mtx(.gz), {', '.join(COUNTS_IN_FOLDER[:4])}, Solo.out/Gene/filtered; "
                      f"Cell Ranger multi samples: {found})",
                      "Point to a Cell Ranger outs/ folder, a filtered_feature_bc_matrix folder or .h5, or an .h5ad file.")
 
@@ -203,7 +191,7 @@ def read_10x_mtx(folder: str | Path) -> ad.AnnData:
     import scipy.io
 
     folder = Path(folder)
-    matrix = _first_file(folder, ("matrix.mtx.gz", "matrix.mtx"))
+    matrix = _first_file(folder, MATRIX_FILES)
     features = _first_file(folder, ("features.tsv.gz", "features.tsv", "genes.tsv.gz", "genes.tsv"))
     barcodes = _first_file(folder, ("barcodes.tsv.gz", "barcodes.tsv"))
     missing = [n for n, p in (("features.tsv(.gz) or genes.tsv(.gz)", features), ("barcodes.tsv(.gz)", barcodes)) if p is None]

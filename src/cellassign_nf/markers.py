@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import InputError
+from .keys import OTHER
+from .rules import MARKER_FILE_SUFFIXES
 
 log = logging.getLogger(__name__)
-
-OTHER = "other"
 
 
 def marker_list_to_matrix(markers: Mapping[str, Sequence[str]], include_other: bool = False) -> pd.DataFrame:
@@ -114,14 +114,13 @@ def validate_markers(rho: pd.DataFrame, path: str | Path | None = None) -> pd.Da
 
 # --- bundled panels -----------------------------------------------------------------------------------
 PANELS_DIR = Path(__file__).parent / "panels"  # also reachable as assets/markers/ in the repository
-MARKER_SUFFIXES = (".txt", ".csv", ".tsv", ".yaml", ".yml", ".json")
 
 
 def bundled_panels() -> dict[str, Path]:
     """Name -> file of the marker panels shipped with the package (``cellassign-nf markers list``)."""
     if not PANELS_DIR.is_dir():
         return {}
-    return {p.stem: p for p in sorted(PANELS_DIR.iterdir()) if p.suffix in MARKER_SUFFIXES}
+    return {p.stem: p for p in sorted(PANELS_DIR.iterdir()) if p.suffix in MARKER_FILE_SUFFIXES}
 
 
 def resolve_markers(value: str | Path) -> Path:
@@ -149,12 +148,6 @@ def panel_header(path: str | Path) -> list[str]:
 
 
 # --- matching a panel to the data's genes --------------------------------------------------------------
-def _strip_version(name: str) -> str:
-    from .io import strip_version
-
-    return strip_version(name)
-
-
 def _data_genes(data) -> tuple[object | None, pd.Index, pd.DataFrame]:
     """The AnnData (or None), its gene names and its ``var`` table (a bare one for a list of names)."""
     import anndata as ad
@@ -168,7 +161,7 @@ def _data_genes(data) -> tuple[object | None, pd.Index, pd.DataFrame]:
 def _id_keys(panel: list[str], var: pd.DataFrame, var_names: pd.Index, names_are_ids: bool,
              markers_path: str | Path | None, data_path: str | Path | None) -> tuple[pd.Index, str, list[str]]:
     """Data keys (version-less gene IDs), their source and the wanted keys for a panel of Ensembl IDs."""
-    from .io import GENE_IDS, ID_COLUMNS, find_column
+    from .io import GENE_IDS, ID_COLUMNS, find_column, strip_version
 
     col = find_column(var, ID_COLUMNS)
     if col is not None:
@@ -180,8 +173,8 @@ def _id_keys(panel: list[str], var: pd.DataFrame, var_names: pd.Index, names_are
                          f"{', '.join(panel[:3])}) but the data have no gene IDs (genes: {', '.join(var_names[:3])})",
                          "Use a panel of gene symbols, or counts that carry gene IDs (Cell Ranger .h5 or matrix "
                          f"folder, or an h5ad with var['{GENE_IDS}']), checking against {data_path or 'the counts file'}.")
-    keys = pd.Index([_strip_version(k) for k in keys])
-    return keys, source, [_strip_version(g) for g in panel]
+    keys = pd.Index([strip_version(k) for k in keys])
+    return keys, source, [strip_version(g) for g in panel]
 
 
 def _symbol_keys(panel: list[str], var: pd.DataFrame, var_names: pd.Index, names_are_ids: bool,
@@ -282,11 +275,27 @@ def _matched_rows(rho: pd.DataFrame, chosen: list[tuple[str, int]], var_names: p
 
 @dataclass
 class MarkerMatch:
-    """How a panel matched the data: ``rho`` re-indexed by the data's genes, and the panel genes
-    the data lack (in panel order)."""
+    """How a checked panel matched the data: ``rho`` re-indexed by the data's genes, the panel
+    itself, and the panel genes the data lack (in panel order). Made once per step and handed to
+    the diagnostics and the model, so that neither checks or matches the panel again."""
 
     rho: pd.DataFrame
+    panel: pd.DataFrame
     missing: list[str] = field(default_factory=list)
+    markers_path: str | Path | None = None
+
+    @property
+    def empty_types(self) -> list[str]:
+        """Types that have markers in the panel but none in the data."""
+        return [c for c in self.rho.columns if self.rho[c].sum() == 0 and self.panel[c].sum() > 0]
+
+    def require_every_type(self) -> MarkerMatch:
+        """Itself, or one clear error when a type has no marker gene in the data."""
+        if self.empty_types:
+            raise InputError(self.markers_path, "cell type(s) with no marker gene in the data: "
+                             f"{', '.join(self.empty_types)}",
+                             "Add markers for them that the data measure, or remove these types.")
+        return self
 
 
 def match_markers(rho: pd.DataFrame, data, markers_path: str | Path | None = None,
@@ -301,14 +310,25 @@ def match_markers(rho: pd.DataFrame, data, markers_path: str | Path | None = Non
     such case is logged. Missing genes are dropped with a warning; no overlap, or a type left
     with no marker, is an error. Rows keep the panel's order.
     """
-    return match_panel(rho, data, markers_path, data_path, layer).rho
+    return match_panel(validate_markers(rho, markers_path), data, markers_path, data_path, layer).require_every_type().rho
+
+
+def load_panel(markers: str | Path, data, data_path: str | Path | None = None, layer: str | None = None,
+               other: bool = False) -> MarkerMatch:
+    """Read and check a marker file (or bundled panel), with an ``other`` type if asked, and match
+    it to the data's genes: the one reading of the panel that a step makes."""
+    rho = read_markers(markers)
+    if other and OTHER not in rho.columns:
+        rho[OTHER] = 0
+    return match_panel(rho, data, markers, data_path, layer)
 
 
 def match_panel(rho: pd.DataFrame, data, markers_path: str | Path | None = None,
-                data_path: str | Path | None = None, layer: str | None = None, strict: bool = True,
+                data_path: str | Path | None = None, layer: str | None = None,
                 quiet: bool = False) -> MarkerMatch:
-    """:func:`match_markers`, also naming the missing genes. With ``strict=False`` a type left
-    with no marker in the data keeps an empty column (for diagnostics) instead of an error;
+    """Match a checked panel (:func:`validate_markers`) to the data, as :func:`match_markers`
+    describes, and name the missing genes. A type left with no marker in the data keeps an empty
+    column (the diagnostics report it; :meth:`MarkerMatch.require_every_type` refuses it);
     ``quiet`` leaves the matching out of the log."""
     from .io import looks_like_gene_ids
 
@@ -332,9 +352,4 @@ def match_panel(rho: pd.DataFrame, data, markers_path: str | Path | None = None,
                          f"checking against {data_path or 'the counts file'}.")
     if not quiet:
         _log_matching(kind, source, len(chosen), len(panel), len(rho), missing, case_only, duplicated)
-    sub = _matched_rows(rho, chosen, var_names)
-    empty = [c for c in sub.columns if sub[c].sum() == 0 and rho[c].sum() > 0]
-    if empty and strict:
-        raise InputError(markers_path, f"cell type(s) with no marker gene in the data: {', '.join(empty)}",
-                         "Add markers for them that the data measure, or remove these types.")
-    return MarkerMatch(sub, missing)
+    return MarkerMatch(_matched_rows(rho, chosen, var_names), rho, missing, markers_path)

@@ -27,12 +27,12 @@ import torch
 from torch import Tensor, nn
 
 from . import kernels
+from .settings import N_CENTRES, ModelSettings
 
 log = logging.getLogger(__name__)
 
 PHI_LOWER_BOUND = 1e-10  # added to phi, as in the original implementation
 PI_LOWER_BOUND = 1e-20  # added to pi inside the Dirichlet prior, as in the original
-N_CENTRES = 10  # B, the number of RBF centres
 
 
 def basis_means(max_count: float, min_count: float = 0.0, n_centres: int = N_CENTRES) -> tuple[list[float], float]:
@@ -103,9 +103,9 @@ class CellAssignModule(nn.Module):
         n_covariates: int,
         v: Sequence[float],
         b: float,
-        min_delta: float = 2.0,
-        dirichlet_concentration: float = 1e-2,
-        shrinkage: bool = True,
+        min_delta: float = ModelSettings.min_delta,
+        dirichlet_concentration: float = ModelSettings.dirichlet_concentration,
+        shrinkage: bool = ModelSettings.shrinkage,
         beta0_init: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> None:

@@ -10,9 +10,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from .keys import CELLTYPE_KEY, PROB_KEY, UNASSIGNED
 from .model import CellAssignModule, gamma_from_joint
-
-UNASSIGNED = "unassigned"
+from .settings import AnnotateSettings
 # elements of one chunk's N x (G + K) working tensors; bounds memory whatever the number of cells
 CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
 
@@ -73,10 +73,10 @@ def predict_gamma(module: CellAssignModule, data: ModelData) -> np.ndarray:
     return out
 
 
-def assign_labels(probabilities: pd.DataFrame, min_prob: float = 0.0) -> pd.DataFrame:
+def assign_labels(probabilities: pd.DataFrame, min_prob: float = AnnotateSettings.min_prob) -> pd.DataFrame:
     """Label each cell with its most probable type; ``unassigned`` below ``min_prob``.
 
-    Returns a frame with ``cellassign_celltype`` (categorical) and ``cellassign_prob``.
+    Returns a frame with ``CELLTYPE_KEY`` (categorical) and ``PROB_KEY`` columns.
     """
     if not 0.0 <= min_prob <= 1.0:
         raise ValueError(f"min_prob must be between 0 and 1, got {min_prob}")
@@ -87,6 +87,6 @@ def assign_labels(probabilities: pd.DataFrame, min_prob: float = 0.0) -> pd.Data
     labels[prob < min_prob] = UNASSIGNED
     categories = list(probabilities.columns) + ([UNASSIGNED] if UNASSIGNED not in probabilities.columns else [])
     return pd.DataFrame(
-        {"cellassign_celltype": pd.Categorical(labels, categories=categories), "cellassign_prob": prob},
+        {CELLTYPE_KEY: pd.Categorical(labels, categories=categories), PROB_KEY: prob},
         index=probabilities.index,
     )

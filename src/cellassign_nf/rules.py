@@ -18,7 +18,7 @@ SAMPLESHEET_REQUIRED_COLUMNS: tuple[str, ...] = tuple(_RULES["samplesheet_requir
 COLUMN_NAME_RE = re.compile(_RULES["column_name_pattern"])
 #: counts given as a file (anything else is a folder)
 COUNTS_FILE_EXTENSIONS: tuple[str, ...] = tuple(_RULES["counts_file_extensions"])
-#: a folder holding one of these is a 10x matrix folder
+#: a folder holding one of these is a 10x matrix folder (read in this order)
 MATRIX_FILES: tuple[str, ...] = tuple(_RULES["matrix_files"])
 #: in a counts folder that is not a matrix folder, where the counting tools put the filtered
 #: matrix, in order of preference: Cell Ranger count (v3+ and v2), Cell Ranger multi, STARsolo

@@ -1,7 +1,42 @@
-"""Options of the QC and training steps (light: the CLI imports this before torch or scanpy)."""
+"""Options of the steps, each with its default and its help text, defined here once.
+
+The CLI builds its options from these dataclasses (``cellassign_nf.cli_options``), the Python API
+takes them (or their fields as keyword arguments), and a test checks the pipeline's parameters
+against them. Light on purpose: the CLI imports this before torch or scanpy.
+
+A field's ``metadata`` says how the CLI shows it: ``help``; ``min`` / ``max`` (with
+``min_open`` / ``max_open``) for a range; ``choices``; ``names`` for more option names; and
+``cli=False`` for a field the CLI does not offer.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypeVar
+
+N_CENTRES = 10  # radial basis functions of the inverse dispersion (docs/model.md)
+
+
+def option(default: Any, help: str = "", **cli: Any) -> Any:
+    """A dataclass field with its CLI help and range (see the module's docstring)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
+S = TypeVar("S")
+
+
+def settings_from(cls: type[S], values: dict[str, Any]) -> S:
+    """``cls`` from the entries of ``values`` named after its fields (other entries are ignored)."""
+    return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+
+def with_overrides(settings: S, overrides: dict[str, Any]) -> S:
+    """``settings`` with some fields replaced; an unknown name is one clear ``TypeError``."""
+    known = {f.name for f in fields(settings)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise TypeError(f"unknown {type(settings).__name__} field(s): {', '.join(unknown)} "
+                        f"(known: {', '.join(sorted(known))})")
+    return replace(settings, **overrides)
 
 
 @dataclass
@@ -16,31 +51,47 @@ class QCThresholds:
     mitochondrial counts. A cell failing any rule is removed. Genes need ``min_cells`` cells
     (0 keeps all)."""
 
-    min_counts: int = 1
-    min_genes: int = 1
-    max_mito_pct: float = 100.0
-    nmads: float = 5.0
-    nmads_mito: float = 5.0
-    min_cells: int = 0
-    mito_prefix: str = "MT-"
+    min_counts: int = option(1, "Fixed threshold: minimum total UMI counts per cell.", min=0)
+    min_genes: int = option(1, "Fixed threshold: minimum detected genes per cell.", min=0)
+    max_mito_pct: float = option(100.0, "Fixed threshold: maximum % of counts from mitochondrial genes.",
+                                 min=0, max=100)
+    nmads: float = option(5.0, "Remove cells whose log total counts or log detected genes are more than this many "
+                               "MADs from the sample's median (0: off).", min=0)
+    nmads_mito: float = option(5.0, "Remove cells whose % mitochondrial counts is more than this many MADs above "
+                                    "the sample's median (0: off).", min=0)
+    min_cells: int = option(0, "Keep genes detected in this many cells.", min=0)
+    mito_prefix: str = option("MT-", "Prefix of mitochondrial gene names (case-insensitive).")
+
+
+@dataclass
+class ModelSettings:
+    """Options of the model itself (docs/model.md)."""
+
+    min_delta: float = option(2.0, "Minimum log fold change of a marker.", min=0)
+    shrinkage: bool = option(True, "Hierarchical prior on delta (as the original).", cli=False)
+    dirichlet_concentration: float = option(1e-2, "Dirichlet prior on the type proportions.", cli=False)
+    n_centres: int = option(N_CENTRES, "Radial basis functions of the inverse dispersion.", cli=False)
 
 
 @dataclass
 class TrainSettings:
-    """Options of :func:`fit` (the CLI and the Python API share them)."""
+    """Options of the fit (``cellassign_nf.train.fit``)."""
 
-    max_epochs: int = 400
-    lr: float = 0.1
-    batch_size: int = 1024
-    n_restarts: int = 3
-    seed: int = 0
-    validation_fraction: float = 0.1
-    early_stopping: bool = True
-    patience: int = 10
-    rel_tol: float = 1e-4
-    device: str = "auto"
-    fuse: str = "auto"  # fast paths: auto (fused C kernel on CPUs, CUDA graph on GPUs), on (same, kernel required), off (plain)
-    progress: bool = True
+    max_epochs: int = option(400, "Maximum epochs per restart.", min=1)
+    lr: float = option(0.1, "Adam learning rate.", min=0, min_open=True, names=("--learning-rate",))
+    batch_size: int = option(1024, "Cells per minibatch.", min=1)
+    n_restarts: int = option(3, "Random restarts; the best final likelihood is kept.", min=1)
+    seed: int = option(0, "Random seed of the starts and the minibatches.")
+    validation_fraction: float = option(0.1, "Share of cells held out for early stopping.",
+                                        min=0, max=1, max_open=True)
+    early_stopping: bool = option(True, "Stop a restart when the validation likelihood stops improving.", cli=False)
+    patience: int = option(10, "Epochs without validation improvement before stopping.", min=1)
+    rel_tol: float = option(1e-4, "Relative improvement of the validation likelihood that counts.", cli=False)
+    device: str = option("auto", "auto: CUDA GPU when present, else CPU.", choices=("auto", "cpu", "cuda"))
+    fuse: str = option("auto", "Fast paths: auto = the fused C kernel on CPUs (when built), the CUDA graph on GPUs; "
+                               "on = the same, but fail if the CPU kernel was not built; off = the plain PyTorch "
+                               "reference.", choices=("auto", "on", "off"))
+    progress: bool = option(True, "Progress bars (the CLI turns them off with --quiet).", cli=False)
 
     def check(self) -> None:
         if self.max_epochs < 1 or self.batch_size < 1 or self.n_restarts < 1 or self.patience < 1:
@@ -54,18 +105,33 @@ class TrainSettings:
 
 
 @dataclass
+class AnnotateSettings:
+    """How probabilities become labels."""
+
+    min_prob: float = option(0.5, "Below this, a cell is 'unassigned'.", min=0, max=1)
+
+
+@dataclass
 class DiagnosticThresholds:
     """When the marker diagnostics raise a flag (docs/markers.md). Expression is log1p of counts
     normalised to 10,000 per cell; "detected" means at least one count."""
 
-    min_detection: float = 0.005  # a marker detected in a smaller share of cells is uninformative
-    max_detection: float = 0.98  # ... in a larger share, it is not specific when it also varies little:
-    min_fold: float = 4.0  # its 95th percentile < min_fold x its median, and its median < min_fold x its 5th
-    min_markers: int = 2  # a type needs this many usable markers
-    max_overlap: float = 0.6  # two types whose usable markers overlap this much (Jaccard) are hard to tell apart
-    min_type_fraction: float = 0.005  # after the fit, a type with a smaller share of the cells got "almost none"
-    min_group_cells: int = 10  # ... and fewer cells than this is almost none too; smaller groups are not compared
-    high_detection: float = 0.5  # a marker is high in a group when detected in this share of its cells ...
-    min_logfc: float = 0.25  # ... and this much above its median over groups; own markers must beat others' by this
-    max_unassigned: float = 0.2  # a larger unassigned share is flagged
-    n_candidates: int = 5  # candidate markers listed per type or flagged pair
+    min_detection: float = option(0.005, "Flag a marker detected in a smaller share of cells (uninformative).",
+                                  min=0, max=1)
+    max_detection: float = option(0.98, "Flag a marker detected in a larger share of cells when it also varies less "
+                                        "than --min-fold (not specific).", min=0, max=1)
+    min_fold: float = option(4.0, "Spread (95th percentile / median, or median / 5th percentile) below which a "
+                                  "marker detected everywhere is not specific.", min=1)
+    min_markers: int = option(2, "Flag a type with fewer usable markers.", min=1)
+    max_overlap: float = option(0.6, "Flag two types whose usable markers overlap this much (Jaccard index).",
+                                min=0, max=1)
+    min_type_fraction: float = option(0.005, "After the fit, a type with a smaller share of the cells received "
+                                             "(almost) none.", min=0, max=1)
+    min_group_cells: int = option(10, "... as does a type with fewer cells; smaller groups are not compared.", min=1)
+    high_detection: float = option(0.5, "A marker is high in a group when detected in this share of its cells ...",
+                                   min=0, max=1)
+    min_logfc: float = option(0.25, "... and this much above its median over the groups (log1p of counts per "
+                                    "10,000); a type's own markers must exceed another type's cells by this much.",
+                              min=0)
+    max_unassigned: float = option(0.2, "Flag a larger share of unassigned cells.", min=0, max=1)
+    n_candidates: int = option(5, "Candidate markers listed per type or flagged pair.", min=0)

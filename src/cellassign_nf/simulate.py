@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from .keys import SIZE_FACTOR_KEY, TRUE_CELLTYPE_KEY
 from .markers import marker_list_to_matrix
 
 _CHUNK_VALUES = 2_000_000  # cells x genes drawn at once: bounds the float64 temporaries
@@ -115,14 +116,14 @@ def simulate(
     adata = ad.AnnData(X)
     adata.obs_names = [f"cell{i:06d}" for i in range(n_cells)]
     adata.var_names = genes
-    adata.obs["true_celltype"] = pd.Categorical(np.asarray(types)[z], categories=types)
+    adata.obs[TRUE_CELLTYPE_KEY] = pd.Categorical(np.asarray(types)[z], categories=types)
     adata.obs["batch"] = pd.Categorical(np.asarray(batches)[batch], categories=list(batches))
     if size_factors == "library":
         library = np.maximum(np.asarray(X.sum(axis=1), dtype=np.float64).ravel(), 1.0)
-        adata.obs["size_factor"] = library / library.mean()
+        adata.obs[SIZE_FACTOR_KEY] = library / library.mean()
         adata.obs["size_factor_true"] = s
     else:
-        adata.obs["size_factor"] = s
+        adata.obs[SIZE_FACTOR_KEY] = s
     adata.var["beta0"] = beta0
     adata.uns["simulation"] = {"delta": delta, "beta": beta[:G], "phi": phi_g, "pi": pi}
     return adata

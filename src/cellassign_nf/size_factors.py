@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import logging
 
+from collections.abc import Sequence
+
 import anndata as ad
 import numpy as np
+import scipy.sparse as sp
+
+from .keys import SIZE_FACTOR_KEY
 
 log = logging.getLogger(__name__)
 
-SIZE_FACTOR_KEY = "size_factor"
 TARGET_SUM = 1e4  # normalised expression: counts per 10,000, then log1p
 
 
@@ -29,12 +33,20 @@ def add_size_factors(adata: ad.AnnData, key: str = SIZE_FACTOR_KEY) -> ad.AnnDat
     return adata
 
 
-def normalise(adata: ad.AnnData) -> ad.AnnData:
-    """A copy with counts normalised to 10,000 per cell and log1p-transformed (scanpy)."""
-    import scanpy as sc
+def log_normalised(adata: ad.AnnData, genes: Sequence[str] | None = None) -> sp.csr_matrix:
+    """log1p of counts normalised to ``TARGET_SUM`` per cell (totals over *all* genes), for
+    ``genes`` only (all by default): cells x genes, sparse float32, without copying the matrix."""
+    X = adata.X
+    totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
+    sub = X if genes is None else X[:, adata.var_names.get_indexer(list(genes))]
+    sub = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ sp.csr_matrix(sub, dtype=np.float32))
+    sub.data = np.log1p(sub.data)
+    return sub
 
-    norm = adata.copy()
-    norm.X = norm.X.astype(np.float32)
-    sc.pp.normalize_total(norm, target_sum=TARGET_SUM)
-    sc.pp.log1p(norm)
-    return norm
+
+def normalise(adata: ad.AnnData) -> ad.AnnData:
+    """``adata`` with :func:`log_normalised` expression of all genes in ``X`` (obs, var, obsm and
+    uns are kept)."""
+    return ad.AnnData(log_normalised(adata), obs=adata.obs.copy(), var=adata.var.copy(),
+                      obsm=dict(adata.obsm), uns=dict(adata.uns))

@@ -5,11 +5,9 @@ steps that use the model import torch (in the function), so that the other steps
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,22 +15,21 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from . import diagnostics
 from .design import make_design, read_design
-from .diagnostics import CELLTYPE_KEY, Diagnostics, check_markers, log_findings, write_diagnostics
-from .diagnostics import diagnose as run_diagnostics
 from .errors import InputError
-from .io import INPUT_INFO_KEY, atomic_path, default_sample_name, read_counts, read_h5ad, read_table, write_h5ad, write_table
-from .markers import OTHER, read_markers
-from .qc import QCThresholds, filter_cells, metrics_table
-from .settings import DiagnosticThresholds, TrainSettings
-from .size_factors import SIZE_FACTOR_KEY, add_size_factors
+from .io import atomic_path, default_sample_name, read_counts, read_h5ad, read_table, write_h5ad, write_table
+from .keys import CELLTYPE_KEY, INPUT_INFO_KEY, PROB_KEY, PROBS_KEY, SAMPLE_KEY, SIZE_FACTOR_KEY, UNASSIGNED, UNS_KEY
+from .markers import MarkerMatch, load_panel
+from .progress import stage_progress
+from .qc import filter_cells, metrics_table
+from .settings import AnnotateSettings, DiagnosticThresholds, ModelSettings, QCThresholds, TrainSettings
+from .size_factors import add_size_factors
 
 if TYPE_CHECKING:
     from .api import CellAssign
 
 log = logging.getLogger(__name__)
-
-PROBABILITIES_KEY = "cellassign_probabilities"
 
 
 def write_json(data: dict, path: str | Path) -> None:
@@ -50,7 +47,7 @@ def qc(input: str | Path, output: str | Path, metrics: str | Path, summary: str 
         advance()
         sample = sample or default_sample_name(input)
         filtered, info = filter_cells(adata, thresholds or QCThresholds(), str(input))
-        filtered.obs["sample"] = pd.Categorical([sample] * filtered.n_obs)
+        filtered.obs[SAMPLE_KEY] = pd.Categorical([sample] * filtered.n_obs)
         for key, value in (obs_values or {}).items():  # sample-level metadata, e.g. from a samplesheet
             if key in filtered.obs:
                 log.warning("obs['%s'] of %s is replaced by the given value '%s'", key, input, value)
@@ -64,40 +61,20 @@ def qc(input: str | Path, output: str | Path, metrics: str | Path, summary: str 
     return info
 
 
-@contextlib.contextmanager
-def stage_progress(stages: Sequence[str]) -> Iterator[Callable[[], None]]:
-    """A progress bar over the stages of a long step (stderr, interactive terminals only)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    quiet = logging.getLogger("cellassign_nf").getEffectiveLevel() > logging.INFO
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
-                  transient=True, disable=quiet or not console.is_terminal) as progress:
-        task = progress.add_task(stages[0], total=len(stages))
-        done = [0]
-
-        def advance() -> None:
-            done[0] += 1
-            progress.update(task, completed=done[0], description=stages[min(done[0], len(stages) - 1)])
-
-        yield advance
-
-
 def merge(inputs: Sequence[str | Path], output: str | Path) -> ad.AnnData:
     """Concatenate per-sample h5ad files (cohort mode); cells are renamed ``SAMPLE:BARCODE``."""
     parts = []
     for path in inputs:
         a = read_h5ad(path)
-        if "sample" not in a.obs:
-            raise InputError(path, "has no obs['sample']", "Give files written by 'cellassign-nf qc --sample NAME'.")
-        a.obs_names = [f"{s}:{c}" for s, c in zip(a.obs["sample"].astype(str), a.obs_names)]
+        if SAMPLE_KEY not in a.obs:
+            raise InputError(path, f"has no obs['{SAMPLE_KEY}']", "Give files written by 'cellassign-nf qc --sample NAME'.")
+        a.obs_names = [f"{s}:{c}" for s, c in zip(a.obs[SAMPLE_KEY].astype(str), a.obs_names)]
         parts.append(a)
-    samples = [str(p.obs["sample"].iloc[0]) for p in parts if p.n_obs]
+    samples = [str(p.obs[SAMPLE_KEY].iloc[0]) for p in parts if p.n_obs]
     if len(set(samples)) != len(samples):
         raise InputError(None, f"the same sample is given more than once ({', '.join(samples)})", "Merge each sample once.")
     merged = ad.concat(parts, join="inner", merge="same")
-    merged.obs["sample"] = pd.Categorical(merged.obs["sample"].astype(str))
+    merged.obs[SAMPLE_KEY] = pd.Categorical(merged.obs[SAMPLE_KEY].astype(str))
     write_h5ad(merged, output)
     log.info("merged %d samples: %d cells, %d shared genes", len(parts), merged.n_obs, merged.n_vars)
     return merged
@@ -122,27 +99,30 @@ def design(input: str | Path, output: str | Path, covariates: Sequence[str] = ()
 def train(input: str | Path, markers: str | Path, model_out: str | Path, history_out: str | Path,
           probabilities_out: str | Path, design_path: str | Path | None = None,
           size_factor_key: str = SIZE_FACTOR_KEY, layer: str | None = None, other: bool = False,
-          min_delta: float = 2.0, settings: TrainSettings | None = None) -> CellAssign:
-    """Fit CellAssign; write the model file, training history and probabilities. Returns the model."""
+          model_settings: ModelSettings | None = None, settings: TrainSettings | None = None) -> CellAssign:
+    """Fit CellAssign; write the model file, training history and probabilities. Returns the model.
+
+    The panel is read, checked and matched to the data's genes once; the marker check before
+    training and the model use that one match."""
     from .api import CellAssign
 
     adata = read_h5ad(input)
-    rho = read_markers(markers)
-    preflight_check(adata, rho, markers, input)
-    if other and OTHER not in rho.columns:
-        rho[OTHER] = 0
+    match = load_panel(markers, adata, data_path=input, layer=layer, other=other)
+    _check_before_training(adata, match)
+    match.require_every_type()
     key = size_factor_key if size_factor_key in adata.obs else None
     if key is None:
         log.info("no obs['%s'] in %s: size factors computed from all genes", size_factor_key, input)
     design_matrix = read_design(design_path, adata.obs_names) if design_path else None
     settings = settings or TrainSettings()
     try:
-        model = CellAssign(adata, rho, size_factor_key=key, layer=layer, design=design_matrix, min_delta=min_delta)
-    except InputError as exc:  # name both files in errors from matching markers to the data
+        model = CellAssign(adata, match, size_factor_key=key, layer=layer, design=design_matrix,
+                           settings=model_settings)
+    except InputError as exc:  # name both files in errors about the data the model was given
         if exc.path is None:
             exc.path = f"{markers} vs {input}"
         raise
-    model.train(**asdict(settings))
+    model.train(settings)
     probabilities = model.predict(device=settings.device)
     model.save(model_out)
     write_table(model.history, history_out, index_label=None)
@@ -150,11 +130,23 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
     return model
 
 
+def _check_before_training(adata: ad.AnnData, match: MarkerMatch) -> None:
+    """The marker check before training, logged as warnings. It never stops training: a failure
+    of the check itself is one warning."""
+    try:
+        diag = diagnostics.check_markers(adata, match, quiet=True)
+    except Exception as exc:  # noqa: BLE001 - the check is advice, not a step
+        log.warning("marker check before training skipped: %s: %s", type(exc).__name__, exc)
+        return
+    diagnostics.log_findings(diag, label="marker check before training")
+
+
 def annotate(input: str | Path, probabilities: str | Path, output: str | Path, predictions: str | Path,
-             min_prob: float = 0.5, sample: str | None = None) -> ad.AnnData:
+             settings: AnnotateSettings | None = None, sample: str | None = None) -> ad.AnnData:
     """Add labels and probabilities to the h5ad; write it and a predictions TSV."""
     from .predict import assign_labels
 
+    min_prob = (settings or AnnotateSettings()).min_prob
     adata = read_h5ad(input)
     probs = read_table(probabilities)
     probs.index = probs.index.astype(str)
@@ -173,12 +165,12 @@ def annotate(input: str | Path, probabilities: str | Path, output: str | Path, p
     probs = probs.reindex(adata.obs_names)
     labels = assign_labels(probs.fillna(0.0), min_prob)
     no_probs = probs.isna().any(axis=1)
-    labels.loc[no_probs, "cellassign_celltype"] = "unassigned"
-    labels.loc[no_probs, "cellassign_prob"] = np.nan
-    adata.obs["cellassign_celltype"] = labels["cellassign_celltype"]
-    adata.obs["cellassign_prob"] = labels["cellassign_prob"]
-    adata.obsm[PROBABILITIES_KEY] = probs
-    adata.uns["cellassign"] = {"cell_types": list(probs.columns), "min_prob": float(min_prob)}
+    labels.loc[no_probs, CELLTYPE_KEY] = UNASSIGNED
+    labels.loc[no_probs, PROB_KEY] = np.nan
+    adata.obs[CELLTYPE_KEY] = labels[CELLTYPE_KEY]
+    adata.obs[PROB_KEY] = labels[PROB_KEY]
+    adata.obsm[PROBS_KEY] = probs
+    adata.uns[UNS_KEY] = {"cell_types": list(probs.columns), "min_prob": float(min_prob)}
     write_h5ad(adata, output)
     write_table(pd.concat([labels, probs], axis=1), predictions)
     return adata
@@ -186,41 +178,31 @@ def annotate(input: str | Path, probabilities: str | Path, output: str | Path, p
 
 def celltype_summary(adata: ad.AnnData) -> pd.DataFrame:
     """Cells and share per assigned type (for the terminal summary)."""
-    counts = adata.obs["cellassign_celltype"].value_counts(sort=False)
+    counts = adata.obs[CELLTYPE_KEY].value_counts(sort=False)
     return pd.DataFrame({"cells": counts, "percent": 100.0 * counts / max(adata.n_obs, 1)})
 
 
-def preflight_check(adata: ad.AnnData, rho: pd.DataFrame, markers: str | Path, input: str | Path) -> None:
-    """The marker check before training, logged as warnings. It never stops training: bad input is
-    reported by the model's own checks, and a failure of the check itself is one warning."""
-    try:
-        log_findings(check_markers(adata, rho, markers_path=markers, data_path=input, quiet=True),
-                     label="marker check before training")
-    except InputError:
-        pass  # the same problem stops training next, with its message
-    except Exception as exc:  # noqa: BLE001 - the check is advice, not a step
-        log.warning("marker check before training skipped: %s: %s", type(exc).__name__, exc)
-
-
-def check_panel(input: str | Path, markers: str | Path, output: str | Path, layer: str | None = None,
-                thresholds: DiagnosticThresholds | None = None) -> Diagnostics:
+def check_markers(input: str | Path, markers: str | Path, output: str | Path, layer: str | None = None,
+                  thresholds: DiagnosticThresholds | None = None) -> diagnostics.Diagnostics:
     """Pre-flight marker diagnostics of raw counts (any input ``qc`` reads); write the flags TSV."""
     adata = read_counts(input, layer=layer)
-    diag = check_markers(adata, read_markers(markers), thresholds, markers_path=markers, data_path=input)
-    write_diagnostics(diag, output)
-    log_findings(diag, label=None)
+    match = load_panel(markers, adata, data_path=input, layer=layer)
+    diag = diagnostics.check_markers(adata, match, thresholds)
+    diagnostics.write_diagnostics(diag, output)
+    diagnostics.log_findings(diag, label=None)
     return diag
 
 
 def diagnose(input: str | Path, markers: str | Path, output: str | Path, specificity: str | Path,
-             thresholds: DiagnosticThresholds | None = None) -> Diagnostics:
+             thresholds: DiagnosticThresholds | None = None) -> diagnostics.Diagnostics:
     """All marker diagnostics of an annotated h5ad; write the flags and specificity TSVs."""
     adata = read_h5ad(input)
     if CELLTYPE_KEY not in adata.obs:
         raise InputError(input, f"has no obs['{CELLTYPE_KEY}'] (assigned cell types)",
                          "Give the annotated h5ad written by 'cellassign-nf annotate', or use 'cellassign-nf "
                          "check-markers' on unannotated counts.")
-    diag = run_diagnostics(adata, read_markers(markers), thresholds, markers_path=markers, data_path=input)
-    write_diagnostics(diag, output, specificity)
-    log_findings(diag, label=None)
+    match = load_panel(markers, adata, data_path=input)
+    diag = diagnostics.diagnose(adata, match, thresholds)
+    diagnostics.write_diagnostics(diag, output, specificity)
+    diagnostics.log_findings(diag, label=None)
     return diag

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -18,10 +18,12 @@ import torch
 from . import kernels
 from .cuda_graph import GraphedStep
 from .errors import DeviceError
+from .keys import HISTORY_COLUMNS
 from .model import CellAssignModule, gamma_from_joint
 from .optim import Adam, ReduceOnPlateau
-from .settings import TrainSettings
 from .predict import ModelData, marginal_log_likelihood
+from .progress import progress_bar
+from .settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class FitResult:
     module: CellAssignModule
-    history: pd.DataFrame  # restart, epoch, train_loglik, val_loglik, selected
+    history: pd.DataFrame  # HISTORY_COLUMNS
     restarts: pd.DataFrame  # restart, epochs, final_loglik, seconds, selected
     settings: dict = field(default_factory=dict)
 
@@ -116,7 +118,7 @@ def fit(data: ModelData, make_module: Callable[[torch.Generator], CellAssignModu
                 best = (final, module, restart)
     assert best is not None
     selected = best[2]
-    history_df = pd.DataFrame(rows, columns=["restart", "epoch", "train_loglik", "val_loglik"])
+    history_df = pd.DataFrame(rows, columns=[c for c in HISTORY_COLUMNS if c != "selected"])
     history_df["selected"] = history_df["restart"] == selected
     restarts_df = pd.DataFrame(summaries)
     restarts_df["selected"] = restarts_df["restart"] == selected
@@ -141,7 +143,7 @@ def _fit_one(module: CellAssignModule, data: ModelData, train_idx: torch.Tensor,
         _em_step(module, optimizer, data, idx, n_train, train_ll)
 
     run_step = GraphedStep(step, batch_size, train_idx.device) if graphed else step
-    with _progress(settings, restart) as bar:
+    with _epoch_progress(settings, restart) as bar:
         for epoch in range(1, settings.max_epochs + 1):
             perm = train_idx[torch.randperm(n_train, generator=gen).to(train_idx.device)]
             train_ll.zero_()
@@ -197,37 +199,16 @@ def use_cuda_graph(settings: TrainSettings, device: torch.device) -> bool:
     return device.type == "cuda" and settings.fuse != "off"
 
 
-class _progress:
-    """A rich progress bar on stderr (epoch, training and validation log likelihood, time left)."""
-
-    def __init__(self, settings: TrainSettings, restart: int) -> None:
-        self.settings, self.restart = settings, restart
-        self._progress = None
-
-    def __enter__(self):
-        if not self.settings.progress:
-            return lambda *a: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        console = Console(stderr=True)
-        self._progress = Progress(
-            TextColumn(f"restart {self.restart + 1}/{self.settings.n_restarts}"), BarColumn(),
-            MofNCompleteColumn(), TextColumn("epochs"), TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-            console=console, transient=True, disable=not console.is_terminal,
-        )
-        self._progress.__enter__()
-        task = self._progress.add_task("train", total=self.settings.max_epochs, info="")
-
-        def update(epoch: int, train_ll: float, val_ll: float) -> None:
+@contextlib.contextmanager
+def _epoch_progress(settings: TrainSettings, restart: int) -> Iterator[Callable[[int, float, float], None]]:
+    """Report each epoch: a progress bar on terminals; in logs (pipelines, batch jobs) a line every
+    25 epochs."""
+    label = f"restart {restart + 1}/{settings.n_restarts}"
+    with progress_bar(label, settings.max_epochs, enabled=settings.progress, info=True) as (update, shown):
+        def report(epoch: int, train_ll: float, val_ll: float) -> None:
             info = f"loglik/cell train {train_ll:.3f} validation {val_ll:.3f}"
-            self._progress.update(task, completed=epoch, info=info)
-            if not console.is_terminal and epoch % 25 == 0:  # logs (pipelines, batch jobs) get a line now and then
-                log.info("restart %d/%d epoch %d/%d: %s", self.restart + 1, self.settings.n_restarts, epoch,
-                         self.settings.max_epochs, info)
+            update(epoch, info=f"epochs {info}")
+            if settings.progress and not shown and epoch % 25 == 0:
+                log.info("%s epoch %d/%d: %s", label, epoch, settings.max_epochs, info)
 
-        return update
-
-    def __exit__(self, *exc) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
+        yield report

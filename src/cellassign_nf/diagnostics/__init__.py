@@ -20,14 +20,16 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..keys import CELLTYPE_KEY, UNASSIGNED
+from ..markers import MarkerMatch
 from ..settings import DiagnosticThresholds
 from .base import (
-    CELLTYPE_KEY, FLAG_COLUMNS, INFO, UNASSIGNED, WARNING, Diagnostics, Flag, display_names, group_expression,
-    read_diagnostics, read_specificity, type_markers, write_diagnostics,
+    FLAG_COLUMNS, INFO, WARNING, Diagnostics, Flag, display_names, group_expression, read_diagnostics,
+    read_specificity, type_markers, write_diagnostics,
 )
 from .candidates import rank_candidates, split_in_two
 from .postfit import GroupStats, assignment_flags, specificity_table
-from .preflight import check_markers, preflight
+from .preflight import as_match, check_markers, checked_markers
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +42,16 @@ __all__ = [
 ]
 
 
-def diagnose(adata: ad.AnnData, panel: pd.DataFrame, thresholds: DiagnosticThresholds | None = None,
+def diagnose(adata: ad.AnnData, panel: pd.DataFrame | MarkerMatch, thresholds: DiagnosticThresholds | None = None,
              markers_path: str | Path | None = None, data_path: str | Path | None = None,
              candidates: bool = True) -> Diagnostics:
-    """The pre-flight checks and, when ``adata.obs['cellassign_celltype']`` holds the assigned
-    labels, the post-fit checks, the specificity table and candidate markers."""
+    """The pre-flight checks and, when ``adata.obs[CELLTYPE_KEY]`` holds the assigned labels,
+    the post-fit checks, the specificity table and candidate markers. ``panel``: a marker matrix,
+    or the :class:`MarkerMatch` a step already made of it."""
     t = thresholds or DiagnosticThresholds()
-    result, rho, values = preflight(adata, panel, t, markers_path, data_path)
+    match = as_match(adata, panel, markers_path, data_path)
+    result, values = checked_markers(adata, match, t)
+    rho = match.rho
     if CELLTYPE_KEY not in adata.obs:
         return result
     stats = group_stats(adata, rho, values)

@@ -13,13 +13,11 @@ import scipy.sparse as sp
 
 from ..errors import InputError
 from ..io import atomic_path, display_names, read_table  # noqa: F401 - display_names: re-exported for the package
-from ..markers import OTHER, markers_by_type
-from ..size_factors import TARGET_SUM
+from ..keys import OTHER
+from ..markers import markers_by_type
 
 WARNING, INFO = "warning", "info"
 FLAG_COLUMNS = ("level", "name", "flag", "severity", "message", "markers", "candidates")
-UNASSIGNED = "unassigned"
-CELLTYPE_KEY = "cellassign_celltype"
 
 
 @dataclass
@@ -67,18 +65,6 @@ class Diagnostics:
 def type_markers(rho: pd.DataFrame) -> dict[str, list[str]]:
     """``{type: [marker genes]}`` of the types the diagnostics judge (not ``other``)."""
     return {t: genes for t, genes in markers_by_type(rho).items() if t != OTHER}
-
-
-def normalised_columns(adata: ad.AnnData, genes: Sequence[str]) -> sp.csr_matrix:
-    """log1p of counts normalised to 10,000 per cell (totals over *all* genes) for ``genes`` only:
-    cells x genes, sparse, without copying the whole matrix."""
-    X = adata.X
-    totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
-    scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
-    sub = sp.csr_matrix(X[:, adata.var_names.get_indexer(list(genes))], dtype=np.float32)
-    sub = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ sub)
-    sub.data = np.log1p(sub.data)
-    return sub
 
 
 def group_expression(values: sp.csr_matrix, labels: pd.Series, genes: Sequence[str]

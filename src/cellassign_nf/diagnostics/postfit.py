@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ..markers import OTHER
+from ..keys import OTHER
 from ..settings import DiagnosticThresholds
-from .base import INFO, UNASSIGNED, Flag, listing, pct, type_markers
+from ..keys import UNASSIGNED
+from .base import INFO, Flag, listing, pct, type_markers
 
 
 @dataclass

@@ -11,33 +11,42 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..markers import OTHER, markers_by_type, match_panel, validate_markers
+from ..keys import OTHER
+from ..markers import MarkerMatch, markers_by_type, match_panel, validate_markers
 from ..settings import DiagnosticThresholds
-from .base import Diagnostics, Flag, display_names, listing, normalised_columns, pct, type_markers
+from ..size_factors import log_normalised
+from .base import Diagnostics, Flag, display_names, listing, pct, type_markers
 
 OK, LOW, UBIQUITOUS = "ok", "low_detection", "ubiquitous"
 
 
-def check_markers(adata: ad.AnnData, panel: pd.DataFrame, thresholds: DiagnosticThresholds | None = None,
+def check_markers(adata: ad.AnnData, panel: pd.DataFrame | MarkerMatch, thresholds: DiagnosticThresholds | None = None,
                   markers_path: str | Path | None = None, data_path: str | Path | None = None,
                   quiet: bool = False) -> Diagnostics:
     """Check a marker panel against counts (cells x genes, raw counts in X) before training.
+    ``panel``: a marker matrix, or the :class:`MarkerMatch` a step already made of it.
     ``quiet``: do not log how the panel matched the data (the caller does)."""
-    return preflight(adata, panel, thresholds or DiagnosticThresholds(), markers_path, data_path, quiet)[0]
+    match = as_match(adata, panel, markers_path, data_path, quiet)
+    return checked_markers(adata, match, thresholds or DiagnosticThresholds())[0]
 
 
-def preflight(adata: ad.AnnData, panel: pd.DataFrame, t: DiagnosticThresholds, markers_path: str | Path | None,
-              data_path: str | Path | None, quiet: bool = False
-              ) -> tuple[Diagnostics, pd.DataFrame, sp.csr_matrix]:
-    """The pre-flight findings, the panel matched to the data's genes, and the log-normalised
-    expression of those genes (cells x genes), which the post-fit checks reuse."""
-    panel = validate_markers(panel, markers_path)
-    match = match_panel(panel, adata, markers_path, data_path, strict=False, quiet=quiet)
-    values = normalised_columns(adata, [str(g) for g in match.rho.index])
+def as_match(adata: ad.AnnData, panel: pd.DataFrame | MarkerMatch, markers_path: str | Path | None = None,
+             data_path: str | Path | None = None, quiet: bool = False) -> MarkerMatch:
+    """``panel`` checked and matched to the data's genes, unless it already is."""
+    if isinstance(panel, MarkerMatch):
+        return panel
+    return match_panel(validate_markers(panel, markers_path), adata, markers_path, data_path, quiet=quiet)
+
+
+def checked_markers(adata: ad.AnnData, match: MarkerMatch, t: DiagnosticThresholds
+                    ) -> tuple[Diagnostics, sp.csr_matrix]:
+    """The pre-flight findings and the log-normalised expression of the matched marker genes
+    (cells x genes), which the post-fit checks reuse."""
+    values = log_normalised(adata, [str(g) for g in match.rho.index])
     table = marker_table(adata, match.rho, values, t)
-    flags = missing_flags(match.missing, panel) + detection_flags(table, t)
-    flags += few_marker_flags(match.rho, table, panel, match.missing, t) + overlap_flags(match.rho, table, t)
-    return Diagnostics(flags, table), match.rho, values
+    flags = missing_flags(match.missing, match.panel) + detection_flags(table, t)
+    flags += few_marker_flags(match.rho, table, match.panel, match.missing, t) + overlap_flags(match.rho, table, t)
+    return Diagnostics(flags, table), values
 
 
 def marker_table(adata: ad.AnnData, rho: pd.DataFrame, values: sp.csr_matrix, t: DiagnosticThresholds) -> pd.DataFrame:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +15,8 @@ import pandas as pd
 
 from ..errors import InputError
 from ..io import atomic_path
-
-UNASSIGNED = "unassigned"
-CELLTYPE_KEY = "cellassign_celltype"
-PROB_KEY = "cellassign_prob"
-PROBS_KEY = "cellassign_probabilities"
-SIZE_FACTOR_KEY = "size_factor"
-HISTORY_COLUMNS = ("restart", "epoch", "train_loglik", "val_loglik", "selected")
+from ..keys import CELLTYPE_KEY, HISTORY_COLUMNS, PROB_KEY, PROBS_KEY, SIZE_FACTOR_KEY, UNASSIGNED  # noqa: F401
+from ..rules import SAMPLE_NAME_RE  # noqa: F401 - re-exported for the report package
 DEFAULT_UMAP_MAX_CELLS = 50_000
 UMAP_MIN_CELLS = 10
 HVG_THRESHOLD = 2_000  # genes: above this, the UMAP uses the top highly variable genes
@@ -30,7 +24,6 @@ COUNTS_SUFFIX = "_celltype_counts_mqc.tsv"
 PREDICTIONS_SUFFIX = ".predictions.tsv"
 UNASSIGNED_COLOUR = "#b0b0b0"
 DPI = 100
-SAMPLE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 class ModelLike(Protocol):

@@ -12,8 +12,9 @@ import pandas as pd
 
 from ..errors import InputError
 from .base import (
-    CELLTYPE_KEY, HISTORY_COLUMNS, PROB_KEY, SAMPLE_NAME_RE, ModelLike, QCSummary, _is_number, _require_file,
+    CELLTYPE_KEY, HISTORY_COLUMNS, PROB_KEY, ModelLike, QCSummary, _is_number, _require_file,
 )
+from ..rules import SAMPLE_NAME_CHARACTERS, is_sample_name
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -21,9 +22,9 @@ if TYPE_CHECKING:
 
 def check_sample_name(sample: str) -> str:
     """Sample names become file names and MultiQC sample names: keep them simple."""
-    if not SAMPLE_NAME_RE.match(sample or ""):
+    if not is_sample_name(sample):
         raise InputError(None, f"sample name '{sample}' is not usable in file names",
-                         "Use letters, digits, '.', '_', '+' or '-' only, starting with a letter or digit.")
+                         f"Use {SAMPLE_NAME_CHARACTERS} only, starting with a letter or digit.")
     return sample
 
 

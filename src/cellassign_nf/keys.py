@@ -1,0 +1,20 @@
+"""The names this package writes into AnnData objects and tables, defined once.
+
+``obs`` columns, the ``obsm`` and ``uns`` entries, the labels that are not cell types and the
+columns of the training history; every module reads them from here (docs/steps.md lists them).
+"""
+from __future__ import annotations
+
+SAMPLE_KEY = "sample"  # obs: the sample of each cell
+SIZE_FACTOR_KEY = "size_factor"  # obs: size factors (cellassign-nf size-factors)
+CELLTYPE_KEY = "cellassign_celltype"  # obs: the assigned type, or UNASSIGNED
+PROB_KEY = "cellassign_prob"  # obs: the probability of the assigned type
+PROBS_KEY = "cellassign_probabilities"  # obsm: cells x types probabilities
+UNS_KEY = "cellassign"  # uns: {"cell_types": [...], "min_prob": ...} of the annotation
+INPUT_INFO_KEY = "cellassign_input"  # uns: what read_counts found (source file, gene index, features left out)
+TRUE_CELLTYPE_KEY = "true_celltype"  # obs of simulated data: the type a cell was drawn from
+
+UNASSIGNED = "unassigned"  # the label of a cell below the probability threshold
+OTHER = "other"  # a type without markers (train --other)
+
+HISTORY_COLUMNS = ("restart", "epoch", "train_loglik", "val_loglik", "selected")  # history.tsv
