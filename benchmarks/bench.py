@@ -34,7 +34,7 @@ FULL_CASES = {
     "100k": dict(n=100_000, g=200, c=10, epochs=3),
     "wide": dict(n=5_000, g=2_000, c=70, epochs=1, peer_limit_batches=1, memory=True,
                  batch_sweep=[64, 128, 256]),
-    # GPU size (issue 12): one epoch in under 1 s on an H100; not in the default set
+    # GPU size (target: one epoch in under 1 s on an H100); not in the default set
     "1m": dict(n=1_000_000, g=500, c=30, epochs=2),
 }
 QUICK_CASES = {

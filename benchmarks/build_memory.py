@@ -1,10 +1,10 @@
 """Peak host memory of building the model (`CellAssign(adata, markers)`) from counts in memory.
 
 The model holds the marker counts as one dense float32 cells x markers matrix (plus a float64
-per-cell constant), so building it should add about that much and no more at its peak. Before
-the fix of round 3 the build made full-size temporaries (a CSR copy of dense counts, the integer
-check's rounding, float64 `log_factorial`, a cells x markers quotient): 14.1 GiB peak at
-1,000,000 x 500 x 30, against 4.7 GiB now. The script simulates the case in a child process,
+per-cell constant), so building it should add about that much and no more at its peak: no
+full-size temporary (a CSR copy of dense counts, a rounded copy for the integer check, a float64
+`log_factorial`, a cells x markers quotient); docs/performance.md has the figures. The script
+simulates the case in a child process,
 reads it back as a user would, builds the model in this fresh process and prints the RSS and
 the peak.
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from harness import mem_mb, s_per_epoch, terms_per_s
 from rbf_memory import to_markdown as rbf_markdown
 
-TARGETS = {"terms": 25.0, "e2e": 30.0, "memory": 0.1}  # issue 12: per epoch, end to end; wide-marker memory
+TARGETS = {"terms": 25.0, "e2e": 30.0, "memory": 0.1}  # the speed targets: per epoch, end to end; wide-marker memory
 
 
 def _f(x, fmt="{:.3g}", none="–"):

@@ -1,6 +1,6 @@
 """Mutation testing of the model and the training loop (not part of CI: it takes a while).
 
-    scripts/mutation-test named            # the issue-13 list of model mutations, which tests kill each
+    scripts/mutation-test named            # the named model mutations, which tests kill each
     scripts/mutation-test mutmut           # mutmut over model.py and train.py, killed / survived per file
     scripts/mutation-test mutmut --jobs 8  # in parallel
 
@@ -30,9 +30,9 @@ MODEL_TESTS = ["tests/test_model.py", "tests/test_train.py", "tests/test_fit.py"
 
 # name -> list of (file, text, replacement); each text must occur exactly once in its file
 NAMED = {
-    "shrinkage off (API default)": [("api.py", "shrinkage: bool = True,", "shrinkage: bool = False,")],
-    "B = 2 RBF centres": [("model.py", "N_CENTRES = 10", "N_CENTRES = 2")],
-    "min_delta 3 (API default)": [("api.py", "min_delta: float = 2.0,", "min_delta: float = 3.0,")],
+    "shrinkage off (default)": [("settings.py", "shrinkage: bool = option(True,", "shrinkage: bool = option(False,")],
+    "B = 2 RBF centres": [("settings.py", "N_CENTRES = 10", "N_CENTRES = 2")],
+    "min_delta 3 (default)": [("settings.py", "min_delta: float = option(2.0,", "min_delta: float = option(3.0,")],
     "prior variance used as an SD": [("model.py", "z.square() / var - 0.5 * torch.log(2 * math.pi * var)",
                                       "z.square() / var.square() - 0.5 * torch.log(2 * math.pi * var.square())")],
     "prior mean sign flipped": [("model.py", "z = self.delta_log - self.delta_log_mean",
@@ -40,7 +40,7 @@ NAMED = {
     "gamma not detached in the M step": [("train.py", "gamma_from_joint(joint.detach())", "gamma_from_joint(joint)")],
     "Dirichlet concentration ignored (model)": [("model.py", "C, alpha = self.n_types, self.dirichlet_concentration",
                                                  "C, alpha = self.n_types, 1e-2")],
-    "Dirichlet concentration ignored (API)": [("api.py", 'dirichlet_concentration=p["dirichlet_concentration"],', "")],
+    "Dirichlet concentration ignored (API)": [("api.py", "dirichlet_concentration=p.dirichlet_concentration,", "")],
     "size factors ignored (model)": [("model.py", "log_mu = log_s[:, None] + column",
                                       "log_mu = 0.0 * log_s[:, None] + column")],
     "size factors ignored (API)": [("api.py", "log_s=torch.as_tensor(np.log(s[keep]), dtype=torch.float32)",

@@ -52,8 +52,7 @@ def set_threads(n: int | None) -> None:
 def owning_threads() -> Iterator[None]:
     """While training with the kernel: the kernel runs on all of torch's threads and torch's own
     (small) operations on one. torch's OpenMP workers keep spinning after each operation and would
-    take the cores from the kernel's threads: one 1,024-cell step of 20,000 x 120 x 8 took 15.0 ms
-    on 2 cores with both pools, 11.0 ms like this (docs/performance.md)."""
+    take the cores from the kernel's threads (docs/performance.md has the step times of both)."""
     n = torch.get_num_threads()
     set_threads(n)
     torch.set_num_threads(1)

@@ -9,6 +9,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..io import atomic_path
+from ..keys import SAMPLE_KEY
 from .base import CELLTYPE_KEY, COUNTS_SUFFIX, PREDICTIONS_SUFFIX, PROB_KEY, UNASSIGNED, _require_file
 
 
@@ -26,7 +27,7 @@ def read_counts_mqc(path: str | Path) -> pd.DataFrame:
         df = df.apply(pd.to_numeric).astype(int)
     except (ValueError, TypeError) as exc:
         raise InputError(path, "has non-integer counts", fix) from exc
-    df.index.name = "sample"
+    df.index.name = SAMPLE_KEY
     return df
 
 
@@ -42,13 +43,13 @@ def read_predictions_counts(path: str | Path) -> pd.DataFrame:
     if CELLTYPE_KEY not in pred.columns:
         raise InputError(path, f"has no '{CELLTYPE_KEY}' column", fix)
     name = path.name[: -len(PREDICTIONS_SUFFIX)] if path.name.endswith(PREDICTIONS_SUFFIX) else path.stem
-    skip = {"cell", CELLTYPE_KEY, PROB_KEY, "sample"}
+    skip = {"cell", CELLTYPE_KEY, PROB_KEY, SAMPLE_KEY}
     types = [c for c in pred.columns if c not in skip]
     counts = pred[CELLTYPE_KEY].astype(str).value_counts()
     order = [t for t in types if t != UNASSIGNED] + [t for t in counts.index if t not in types and t != UNASSIGNED]
     order.append(UNASSIGNED)
     row = counts.reindex(order, fill_value=0).astype(int)
-    return pd.DataFrame([row.to_numpy()], index=pd.Index([name], name="sample"), columns=order)
+    return pd.DataFrame([row.to_numpy()], index=pd.Index([name], name=SAMPLE_KEY), columns=order)
 
 
 def cohort_table(inputs: Sequence[str | Path]) -> pd.DataFrame:
@@ -92,7 +93,7 @@ def cohort_table(inputs: Sequence[str | Path]) -> pd.DataFrame:
     if any(UNASSIGNED in df.columns for df in frames):
         order.append(UNASSIGNED)
     table = pd.concat(frames).reindex(columns=order).fillna(0).astype(int)
-    table.index.name = "sample"
+    table.index.name = SAMPLE_KEY
     return table
 
 
@@ -100,5 +101,5 @@ def write_cohort_table(table: pd.DataFrame, path: str | Path) -> Path:
     """Write the cohort table as TSV (``sample`` then one column per type) atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        table.to_csv(tmp, sep="\t", index=True, index_label="sample")
+        table.to_csv(tmp, sep="\t", index=True, index_label=SAMPLE_KEY)
     return path

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from ..keys import UNS_KEY
 from .base import CELLTYPE_KEY, UNASSIGNED, QCSummary, SampleSummary
 
 if TYPE_CHECKING:
@@ -32,14 +33,14 @@ def celltype_counts(adata: ad.AnnData, cell_types: Sequence[str] | None = None) 
 
 
 def _uns_cell_types(adata: ad.AnnData) -> list[str]:
-    info = adata.uns.get("cellassign", {})
+    info = adata.uns.get(UNS_KEY, {})
     types = info.get("cell_types", []) if isinstance(info, Mapping) else []
     return [str(t) for t in np.asarray(types).ravel()]
 
 
 def min_prob_of(adata: ad.AnnData) -> float | None:
-    """The probability threshold used by ``annotate`` (``uns["cellassign"]["min_prob"]``)."""
-    info = adata.uns.get("cellassign", {})
+    """The probability threshold used by ``annotate`` (``uns[UNS_KEY]["min_prob"]``)."""
+    info = adata.uns.get(UNS_KEY, {})
     value = info.get("min_prob") if isinstance(info, Mapping) else None
     try:
         return None if value is None else float(np.asarray(value).ravel()[0])
