@@ -125,8 +125,9 @@ def default_sample_name(path: str | Path) -> str:
     output (``RUN/outs``, ``RUN/outs/filtered_feature_bc_matrix(.h5)``), the run folder's name."""
     path = Path(path).absolute()
     parts = [p for p in (path, *path.parents) if p.name]
-    generic = {"outs", "filtered_feature_bc_matrix", "filtered_feature_bc_matrix.h5", "filtered", "gene", "solo.out",
-               "sample_filtered_feature_bc_matrix", "sample_filtered_feature_bc_matrix.h5", "count"}
+    # the folder and file names of the counting tools' layouts, which name no sample
+    generic = {part.lower() for rel in (*COUNTS_IN_FOLDER, COUNTS_MULTI_GLOB) for part in Path(rel).parts
+               if "*" not in part}
     for p in parts:
         if p.name.lower() not in generic:
             return p.name.split(".")[0]
