@@ -1,4 +1,4 @@
-"""Marker diagnostics (issue 11): each flag on data made to raise it, with the right names; no
+"""Marker diagnostics: each flag on data made to raise it, with the right names; no
 flag on clean simulated data fitted with the default settings; candidates from the data."""
 from __future__ import annotations
 

@@ -121,3 +121,41 @@ def test_without_early_stopping_all_epochs_run_and_the_last_state_is_kept(small)
     _, val_idx = split_cells(small.n_obs, 0.1, 0)
     val = marginal_log_likelihood(model.module, model._data, torch.as_tensor(val_idx)) / len(val_idx)
     assert val == pytest.approx(h["val_loglik"].iloc[-1], rel=1e-6)
+
+
+@pytest.mark.parametrize("n_cells, fraction", [(300, 0.1), (300, 0.25), (1001, 0.5), (7, 0.3)])
+def test_split_holds_out_a_disjoint_validation_set_of_the_asked_size(n_cells, fraction):
+    """The split on its own: every cell in exactly one of the two sets, round(N x fraction) of them
+    held out. Catches a split_cells that returns (some of) the training cells as validation cells."""
+    train, val = split_cells(n_cells, fraction, seed=5)
+    assert len(val) == round(n_cells * fraction) and len(train) == n_cells - len(val)
+    assert not set(train.tolist()) & set(val.tolist()), "a cell is in both the training and the validation set"
+    assert sorted([*train.tolist(), *val.tolist()]) == list(range(n_cells))
+
+
+def test_validation_likelihood_is_computed_on_the_cells_no_gradient_step_used(small, monkeypatch):
+    """The held-out cells found from the training loop itself, not from split_cells: the cells of
+    every gradient step are recorded, and the history's validation log likelihood must be the
+    per-cell marginal log likelihood of all the other cells. Catches validation cells that are
+    training cells (a split_cells that returns the training cells as the validation cells, or a fit
+    that passes the wrong index set), which the tests that ask split_cells for the held-out cells
+    would agree with."""
+    stepped: list[torch.Tensor] = []
+    em_step = train_mod._em_step
+
+    def recording_em_step(module, optimizer, data, idx, n_train, train_ll):
+        stepped.append(idx.clone())
+        em_step(module, optimizer, data, idx, n_train, train_ll)
+
+    monkeypatch.setattr(train_mod, "_em_step", recording_em_step)
+    model = CellAssign(small, marker_list_to_matrix(MARKERS), size_factor_key="size_factor")
+    model.train(max_epochs=1, n_restarts=1, batch_size=64, validation_fraction=0.1, early_stopping=False,
+                progress=False, fuse="off")
+    used = set(torch.cat(stepped).tolist())
+    held_out = sorted(set(range(small.n_obs)) - used)
+    assert len(used) == 270 and len(held_out) == 30  # 10% of the 300 cells held out
+    # one epoch without early stopping: the module is the state the validation value was computed from
+    val = marginal_log_likelihood(model.module, model._data, torch.as_tensor(held_out)) / len(held_out)
+    assert model.history["val_loglik"].iloc[-1] == pytest.approx(val, rel=1e-6)
+    train = marginal_log_likelihood(model.module, model._data, torch.as_tensor(sorted(used))) / len(used)
+    assert val != pytest.approx(train, rel=1e-4), "the held-out and the training cells are alike here"
