@@ -16,7 +16,7 @@ from cellassign_nf import keys, markers, rules
 from cellassign_nf.cli import main
 from cellassign_nf.cli_options import cli_fields
 from cellassign_nf.settings import (
-    AnnotateSettings, DiagnosticThresholds, ModelSettings, QCThresholds, TrainSettings, with_overrides,
+    AnnotateSettings, DiagnosticThresholds, ModelSettings, QCThresholds, ReportSettings, TrainSettings, with_overrides,
 )
 from cellassign_nf.simulate import simulate
 
@@ -35,6 +35,7 @@ COMMAND_SETTINGS = {
     "check-markers": [DiagnosticThresholds],
     "diagnose": [DiagnosticThresholds],
     "run": [QCThresholds, ModelSettings, TrainSettings, AnnotateSettings, DiagnosticThresholds],
+    "report": [ReportSettings],
 }
 
 

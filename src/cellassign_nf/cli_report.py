@@ -10,7 +10,9 @@ from pathlib import Path
 
 import click
 
+from .cli_options import options_of
 from .errors import InputError
+from .settings import ReportSettings
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,7 @@ _PATH = click.Path(path_type=Path, dir_okay=True, file_okay=True)
 @click.option("--sample", "sample", required=True, help="Sample name (used in file names and MultiQC).")
 @click.option("--outdir", "outdir", type=_PATH, required=True, help="Folder for the report files.")
 @click.option("--no-umap", "no_umap", is_flag=True, help="Skip the UMAP (the slowest part).")
-@click.option("--umap-max-cells", "umap_max_cells", type=click.IntRange(min=0), default=50_000, show_default=True,
-              help="Skip the UMAP, with a note, above this many cells.")
+@options_of(ReportSettings)
 @click.option("--params", "params", type=_PATH, default=None,
               help="JSON of the run's parameters, shown in the report.")
 @click.option("--diagnostics", "diagnostics", type=_PATH, default=None,

@@ -112,6 +112,13 @@ class AnnotateSettings:
 
 
 @dataclass
+class ReportSettings:
+    """What the per-sample report draws."""
+
+    umap_max_cells: int = option(50_000, "Skip the UMAP, with a note, above this many cells.", min=0)
+
+
+@dataclass
 class DiagnosticThresholds:
     """When the marker diagnostics raise a flag (docs/markers.md). Expression is log1p of counts
     normalised to 10,000 per cell; "detected" means at least one count."""

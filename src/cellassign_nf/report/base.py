@@ -17,7 +17,8 @@ from ..errors import InputError
 from ..io import atomic_path
 from ..keys import CELLTYPE_KEY, HISTORY_COLUMNS, PROB_KEY, PROBS_KEY, SIZE_FACTOR_KEY, UNASSIGNED  # noqa: F401
 from ..rules import SAMPLE_NAME_RE  # noqa: F401 - re-exported for the report package
-DEFAULT_UMAP_MAX_CELLS = 50_000
+from ..settings import ReportSettings
+DEFAULT_UMAP_MAX_CELLS = ReportSettings.umap_max_cells
 UMAP_MIN_CELLS = 10
 HVG_THRESHOLD = 2_000  # genes: above this, the UMAP uses the top highly variable genes
 COUNTS_SUFFIX = "_celltype_counts_mqc.tsv"
