@@ -69,6 +69,17 @@ def nextflow(args: list[str], cwd: Path, nxf_home_or_env: Path | Mapping[str, st
     return result
 
 
+def run_pipeline(launch: Path, nxf_home_or_env: Path | Mapping[str, str], args: list[str],
+                 timeout: int = RUN_TIMEOUT) -> dict:
+    """`nextflow run <the repository> <args> --outdir results -w work` in `launch`, which must succeed.
+
+    Returns {"launch", "outdir", "work", "result"}."""
+    result = nextflow(["run", str(REPO), *args, "--outdir", "results", "-w", "work"], launch, nxf_home_or_env,
+                      timeout=timeout)
+    assert result.returncode == 0, explain(result)
+    return {"launch": launch, "outdir": launch / "results", "work": launch / "work", "result": result}
+
+
 def explain(result: subprocess.CompletedProcess) -> str:
     """An assertion message: the exit status and the ends of stdout and stderr."""
     return f"exit {result.returncode}\n--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}"

@@ -59,6 +59,16 @@ def tenx_sample(source: ad.AnnData | None = None, n_cells: int | None = None, du
             "real_id": ids[names.index(dup_symbol, 1)], "decoy_id": gene_id(90001)}
 
 
+def plain_sample(X, barcodes, names, ids=None) -> dict:
+    """A sample of gene-expression features only, in the form the writers below take: counts
+    ``X`` (cells x genes), the cells' barcodes, the genes' symbols and IDs (default: ``ENSG...``
+    numbered from 0)."""
+    names = list(names)
+    return {"X": sp.csr_matrix(X), "barcodes": list(barcodes), "names": names,
+            "ids": list(ids) if ids is not None else [gene_id(i) for i in range(len(names))],
+            "types": ["Gene Expression"] * len(names)}
+
+
 def _barcodes(n: int, rng) -> list[str]:
     seen: set[str] = set()
     while len(seen) < n:

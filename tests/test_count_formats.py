@@ -2,19 +2,17 @@
 cohort `merge` step (gene intersection, duplicate samples)."""
 from __future__ import annotations
 
-import gzip
-
 import anndata as ad
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.io
 import scipy.sparse as sp
 from click.testing import CliRunner
 
 from cellassign_nf.cli import main
 from cellassign_nf.io import read_counts
+
+from tenx_files import plain_sample, write_cellranger_h5, write_mtx_folder
 
 GENES = ["CD3E", "CD19", "LYZ", "MS4A1", "NKG7"]
 IDS = [f"ENSG0000000{i}" for i in range(len(GENES))]
@@ -32,35 +30,13 @@ def counts():
 
 
 def write_10x_h5(path, x):
-    """A Cell Ranger >= 3 filtered_feature_bc_matrix.h5: CSC of genes x cells in group 'matrix'."""
-    m = sp.csc_matrix(x.T)  # genes x cells, column = cell
-    with h5py.File(path, "w") as f:
-        f.attrs["filetype"] = "matrix"
-        f.attrs["version"] = 2
-        g = f.create_group("matrix")
-        g.create_dataset("barcodes", data=np.array(BARCODES, dtype="S"))
-        g.create_dataset("data", data=m.data.astype(np.int32))
-        g.create_dataset("indices", data=m.indices.astype(np.int64))
-        g.create_dataset("indptr", data=m.indptr.astype(np.int64))
-        g.create_dataset("shape", data=np.array(m.shape, dtype=np.int32))
-        feat = g.create_group("features")
-        feat.create_dataset("id", data=np.array(IDS, dtype="S"))
-        feat.create_dataset("name", data=np.array(GENES, dtype="S"))
-        feat.create_dataset("feature_type", data=np.array(["Gene Expression"] * len(GENES), dtype="S"))
-        feat.create_dataset("genome", data=np.array(["GRCh38"] * len(GENES), dtype="S"))
-        feat.create_dataset("_all_tag_keys", data=np.array(["genome"], dtype="S"))
+    """A Cell Ranger >= 3 filtered_feature_bc_matrix.h5 of the counts x (cells x genes)."""
+    write_cellranger_h5(path, plain_sample(x, BARCODES, GENES, IDS))
 
 
 def write_10x_mtx(folder, x):
     """A Cell Ranger >= 3 matrix folder: matrix.mtx.gz (genes x cells), features.tsv.gz, barcodes.tsv.gz."""
-    folder.mkdir()
-    with gzip.open(folder / "matrix.mtx.gz", "wb") as fh:
-        scipy.io.mmwrite(fh, sp.coo_matrix(x.T), field="integer")
-    with gzip.open(folder / "features.tsv.gz", "wt") as fh:
-        for gid, name in zip(IDS, GENES):
-            fh.write(f"{gid}\t{name}\tGene Expression\n")
-    with gzip.open(folder / "barcodes.tsv.gz", "wt") as fh:
-        fh.write("\n".join(BARCODES) + "\n")
+    write_mtx_folder(folder, plain_sample(x, BARCODES, GENES, IDS))
 
 
 def _check(adata, x):

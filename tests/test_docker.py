@@ -26,14 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from test_pipeline import _env as _pipeline_env
+from nextflow_helpers import (COHORT_TASKS, DEMO_SAMPLES as SAMPLES, PER_SAMPLE_TASKS, REPO, accuracy, explain,
+                              flat_config, nextflow, nxf_env, process_counts, run_pipeline, stopped_before_any_task,
+                              trace)
 
-REPO = Path(__file__).resolve().parents[1]
-NEXTFLOW = REPO / "scripts" / "nextflow"
 BUILD_IMAGES = REPO / "scripts" / "build-images"
-SAMPLES = ["sample1", "sample2"]
-RUN_TIMEOUT = 1800      # s; one test-profile run takes minutes on 2 CPUs
-BUILD_TIMEOUT = 3600    # s; a cold build (debootstrap base, ~4 GB of wheels) takes ~15 min here
+BUILD_TIMEOUT = 3600    # s; a cold build debootstraps the base and installs the pinned wheels
 DAEMON_START_S = 120    # s; how long dockerd may take to answer
 
 VERSION = re.search(r'^version\s*=\s*"([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
@@ -51,10 +49,6 @@ try:
 except OSError:
     pass
 '''
-
-
-def _explain(result: subprocess.CompletedProcess) -> str:
-    return f"exit {result.returncode}\n--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
 
 
 def _docker_client() -> str:
@@ -120,46 +114,29 @@ def client_dir(tmp_path_factory, docker) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def built_image(docker, client_dir):
-    """scripts/build-images, as a user runs it (a rebuild is a cache hit)."""
+def _build_images(client_dir: Path, timeout: int) -> tuple[subprocess.CompletedProcess, float]:
+    """scripts/build-images with the tests' Docker client first on PATH; the result and its wall time."""
     env = os.environ.copy()
     env["PATH"] = os.pathsep.join([str(client_dir), env.get("PATH", "")])
     start = time.monotonic()
     result = subprocess.run([str(BUILD_IMAGES)], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=BUILD_TIMEOUT, check=False)
-    wall = time.monotonic() - start
+                            timeout=timeout, check=False)
+    return result, time.monotonic() - start
+
+
+@pytest.fixture(scope="session")
+def built_image(docker, client_dir):
+    """scripts/build-images, as a user runs it (a rebuild is a cache hit)."""
+    result, wall = _build_images(client_dir, BUILD_TIMEOUT)
     print(f"scripts/build-images: {wall:.0f} s wall")
-    assert result.returncode == 0, _explain(result)
+    assert result.returncode == 0, explain(result)
     info = subprocess.run([docker, "run", "--rm", "-u", f"{os.getuid()}:{os.getgid()}", IMAGE, "python", "-c",
                            "import json, sys, torch; print(json.dumps({'prefix': sys.prefix, 'executable': "
                            "sys.executable, 'version': sys.version.split()[0], 'torch': torch.__version__, "
                            "'cuda': torch.version.cuda}))"],
                           capture_output=True, text=True, timeout=600, check=False)
-    assert info.returncode == 0, _explain(info)
+    assert info.returncode == 0, explain(info)
     return {"result": result, "wall_s": wall, "python": json.loads(info.stdout.strip().splitlines()[-1])}
-
-
-def _env(nxf_home: Path, client_dir: Path | None = None) -> dict[str, str]:
-    """The pipeline tests' environment (test_pipeline._env), with the Docker client first on PATH.
-    The host's cellassign-nf stays on PATH in every run: inside the container it must not be used."""
-    env = _pipeline_env(nxf_home)
-    if client_dir is not None:
-        env["PATH"] = os.pathsep.join([str(client_dir), env["PATH"]])
-    return env
-
-
-def nextflow(args: list[str], cwd: Path, env: dict[str, str], timeout: int = RUN_TIMEOUT) -> subprocess.CompletedProcess:
-    start = time.monotonic()
-    result = subprocess.run([str(NEXTFLOW), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=timeout, check=False)
-    result.wall_s = time.monotonic() - start  # type: ignore[attr-defined]
-    return result
-
-
-@pytest.fixture(scope="session")
-def nxf_home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("nxf_home_docker")
 
 
 def _probe_config(folder: Path) -> Path:
@@ -172,44 +149,29 @@ def _probe_config(folder: Path) -> Path:
     return config
 
 
-def _docker_run(tmp_path_factory, nxf_home, client_dir, built_image, name: str, extra: list[str]):
+def _docker_run(tmp_path_factory, nxf_home, client_dir, name: str, extra: list[str]):
     launch = tmp_path_factory.mktemp(name)
     config = _probe_config(launch)
-    result = nextflow(["run", str(REPO), "-profile", "test,docker", "-c", str(config), *extra,
-                       "--outdir", "results", "-w", "work"], launch, _env(nxf_home, client_dir))
-    print(f"-profile test,docker {' '.join(extra) or '(per sample)'}: {result.wall_s:.0f} s wall")  # type: ignore[attr-defined]
-    assert result.returncode == 0, _explain(result)
-    return {"launch": launch, "outdir": launch / "results", "result": result}
-
-
-def _plain_run(tmp_path_factory, nxf_home, name: str, extra: list[str]):
-    launch = tmp_path_factory.mktemp(name)
-    result = nextflow(["run", str(REPO), "-profile", "test", *extra, "--outdir", "results", "-w", "work"],
-                      launch, _env(nxf_home))
-    assert result.returncode == 0, _explain(result)
-    return {"launch": launch, "outdir": launch / "results", "result": result}
+    # the Docker client first on PATH; the host's cellassign-nf stays on it: inside the container it must not be used
+    run = run_pipeline(launch, nxf_env(nxf_home, extra_path=[client_dir]),
+                       ["-profile", "test,docker", "-c", str(config), *extra])
+    print(f"-profile test,docker {' '.join(extra) or '(per sample)'}: {run['result'].wall_s:.0f} s wall")
+    return run
 
 
 @pytest.fixture(scope="session")
 def docker_per_sample(tmp_path_factory, nxf_home, client_dir, built_image):
-    return _docker_run(tmp_path_factory, nxf_home, client_dir, built_image, "docker_per_sample", [])
+    return _docker_run(tmp_path_factory, nxf_home, client_dir, "docker_per_sample", [])
 
 
 @pytest.fixture(scope="session")
 def docker_cohort(tmp_path_factory, nxf_home, client_dir, built_image):
-    return _docker_run(tmp_path_factory, nxf_home, client_dir, built_image, "docker_cohort", ["--mode", "cohort"])
+    return _docker_run(tmp_path_factory, nxf_home, client_dir, "docker_cohort", ["--mode", "cohort"])
 
 
 @pytest.fixture(scope="session")
 def plain_per_sample(tmp_path_factory, nxf_home):
-    return _plain_run(tmp_path_factory, nxf_home, "plain_per_sample", [])
-
-
-def _trace(outdir: Path) -> list[dict[str, str]]:
-    traces = sorted((outdir / "pipeline_info").glob("execution_trace_*.txt"))
-    assert traces, f"no execution trace in {outdir / 'pipeline_info'}"
-    with open(traces[-1], newline="") as fh:
-        return list(csv.DictReader(fh, delimiter="\t"))
+    return run_pipeline(tmp_path_factory.mktemp("plain_per_sample"), nxf_home, ["-profile", "test"])
 
 
 def _labels(outdir: Path) -> dict[str, dict[str, str]]:
@@ -230,10 +192,9 @@ def _labels(outdir: Path) -> dict[str, dict[str, str]]:
 def test_build_images_prints_the_name_nextflow_uses_and_its_size(built_image, tmp_path, nxf_home):
     lines = built_image["result"].stdout.strip().splitlines()
     assert re.fullmatch(rf"{re.escape(IMAGE)}\t\d+\.\d\d GB", lines[-1]), built_image["result"].stdout
-    config = nextflow(["config", str(REPO), "-profile", "docker", "-o", "flat"], tmp_path, _env(nxf_home), timeout=300)
-    assert config.returncode == 0, _explain(config)
-    assert f"process.container = '{IMAGE}'" in config.stdout.splitlines(), config.stdout
-    assert "docker.runOptions = '-u $(id -u):$(id -g)'" in config.stdout.splitlines(), config.stdout
+    config = flat_config("docker", tmp_path, nxf_home)
+    assert config["process.container"] == f"'{IMAGE}'", config
+    assert config["docker.runOptions"] == "'-u $(id -u):$(id -g)'", config
 
 
 def test_image_python_is_the_pinned_one_with_cuda_torch(built_image):
@@ -248,13 +209,8 @@ def test_image_python_is_the_pinned_one_with_cuda_torch(built_image):
 def test_rebuild_is_a_cache_hit(built_image, client_dir):
     """A second build with nothing changed reuses every layer (CI's rebuilds after a code change
     rerun only the last, package layer)."""
-    env = os.environ.copy()
-    env["PATH"] = os.pathsep.join([str(client_dir), env.get("PATH", "")])
-    start = time.monotonic()
-    again = subprocess.run([str(BUILD_IMAGES)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
-                           check=False)
-    wall = time.monotonic() - start
-    assert again.returncode == 0, _explain(again)
+    again, wall = _build_images(client_dir, 900)
+    assert again.returncode == 0, explain(again)
     assert again.stdout.strip().splitlines()[-1] == built_image["result"].stdout.strip().splitlines()[-1]
     for step in ("pip install -r requirements.txt", "pip install --no-deps ."):
         number = re.search(rf"^(#\d+) \[.*{re.escape(step)}", again.stderr, re.M)
@@ -268,13 +224,11 @@ def test_rebuild_is_a_cache_hit(built_image, client_dir):
 # --------------------------------------------------------------------------------------
 
 def _assert_ran_in_the_image(run, built_image, expected_counts: dict[str, int]):
-    trace = _trace(run["outdir"])
-    counts: dict[str, int] = {}
-    for row in trace:
-        counts[row["process"].split(":")[-1]] = counts.get(row["process"].split(":")[-1], 0) + 1
+    rows = trace(run["outdir"])
+    counts = process_counts(rows)
     assert counts == expected_counts, counts
     image_prefix = built_image["python"]["prefix"]
-    for row in trace:
+    for row in rows:
         where = f"{row['process']} ({row['tag']}), {row['workdir']}"
         assert row["status"] == "COMPLETED", where
         assert row["container"] == IMAGE, f"{where}: trace container field is '{row['container']}'"
@@ -306,12 +260,6 @@ def _assert_published_files_belong_to_the_user(outdir: Path):
     assert wrong == [], wrong[:10]
 
 
-PER_SAMPLE_TASKS = {"QC": 2, "SIZE_FACTORS": 2, "DESIGN": 2, "TRAIN": 2, "ANNOTATE": 2, "DIAGNOSE": 2, "REPORT": 2,
-                    "CELLTYPE_COUNTS": 1, "MULTIQC": 1}
-COHORT_TASKS = {"QC": 2, "MERGE": 1, "SIZE_FACTORS": 1, "DESIGN": 1, "TRAIN": 1, "ANNOTATE": 2, "DIAGNOSE": 2, "REPORT": 2,
-                "CELLTYPE_COUNTS": 1, "MULTIQC": 1}
-
-
 def test_docker_per_sample_every_task_ran_in_the_image(docker_per_sample, built_image):
     _assert_ran_in_the_image(docker_per_sample, built_image, PER_SAMPLE_TASKS)
 
@@ -340,59 +288,40 @@ def test_docker_cohort_every_task_ran_in_the_image(docker_cohort, built_image):
 def test_docker_cohort_annotates_both_samples_from_one_model(docker_cohort):
     """Cohort mode in the container (its labels are not compared with a run without container,
     to keep CI short: the per-sample comparison above covers every step's code path but MERGE)."""
-    import anndata
-
     for s in SAMPLES:
-        obs = anndata.read_h5ad(docker_cohort["outdir"] / s / f"{s}.annotated.h5ad").obs
-        accuracy = float((obs["cellassign_celltype"].astype(str) == obs["true_celltype"].astype(str)).mean())
-        assert accuracy >= 0.90, f"cohort mode in docker, {s}: {accuracy:.3f} agree with obs['true_celltype']"
+        agree = accuracy(docker_cohort["outdir"] / s / f"{s}.annotated.h5ad")
+        assert agree >= 0.90, f"cohort mode in docker, {s}: {agree:.3f} agree with obs['true_celltype']"
 
 
 # --------------------------------------------------------------------------------------
 # A missing image stops the run before any task, with one line
 # --------------------------------------------------------------------------------------
 
-def _task_dirs(workdir: Path) -> list[Path]:
-    return [p for p in workdir.glob("??/*") if p.is_dir()] if workdir.exists() else []
-
-
-def _stopped_before_any_task(result, launch: Path, image: str) -> str:
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output
-    lines = [line for line in output.splitlines() if image in line]
-    assert len(lines) == 1, output
-    assert "Exception" not in output and "\tat " not in output, output
-    assert _task_dirs(launch / "work") == [], "a task was started"
-    return lines[0]
-
-
 def test_docker_run_with_a_missing_image_stops_before_any_task(tmp_path, nxf_home, client_dir, docker):
     missing = "cellassign-nf:no-such-version"
     result = nextflow(["run", str(REPO), "-profile", "test,docker", "--container_image", missing,
-                       "--outdir", "results", "-w", "work"], tmp_path, _env(nxf_home, client_dir), timeout=600)
-    line = _stopped_before_any_task(result, tmp_path, missing)
+                       "--outdir", "results", "-w", "work"], tmp_path, nxf_env(nxf_home, extra_path=[client_dir]),
+                      timeout=600)
+    line = stopped_before_any_task(result, tmp_path / "work", missing)
     assert "Build it with: scripts/build-images" in line, line
 
 
 def test_apptainer_run_with_a_docker_name_stops_with_the_sif_recipe(tmp_path, nxf_home):
     result = nextflow(["run", str(REPO), "-profile", "test,apptainer", "--outdir", "results", "-w", "work"],
-                      tmp_path, _env(nxf_home), timeout=600)
-    line = _stopped_before_any_task(result, tmp_path, IMAGE)
+                      tmp_path, nxf_home, timeout=600)
+    line = stopped_before_any_task(result, tmp_path / "work", IMAGE)
     assert f"apptainer build cellassign-nf_{VERSION}.sif docker-daemon://{IMAGE}" in line, line
     assert "--container_image /path/to/" in line, line
     missing_sif = tmp_path / "missing" / f"cellassign-nf_{VERSION}.sif"
     result = nextflow(["run", str(REPO), "-profile", "test,singularity", "--container_image", str(missing_sif),
-                       "--outdir", "results", "-w", "work"], tmp_path, _env(nxf_home), timeout=600)
-    line = _stopped_before_any_task(result, tmp_path, str(missing_sif))
+                       "--outdir", "results", "-w", "work"], tmp_path, nxf_home, timeout=600)
+    line = stopped_before_any_task(result, tmp_path / "work", str(missing_sif))
     assert "does not exist" in line and f"singularity build cellassign-nf_{VERSION}.sif docker-daemon://" in line, line
 
 
 def test_apptainer_gpu_profile_resolves_the_one_image_and_nv(tmp_path, nxf_home):
-    config = nextflow(["config", str(REPO), "-profile", "apptainer,gpu", "-o", "flat"], tmp_path, _env(nxf_home),
-                      timeout=300)
-    assert config.returncode == 0, _explain(config)
-    lines = config.stdout.splitlines()
-    assert "apptainer.enabled = true" in lines and "apptainer.autoMounts = true" in lines, config.stdout
-    assert f"process.container = '{IMAGE}'" in lines, config.stdout
-    assert not any("withLabel:process_gpu'.container " in line for line in lines), config.stdout
-    assert any("'--nv'" in line for line in lines if "containerOptions" in line), config.stdout
+    config = flat_config("apptainer,gpu", tmp_path, nxf_home)
+    assert config["apptainer.enabled"] == "true" and config["apptainer.autoMounts"] == "true", config
+    assert config["process.container"] == f"'{IMAGE}'", config
+    assert not any(key.endswith("withLabel:process_gpu'.container") for key in config), config
+    assert any("'--nv'" in value for key, value in config.items() if "containerOptions" in key), config

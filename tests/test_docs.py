@@ -56,35 +56,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHELL = {"bash", "sh", "shell"}
-RUN_TIMEOUT = 2400  # seconds per block (a pipeline run of the demo takes a few minutes on 2 CPUs)
+RUN_TIMEOUT = 2400  # seconds per block (a block may run the whole pipeline on the demo)
 MARK = re.compile(r"^<!--\s*docs-test:\s*(\w+)\s+(.+?)\s*-->\s*$")
 MODES = {"run", "syntax", "config"}
 
 
-def _write_10x_h5(adata, path: Path) -> None:
-    """A Cell Ranger (v3) filtered_feature_bc_matrix.h5 with the counts of ``adata``."""
-    import h5py
-    import numpy as np
-    import scipy.sparse as sp
-
-    X = sp.csc_matrix(adata.X.T).astype(np.int32)  # genes x cells, one column per barcode
-    with h5py.File(path, "w") as f:
-        m = f.create_group("matrix")
-        m["barcodes"] = np.array(adata.obs_names, dtype="S")
-        m["data"], m["indices"], m["indptr"] = X.data, X.indices.astype(np.int64), X.indptr.astype(np.int64)
-        m["shape"] = np.array(X.shape, dtype=np.int32)
-        feat = m.create_group("features")
-        feat["id"] = np.array([f"ENSG{i:011d}" for i in range(adata.n_vars)], dtype="S")
-        feat["name"] = np.array(adata.var_names, dtype="S")
-        feat["feature_type"] = np.array(["Gene Expression"] * adata.n_vars, dtype="S")
-        feat["genome"] = np.array(["GRCh38"] * adata.n_vars, dtype="S")
-        feat["_all_tag_keys"] = np.array([b"genome"])
-
-
 def _make_counts_h5(path: Path) -> None:
+    """Demo sample 1 as a Cell Ranger (v3) filtered_feature_bc_matrix.h5."""
     import anndata as ad
 
-    _write_10x_h5(ad.read_h5ad(REPO / "assets" / "demo" / "sample1.h5ad"), path)
+    from tenx_files import plain_sample, write_cellranger_h5
+
+    demo = ad.read_h5ad(REPO / "assets" / "demo" / "sample1.h5ad")
+    write_cellranger_h5(path, plain_sample(demo.X, demo.obs_names, demo.var_names))
 
 
 def _make_samplesheet(path: Path) -> None:

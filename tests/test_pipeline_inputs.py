@@ -18,13 +18,13 @@ from cellassign_nf.markers import read_markers
 from cellassign_nf.simulate import simulate
 
 from tenx_files import ADT, tenx_sample, write_cellranger_h5, write_mtx_folder
-from test_pipeline import REPO, _explain, nextflow
+from nextflow_helpers import REPO, nextflow, run_pipeline, stopped_before_any_task
 
 SAMPLES = ("PBMC_1", "PBMC_2")
 
 
 @pytest.fixture(scope="module")
-def facility_run(tmp_path_factory):
+def facility_run(tmp_path_factory, nxf_home):
     launch = tmp_path_factory.mktemp("facility")
     tme = read_markers("tme")
     data = {}
@@ -38,12 +38,10 @@ def facility_run(tmp_path_factory):
     write_mtx_folder(launch / "cellranger" / "PBMC_2" / "outs" / "filtered_feature_bc_matrix", data["PBMC_2"])
     (launch / "samplesheet.csv").write_text("sample,counts\nPBMC_1,cellranger/PBMC_1\nPBMC_2,cellranger/PBMC_2/outs\n")
     (launch / "no_covariates.config").write_text("params.covariates = null\n")
-    result = nextflow(["run", str(REPO), "-profile", "test", "-c", "no_covariates.config",
-                       "--input", "samplesheet.csv", "--markers", "tme", "--outdir", "results", "-w", "work"],
-                      launch, tmp_path_factory.mktemp("nxf_home"))
-    print(f"facility inputs run: {result.wall_s:.0f} s wall")  # type: ignore[attr-defined]
-    assert result.returncode == 0, _explain(result)
-    return {"launch": launch, "outdir": launch / "results", "result": result, "data": data}
+    run = run_pipeline(launch, nxf_home, ["-profile", "test", "-c", "no_covariates.config",
+                                          "--input", "samplesheet.csv", "--markers", "tme"])
+    print(f"facility inputs run: {run['result'].wall_s:.0f} s wall")
+    return {**run, "data": data}
 
 
 def test_counts_folders_resolve_to_the_filtered_matrix(facility_run):
@@ -85,25 +83,21 @@ def test_duplicated_marker_symbol_is_logged_and_resolved_to_the_expressed_gene(f
         assert "markers matched by gene symbol (data's var['gene_symbols']): 39 of 39 panel genes found" in text
 
 
-def test_counts_folder_without_a_matrix_stops_before_any_task(tmp_path):
+def test_counts_folder_without_a_matrix_stops_before_any_task(tmp_path, nxf_home):
     (tmp_path / "cellranger" / "S1" / "outs").mkdir(parents=True)
     (tmp_path / "sheet.csv").write_text("sample,counts\nS1,cellranger/S1\n")
     result = nextflow(["run", str(REPO), "--input", "sheet.csv", "--markers", "tme", "--outdir", "results",
-                       "-w", "work"], tmp_path, tmp_path / "nxf_home", timeout=300)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
+                       "-w", "work"], tmp_path, nxf_home, timeout=300)
+    line = stopped_before_any_task(result, tmp_path / "work", "counts folder 'cellranger/S1'")
     assert ("line 2: counts folder 'cellranger/S1' of sample 'S1' holds no matrix.mtx(.gz) and no Cell Ranger/STARsolo "
-            "filtered matrix") in output, output
-    assert not list((tmp_path / "work").glob("??/*"))
+            "filtered matrix") in line, line
 
 
-def test_unknown_marker_panel_name_stops_before_any_task(tmp_path):
+def test_unknown_marker_panel_name_stops_before_any_task(tmp_path, nxf_home):
     result = nextflow(["run", str(REPO), "-profile", "test", "--markers", "pbmc9", "--outdir", "results",
-                       "-w", "work"], tmp_path, tmp_path / "nxf_home", timeout=300)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "Parameter --markers: file" in output and "'pbmc9' is not a bundled panel (tme)" in output, output
-    assert not list((tmp_path / "work").glob("??/*"))
+                       "-w", "work"], tmp_path, nxf_home, timeout=300)
+    line = stopped_before_any_task(result, tmp_path / "work", "Parameter --markers")
+    assert "Parameter --markers: file" in line and "'pbmc9' is not a bundled panel (tme)" in line, line
 
 
 def test_marker_diagnostics_flag_the_panels_subset_type_by_symbol_everywhere_a_user_looks(facility_run):

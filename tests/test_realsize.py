@@ -15,8 +15,7 @@ import pytest
 
 from cellassign_nf import marker_list_to_matrix
 from cellassign_nf.simulate import simulate
-from test_pipeline import (REPO, _accuracy, _explain, _process_counts, _trace, nextflow,  # noqa: F401
-                           nxf_home)
+from nextflow_helpers import PER_SAMPLE_TASKS, accuracy, process_counts, run_pipeline, trace
 
 SAMPLES = ["donorA", "donorB"]
 N_CELLS = 20_000
@@ -38,18 +37,15 @@ def realsize_run(tmp_path_factory, nxf_home):
         rows.append(f"{sample},{sample}.h5ad")
     (launch / "samplesheet.csv").write_text("\n".join(rows) + "\n")
     marker_list_to_matrix(MARKERS).to_csv(launch / "markers.csv")
-    result = nextflow(["run", str(REPO), "--input", "samplesheet.csv", "--markers", "markers.csv",
-                       "--outdir", "results", "-w", "work"], launch, nxf_home)
-    print(f"real-size default run ({len(SAMPLES)} x {N_CELLS} cells): {result.wall_s:.0f} s wall")  # type: ignore[attr-defined]
-    assert result.returncode == 0, _explain(result)
-    return {"outdir": launch / "results", "result": result}
+    run = run_pipeline(launch, nxf_home, ["--input", "samplesheet.csv", "--markers", "markers.csv"])
+    print(f"real-size default run ({len(SAMPLES)} x {N_CELLS} cells): {run['result'].wall_s:.0f} s wall")
+    return run
 
 
 def test_realsize_default_run_writes_every_report(realsize_run):
     out = realsize_run["outdir"]
-    counts = _process_counts(_trace(out))
-    assert counts == {"QC": 2, "SIZE_FACTORS": 2, "DESIGN": 2, "TRAIN": 2, "ANNOTATE": 2, "DIAGNOSE": 2, "REPORT": 2,
-                      "CELLTYPE_COUNTS": 1, "MULTIQC": 1}, counts
+    counts = process_counts(trace(out))
+    assert counts == PER_SAMPLE_TASKS, counts
     for s in SAMPLES:
         report = out / s / "report" / f"{s}.report.html"
         assert report.is_file() and report.stat().st_size > 0, f"missing {report}"
@@ -63,11 +59,11 @@ def test_realsize_default_run_writes_every_report(realsize_run):
 
 def test_realsize_run_used_the_defaults(realsize_run):
     out = realsize_run["outdir"]
-    train = [r for r in _trace(out) if r["process"].endswith(":TRAIN")]
+    train = [r for r in trace(out) if r["process"].endswith(":TRAIN")]
     for row in train:
         script = (Path(row["workdir"]) / ".command.sh").read_text()
         assert "--max-epochs 400" in script and "--n-restarts 3" in script, script
-    report = [r for r in _trace(out) if r["process"].endswith(":REPORT")]
+    report = [r for r in trace(out) if r["process"].endswith(":REPORT")]
     for row in report:
         script = (Path(row["workdir"]) / ".command.sh").read_text()
         assert not re.search(r"--(skip|no)-umap", script), script
@@ -75,6 +71,6 @@ def test_realsize_run_used_the_defaults(realsize_run):
 
 @pytest.mark.parametrize("sample", SAMPLES)
 def test_realsize_annotations_match_truth(realsize_run, sample):
-    accuracy = _accuracy(realsize_run["outdir"] / sample / f"{sample}.annotated.h5ad")
-    print(f"{sample}: accuracy {accuracy:.4f}")
-    assert accuracy >= 0.95, f"{sample}: {accuracy:.3f} of cells agree with obs['true_celltype']"
+    agree = accuracy(realsize_run["outdir"] / sample / f"{sample}.annotated.h5ad")
+    print(f"{sample}: accuracy {agree:.4f}")
+    assert agree >= 0.95, f"{sample}: {agree:.3f} of cells agree with obs['true_celltype']"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_pipeline import REPO, _explain, _flat_config, nextflow, nxf_home  # noqa: F401 (fixture)
+from nextflow_helpers import REPO, explain as _explain, flat_config as _flat_config, nextflow
 
 SHEETS = {
     # name: (text, expected fragments of the one message; line numbers count every physical line)

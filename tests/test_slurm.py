@@ -17,7 +17,6 @@ and the job completion log (`sacct -c`).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -29,13 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from test_pipeline import _accuracy, _trace  # the run's trace rows; agreement with obs['true_celltype']
+from nextflow_helpers import (DEMO_SAMPLES as SAMPLES, NEXTFLOW, REPO, RUN_TIMEOUT, accuracy, explain, md5, nxf_env,
+                              step, trace)
 
-REPO = Path(__file__).resolve().parents[1]
-NEXTFLOW = REPO / "scripts" / "nextflow"
 LOCAL_SLURM = REPO / "scripts" / "local-slurm"
-SAMPLES = ["sample1", "sample2"]
-RUN_TIMEOUT = 1800
 CPU_STEPS_PER_SAMPLE = ["QC", "SIZE_FACTORS", "DESIGN", "ANNOTATE", "DIAGNOSE", "REPORT"]
 
 # Test-only settings: poll SLURM every second instead of every 30 s, and record what each task saw.
@@ -82,16 +78,9 @@ def _clean_path() -> str:
 
 
 def _env(nxf_home: Path, slurm_conf: Path | None = None) -> dict[str, str]:
-    env = os.environ.copy()
-    env["PATH"] = _clean_path()
-    env.pop("VIRTUAL_ENV", None)
-    env["NXF_HOME"] = str(nxf_home)
-    env["NXF_OFFLINE"] = "true"
-    env["NXF_ANSI_LOG"] = "false"
-    env.setdefault("NXF_OPTS", "-Xms64m -Xmx1g")
-    if slurm_conf is not None:
-        env["SLURM_CONF"] = str(slurm_conf)
-    return env
+    """The Nextflow environment with the clean PATH and no VIRTUAL_ENV; SLURM_CONF when a cluster is given."""
+    cluster = {"SLURM_CONF": str(slurm_conf)} if slurm_conf is not None else {}
+    return nxf_env(nxf_home, PATH=_clean_path(), VIRTUAL_ENV=None, **cluster)
 
 
 def _start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -100,39 +89,39 @@ def _start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
                             text=True, start_new_session=True)
 
 
-def _finish(proc: subprocess.Popen, cwd: Path, timeout: int = RUN_TIMEOUT) -> tuple[int, str]:
+def _finish(proc: subprocess.Popen, cwd: Path, timeout: int = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+    """Wait for a run of _start; its output (stdout and stderr together) is the result's stdout."""
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
         code = -9
-    return code, (cwd / "nextflow.out").read_text()
+    return subprocess.CompletedProcess(proc.args, code, stdout=(cwd / "nextflow.out").read_text(), stderr="")
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> dict:
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """A whole run through _start / _finish; the result has its wall time as `.wall_s`."""
     start = time.monotonic()
-    code, output = _finish(_start(args, cwd, env), cwd)
-    return {"code": code, "output": output, "wall_s": time.monotonic() - start}
-
-
-def _explain(run: dict) -> str:
-    return f"exit {run['code']}\n{run['output'][-8000:]}"
-
-
-def _step(row: dict[str, str]) -> str:
-    return row["process"].split(":")[-1]
+    result = _finish(_start(args, cwd, env), cwd)
+    result.wall_s = time.monotonic() - start  # type: ignore[attr-defined]
+    return result
 
 
 def _md5s(outdir: Path) -> dict[str, str]:
     """Published per-sample / cohort outputs (not reports, which hold times and paths)."""
-    return {str(p.relative_to(outdir)): hashlib.md5(p.read_bytes()).hexdigest()
+    return {str(p.relative_to(outdir)): md5(p)
             for p in sorted(outdir.glob("*/*")) if p.is_file() and p.parent.name != "pipeline_info"}
 
 
+def _slurm(command: list[str], conf: Path) -> subprocess.CompletedProcess:
+    """A SLURM client command (scontrol, squeue, ...) against the cluster of `conf`."""
+    return subprocess.run(command, env={**os.environ, "SLURM_CONF": str(conf)}, capture_output=True, text=True,
+                          timeout=60)
+
+
 def _slurm_job(job_id: str, conf: Path) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "-d", "show", "job", job_id], env={**os.environ, "SLURM_CONF": str(conf)},
-                         capture_output=True, text=True, timeout=60)
+    out = _slurm(["scontrol", "-d", "show", "job", job_id], conf)
     assert out.returncode == 0, f"scontrol show job {job_id}: {out.stderr}"
     fields: dict[str, str] = {}
     for token in re.split(r"\s+", out.stdout):
@@ -143,8 +132,7 @@ def _slurm_job(job_id: str, conf: Path) -> dict[str, str]:
 
 
 def _squeue(conf: Path) -> list[tuple[str, str, str]]:
-    out = subprocess.run(["squeue", "-h", "-o", "%i|%j|%T"], env={**os.environ, "SLURM_CONF": str(conf)},
-                         capture_output=True, text=True, timeout=60)
+    out = _slurm(["squeue", "-h", "-o", "%i|%j|%T"], conf)
     return [tuple(line.split("|")) for line in out.stdout.splitlines() if line.count("|") == 2]  # type: ignore[misc]
 
 
@@ -170,6 +158,29 @@ def _when_running(conf: Path, job_name: str, action, stop: threading.Event, afte
     return seen
 
 
+def _run_acting_on(job_name: str, action, args: list[str], cwd: Path, env: dict[str, str], conf: Path,
+                   after_s: float = 3.0) -> tuple[subprocess.CompletedProcess, dict]:
+    """A whole run during which action(job_id, nextflow_process) is called once, `after_s` seconds
+    after the SLURM job `job_name` is RUNNING (_when_running); the result (with `.wall_s`) and what
+    the watcher saw."""
+    stop = threading.Event()
+    start = time.monotonic()
+    proc = _start(args, cwd, env)
+    seen = _when_running(conf, job_name, lambda job_id: action(job_id, proc), stop, after_s=after_s)
+    result = _finish(proc, cwd)
+    stop.set()
+    result.wall_s = time.monotonic() - start  # type: ignore[attr-defined]
+    return result, seen
+
+
+def _launch_folder(tmp_path_factory, name: str, configs: dict[str, str]) -> Path:
+    """A launch folder holding the given config files ({file name: text})."""
+    launch = tmp_path_factory.mktemp(name)
+    for file_name, text in configs.items():
+        (launch / file_name).write_text(text)
+    return launch
+
+
 # --------------------------------------------------------------------------------------
 # session fixtures
 # --------------------------------------------------------------------------------------
@@ -179,11 +190,6 @@ def venv_ready():
     venv_tool = REPO / ".venv" / "bin" / "cellassign-nf"
     assert venv_tool.is_file(), f"{venv_tool} is missing: run scripts/setup first (the bin/ wrapper runs it)"
     assert shutil.which("cellassign-nf", path=_clean_path()) is None
-
-
-@pytest.fixture(scope="session")
-def nxf_home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("nxf_home_slurm")
 
 
 @pytest.fixture(scope="session")
@@ -208,37 +214,24 @@ def slurm(tmp_path_factory):
 @pytest.fixture(scope="session")
 def local_run(tmp_path_factory, nxf_home, venv_ready):
     launch = tmp_path_factory.mktemp("local")
-    run = _run(["run", str(REPO), "-profile", "test", "--outdir", "results", "-w", "work"], launch, _env(nxf_home))
-    print(f"local test profile (no venv on PATH): {run['wall_s']:.0f} s wall")
-    assert run["code"] == 0, _explain(run)
-    return {**run, "outdir": launch / "results", "launch": launch}
+    result = _run(["run", str(REPO), "-profile", "test", "--outdir", "results", "-w", "work"], launch, _env(nxf_home))
+    print(f"local test profile (no venv on PATH): {result.wall_s:.0f} s wall")  # type: ignore[attr-defined]
+    assert result.returncode == 0, explain(result)
+    return {"result": result, "outdir": launch / "results", "launch": launch}
 
 
 @pytest.fixture(scope="session")
 def gpu_run(tmp_path_factory, nxf_home, slurm, venv_ready):
     """-profile test,slurm,gpu --device cpu; TRAIN (sample1) is cancelled once while it runs."""
-    launch = tmp_path_factory.mktemp("slurm_gpu")
-    (launch / "fast.config").write_text(FAST_CONFIG)
-    (launch / "site.config").write_text(SITE_CONFIG)
+    launch = _launch_folder(tmp_path_factory, "slurm_gpu", {"fast.config": FAST_CONFIG, "site.config": SITE_CONFIG})
     conf = slurm["conf"]
-
-    def cancel(job_id):
-        return subprocess.run(["scancel", job_id], env={**os.environ, "SLURM_CONF": str(conf)},
-                              capture_output=True, text=True, timeout=60).returncode
-
-    stop = threading.Event()
-    start = time.monotonic()
-    proc = _start(["-c", "fast.config", "-c", "site.config", "run", str(REPO), "-profile", "test,slurm,gpu",
-                   "--device", "cpu", "--gpu_queue", "gpu", "--outdir", "results", "-w", "work"],
-                  launch, _env(nxf_home, conf))
-    cancelled = _when_running(conf, "nf-CELLASSIGN_TRAIN_(sample1)", cancel, stop)
-    code, output = _finish(proc, launch)
-    stop.set()
-    wall = time.monotonic() - start
-    print(f"slurm,gpu test profile (one scancel): {wall:.0f} s wall")
-    run = {"code": code, "output": output, "wall_s": wall}
-    assert code == 0, _explain(run)
-    return {**run, "outdir": launch / "results", "launch": launch, "conf": conf, "cancelled": cancelled}
+    result, cancelled = _run_acting_on(
+        "nf-CELLASSIGN_TRAIN_(sample1)", lambda job_id, _: _slurm(["scancel", job_id], conf).returncode,
+        ["-c", "fast.config", "-c", "site.config", "run", str(REPO), "-profile", "test,slurm,gpu", "--device", "cpu",
+         "--gpu_queue", "gpu", "--outdir", "results", "-w", "work"], launch, _env(nxf_home, conf), conf)
+    print(f"slurm,gpu test profile (one scancel): {result.wall_s:.0f} s wall")  # type: ignore[attr-defined]
+    assert result.returncode == 0, explain(result)
+    return {"result": result, "outdir": launch / "results", "launch": launch, "conf": conf, "cancelled": cancelled}
 
 
 @pytest.fixture(scope="session")
@@ -247,39 +240,33 @@ def no_cuda_run(gpu_run, nxf_home):
     (CUDA_VISIBLE_DEVICES=0) that CUDA cannot use, as on a GPU node with a broken driver."""
     launch = gpu_run["launch"]
     (launch / "nextflow.out").unlink()
-    run = _run(["-c", "fast.config", "-c", "site.config", "run", str(REPO), "-profile", "test,slurm,gpu",
-                "--gpu_queue", "gpu", "--outdir", "results_cuda", "-w", "work", "-resume"],
-               launch, _env(nxf_home, gpu_run["conf"]))
-    print(f"slurm,gpu without CUDA (resumed): {run['wall_s']:.0f} s wall")
-    return {**run, "outdir": launch / "results_cuda"}
+    result = _run(["-c", "fast.config", "-c", "site.config", "run", str(REPO), "-profile", "test,slurm,gpu",
+                   "--gpu_queue", "gpu", "--outdir", "results_cuda", "-w", "work", "-resume"],
+                  launch, _env(nxf_home, gpu_run["conf"]))
+    print(f"slurm,gpu without CUDA (resumed): {result.wall_s:.0f} s wall")  # type: ignore[attr-defined]
+    return {"result": result, "outdir": launch / "results_cuda"}
 
 
 @pytest.fixture(scope="session")
 def cohort_runs(tmp_path_factory, nxf_home, slurm, venv_ready):
     """-profile test,slurm --mode cohort, MERGE with 40 MB; interrupted while TRAIN runs; then -resume."""
-    launch = tmp_path_factory.mktemp("slurm_cohort")
-    (launch / "fast.config").write_text(FAST_CONFIG)
-    (launch / "memory.config").write_text(TINY_MEMORY_CONFIG)
+    launch = _launch_folder(tmp_path_factory, "slurm_cohort",
+                            {"fast.config": FAST_CONFIG, "memory.config": TINY_MEMORY_CONFIG})
     conf = slurm["conf"]
     args = ["-c", "fast.config", "-c", "memory.config", "run", str(REPO), "-profile", "test,slurm", "--mode", "cohort",
             "--outdir", "results", "-w", "work"]
     env = _env(nxf_home, conf)
-    stop = threading.Event()
-    start = time.monotonic()
-    proc = _start(args, launch, env)
-    interrupted = _when_running(conf, "nf-CELLASSIGN_TRAIN_(cohort)", lambda job: os.killpg(proc.pid, signal.SIGINT),
-                                stop, after_s=2.0)
-    code, first_output = _finish(proc, launch)
-    stop.set()
-    first_wall = time.monotonic() - start
+    first, interrupted = _run_acting_on("nf-CELLASSIGN_TRAIN_(cohort)",
+                                        lambda job_id, proc: os.killpg(proc.pid, signal.SIGINT),
+                                        args, launch, env, conf, after_s=2.0)
     outdir = launch / "results"
     published_after_interrupt = _md5s(outdir) if outdir.exists() else {}
     queue_after_interrupt = _squeue(conf)
     (launch / "nextflow.out").rename(launch / "nextflow.first.out")
     resumed = _run([*args, "-resume"], launch, env)
-    print(f"slurm cohort: {first_wall:.0f} s until interrupted, {resumed['wall_s']:.0f} s resumed")
-    assert resumed["code"] == 0, _explain(resumed)
-    return {"first": {"code": code, "output": first_output, "wall_s": first_wall}, "interrupted": interrupted,
+    print(f"slurm cohort: {first.wall_s:.0f} s until interrupted, {resumed.wall_s:.0f} s resumed")  # type: ignore[attr-defined]
+    assert resumed.returncode == 0, explain(resumed)
+    return {"first": first, "interrupted": interrupted,
             "published_after_interrupt": published_after_interrupt, "queue_after_interrupt": queue_after_interrupt,
             "resumed": resumed, "outdir": outdir, "conf": conf}
 
@@ -366,9 +353,9 @@ def test_local_run_finds_the_tool_through_bin(local_run):
     out = local_run["outdir"]
     for s in SAMPLES:
         assert (out / s / f"{s}.annotated.h5ad").is_file()
-        assert _accuracy(out / s / f"{s}.annotated.h5ad") >= 0.90
+        assert accuracy(out / s / f"{s}.annotated.h5ad") >= 0.90
     assert (out / "multiqc" / "multiqc_report.html").is_file()
-    train = [r for r in _trace(out) if _step(r) == "TRAIN"]
+    train = [r for r in trace(out) if step(r) == "TRAIN"]
     run_script = (Path(train[0]["workdir"]) / ".command.run").read_text()
     assert f'export PATH="$PATH:{REPO / "bin"}"' in run_script
 
@@ -378,8 +365,7 @@ def test_local_run_finds_the_tool_through_bin(local_run):
 # --------------------------------------------------------------------------------------
 
 def test_slurm_cluster_has_cpu_and_gpu_partitions(slurm):
-    out = subprocess.run(["sinfo", "-h", "-o", "%P|%T|%G"], env={**os.environ, "SLURM_CONF": str(slurm["conf"])},
-                         capture_output=True, text=True, timeout=60)
+    out = _slurm(["sinfo", "-h", "-o", "%P|%T|%G"], slurm["conf"])
     rows = {line.split("|")[0].rstrip("*"): line.split("|")[1:] for line in out.stdout.split()}
     assert set(rows) == {"cpu", "gpu"}, out.stdout
     assert all(state in ("idle", "mixed", "allocated") and gres == "gpu:1" for state, gres in rows.values()), rows
@@ -387,18 +373,18 @@ def test_slurm_cluster_has_cpu_and_gpu_partitions(slurm):
 
 def test_every_task_is_a_slurm_job_on_the_right_partition(gpu_run):
     conf = gpu_run["conf"]
-    trace = [r for r in _trace(gpu_run["outdir"]) if r["status"] == "COMPLETED"]
-    steps = sorted(_step(r) for r in trace)
+    done = [r for r in trace(gpu_run["outdir"]) if r["status"] == "COMPLETED"]
+    steps = sorted(step(r) for r in done)
     assert steps == sorted(CPU_STEPS_PER_SAMPLE * 2 + ["TRAIN"] * 2 + ["CELLTYPE_COUNTS", "MULTIQC"]), steps
-    for row in trace:
+    for row in done:
         assert row["native_id"].isdigit(), row
         job = _slurm_job(row["native_id"], conf)
-        assert job["JobName"] == f"nf-CELLASSIGN_{_step(row)}" + (f"_({row['tag']})" if row["tag"] != "-" else ""), job
+        assert job["JobName"] == f"nf-CELLASSIGN_{step(row)}" + (f"_({row['tag']})" if row["tag"] != "-" else ""), job
         assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0", job
         assert job["Comment"] == "cellassign-site", job  # --slurm_options from the site config reached sbatch
         seen = (Path(row["workdir"]) / ".task_env").read_text()
         assert f"TOOL={REPO / 'bin' / 'cellassign-nf'}" in seen, seen  # found through bin/, not PATH
-        if _step(row) == "TRAIN":
+        if step(row) == "TRAIN":
             assert job["Partition"] == "gpu" and job["JOB_GRES"] == "gpu:1" and job["TresPerNode"] == "gres:gpu:1", job
             assert "CUDA_VISIBLE_DEVICES=0 SLURM_JOB_PARTITION=gpu" in seen, seen
         else:
@@ -406,11 +392,11 @@ def test_every_task_is_a_slurm_job_on_the_right_partition(gpu_run):
             assert "CUDA_VISIBLE_DEVICES=unset SLURM_JOB_PARTITION=cpu" in seen, seen
 
 
-def test_sbatch_options_of_train_and_a_cpu_step(gpu_run):
-    trace = [r for r in _trace(gpu_run["outdir"]) if r["status"] == "COMPLETED"]
+def test_sbatch_options_of_train_and_a_cpustep(gpu_run):
+    done = [r for r in trace(gpu_run["outdir"]) if r["status"] == "COMPLETED"]
 
-    def sbatch(step):
-        row = next(r for r in trace if _step(r) == step)
+    def sbatch(name):
+        row = next(r for r in done if step(r) == name)
         lines = (Path(row["workdir"]) / ".command.run").read_text().splitlines()
         return [ln.removeprefix("#SBATCH ") for ln in lines if ln.startswith("#SBATCH")]
 
@@ -440,7 +426,7 @@ def test_scancel_of_a_running_train_job_is_retried(gpu_run):
     cancelled = gpu_run["cancelled"]
     assert cancelled.get("job_id"), "TRAIN (sample1) was never seen running, so it was not cancelled"
     assert cancelled["result"] == 0, "scancel failed"
-    rows = [r for r in _trace(gpu_run["outdir"]) if _step(r) == "TRAIN" and r["tag"] == "sample1"]
+    rows = [r for r in trace(gpu_run["outdir"]) if step(r) == "TRAIN" and r["tag"] == "sample1"]
     by_attempt = {r["attempt"]: r for r in rows}
     assert set(by_attempt) == {"1", "2"}, rows
     first, second = by_attempt["1"], by_attempt["2"]
@@ -449,29 +435,29 @@ def test_scancel_of_a_running_train_job_is_retried(gpu_run):
     assert second["status"] == "COMPLETED" and second["exit"] == "0", second
     job = _slurm_job(first["native_id"], gpu_run["conf"])
     assert job["JobState"] == "CANCELLED", job
-    assert "Execution is retried" in gpu_run["output"], gpu_run["output"][-3000:]
+    assert "Execution is retried" in gpu_run["result"].stdout, gpu_run["result"].stdout[-3000:]
 
 
 def test_gpu_node_without_cuda_fails_train_in_one_line(no_cuda_run):
-    run = no_cuda_run
-    assert run["code"] != 0, _explain(run)
-    trace = _trace(run["outdir"])
+    result = no_cuda_run["result"]
+    assert result.returncode != 0, explain(result)
+    tasks = trace(no_cuda_run["outdir"])
     # the first TRAIN to run fails with exit 2 and is not retried; the run stops ('finish'), so a TRAIN still
     # queued behind it for the one GPU is aborted; none completes
-    rows = [r for r in trace if _step(r) == "TRAIN"]
+    rows = [r for r in tasks if step(r) == "TRAIN"]
     train = [r for r in rows if r["status"] == "FAILED"]
     assert train and all(r["exit"] == "2" and r["attempt"] == "1" for r in train), rows
     assert all(r["status"] in ("FAILED", "ABORTED") for r in rows), rows
-    assert {r["status"] for r in trace if _step(r) in ("QC", "SIZE_FACTORS", "DESIGN")} == {"CACHED"}
+    assert {r["status"] for r in tasks if step(r) in ("QC", "SIZE_FACTORS", "DESIGN")} == {"CACHED"}
     err = (Path(train[0]["workdir"]) / ".command.err").read_text().strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --device cuda: a GPU was requested but CUDA is not usable"), err
     assert "CUDA_VISIBLE_DEVICES='0'" in err[0] and "--device cpu" in err[0], err[0]
-    assert "error: --device cuda" in run["output"], run["output"][-3000:]
-    assert not list(run["outdir"].glob("sample*/sample*.model.pt")), "a model was published"
+    assert "error: --device cuda" in result.stdout, result.stdout[-3000:]
+    assert not list(no_cuda_run["outdir"].glob("sample*/sample*.model.pt")), "a model was published"
 
 
 def test_tiny_memory_request_is_killed_and_retried_with_more(cohort_runs):
-    rows = [r for r in _trace(cohort_runs["outdir"], newest=False) if _step(r) == "MERGE"]
+    rows = [r for r in trace(cohort_runs["outdir"], newest=False) if step(r) == "MERGE"]
     by_attempt = {r["attempt"]: r for r in rows}
     assert set(by_attempt) == {"1", "2"}, rows
     first, second = by_attempt["1"], by_attempt["2"]
@@ -500,35 +486,32 @@ def test_interrupted_cohort_run_publishes_nothing_half_written(cohort_runs):
 
 
 def test_resume_after_interruption_reuses_finished_tasks(cohort_runs):
-    trace = _trace(cohort_runs["outdir"])
     status = {}
-    for row in trace:
-        status.setdefault(_step(row), set()).add(row["status"])
-    for step in ("QC", "MERGE", "SIZE_FACTORS", "DESIGN"):
-        assert status[step] == {"CACHED"}, (step, status)
-    for step in ("TRAIN", "ANNOTATE", "DIAGNOSE", "REPORT", "CELLTYPE_COUNTS", "MULTIQC"):
-        assert status[step] == {"COMPLETED"}, (step, status)
+    for row in trace(cohort_runs["outdir"]):
+        status.setdefault(step(row), set()).add(row["status"])
+    for name in ("QC", "MERGE", "SIZE_FACTORS", "DESIGN"):
+        assert status[name] == {"CACHED"}, (name, status)
+    for name in ("TRAIN", "ANNOTATE", "DIAGNOSE", "REPORT", "CELLTYPE_COUNTS", "MULTIQC"):
+        assert status[name] == {"COMPLETED"}, (name, status)
     out = cohort_runs["outdir"]
     assert (out / "cohort" / "cohort.model.pt").is_file()
     for s in SAMPLES:
-        assert _accuracy(out / s / f"{s}.annotated.h5ad") >= 0.90
+        assert accuracy(out / s / f"{s}.annotated.h5ad") >= 0.90
 
 
 def test_slurm_job_completion_log_lists_every_job(gpu_run, cohort_runs):
-    out = subprocess.run(["sacct", "-c", "-n", "-P", "-o", "jobid,partition,state"],
-                         env={**os.environ, "SLURM_CONF": str(gpu_run["conf"])}, capture_output=True, text=True,
-                         timeout=60)
+    out = _slurm(["sacct", "-c", "-n", "-P", "-o", "jobid,partition,state"], gpu_run["conf"])
     assert out.returncode == 0, out.stderr
     records = {line.split("|")[0]: line.split("|")[1:] for line in out.stdout.split() if "|" in line}
     for outdir in (gpu_run["outdir"], cohort_runs["outdir"]):
-        for row in _trace(outdir):
+        for row in trace(outdir):
             if row["status"] in ("COMPLETED", "FAILED"):
                 assert row["native_id"] in records, (row, sorted(records))
 
 
 def test_slurm_without_gpu_profile_keeps_train_on_cpu(cohort_runs):
     """-profile test,slurm (no gpu): TRAIN is an ordinary CPU job in the default partition."""
-    train = [r for r in _trace(cohort_runs["outdir"]) if _step(r) == "TRAIN"]
+    train = [r for r in trace(cohort_runs["outdir"]) if step(r) == "TRAIN"]
     assert len(train) == 1 and train[0]["status"] == "COMPLETED", train
     job = _slurm_job(train[0]["native_id"], cohort_runs["conf"])
     assert job["Partition"] == "cpu" and job["JOB_GRES"] == "(null)", job
