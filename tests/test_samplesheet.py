@@ -7,6 +7,7 @@ them through the whole pipeline, and checks that no task starts).
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -28,6 +29,8 @@ SHEETS = {
                                                                 "missing column 'batch'"]),
     "empty_sample.csv": ("sample,counts\n,s1.h5ad\n", ["line 2", "the sample name is empty"]),
     "bad_sample_name.csv": ("sample,counts\ns 1,s1.h5ad\n", ["line 2", "sample name 's 1' has characters", "'s_1'"]),
+    "leading_dot_sample.csv": ("sample,counts\n.s 1,s1.h5ad\n", ["line 2", "sample name '.s 1' has characters",
+                                                               "e.g. 's_1'"]),
     "reserved_sample.csv": ("sample,counts\ncohort,s1.h5ad\n", ["line 2", "sample name 'cohort' is reserved"]),
     "duplicate_sample.csv": ("# sheet\nsample,counts\ns1,s1.h5ad\n\ns1,s1.h5ad\n",
                              ["line 5", "duplicate sample 's1' (also on line 3)"]),
@@ -95,6 +98,21 @@ def test_good_sheets_give_meta_and_resolved_paths(checked):
                                f"id=s3&batch=b3@{folder / 'tenx_dir'}"]
     status, rows = lines["good.tsv"]
     assert status == "OK" and rows == f"id=s1&donor=d1@{folder / 's1.h5ad'}", rows
+
+
+def test_schema_input_states_the_input_rules():
+    """assets/schema_input.json (the samplesheet's JSON schema, for nf-schema and for readers) repeats
+    the rules of src/cellassign_nf/input_rules.json, which the Groovy check reads: they agree."""
+    rules = json.loads((REPO / "src" / "cellassign_nf" / "input_rules.json").read_text())
+    items = json.loads((REPO / "assets" / "schema_input.json").read_text())["items"]
+    sample = items["properties"]["sample"]
+    assert sample["pattern"] == f"^{rules['sample_name_pattern']}$"
+    assert sample["not"]["enum"] == rules["reserved_sample_names"]
+    assert rules["sample_name_characters"] in sample["description"]
+    assert items["required"] == rules["samplesheet_required_columns"]
+    assert list(items["patternProperties"]) == [f"^{rules['column_name_pattern']}$"]
+    extensions = re.findall(r"\\(\.\w+)", items["properties"]["counts"]["pattern"])
+    assert extensions == rules["counts_file_extensions"], extensions
 
 
 # --- nextflow config of every profile --------------------------------------------------------------

@@ -45,6 +45,11 @@ def softwareVersionsYaml(List texts) {
     return new Yaml(options).dump(merged)
 }
 
+// A channel of versions.yml files -> one value: their softwareVersionsYaml
+def collectVersions(ch_versions) {
+    return ch_versions.map { f -> f.text }.unique().collect(sort: true).map { texts -> softwareVersionsYaml(texts) }
+}
+
 /*
  * One line per sample on the terminal: its marker-diagnostics warnings (columns of
  * marker_diagnostics.tsv: level, name, flag, severity, ...), or that there are none.
@@ -134,12 +139,7 @@ workflow CELLASSIGN {
     ch_multiqc_report = Channel.empty()
     if (!params.skip_multiqc) {
         // the software versions of every step, shown in the MultiQC report
-        ch_mqc_versions = ch_versions
-            .map { f -> f.text }
-            .unique()
-            .collect(sort: true)
-            .map { texts -> softwareVersionsYaml(texts) }
-            .collectFile(name: 'cellassign_nf_software_mqc_versions.yml')
+        ch_mqc_versions = collectVersions(ch_versions).collectFile(name: 'cellassign_nf_software_mqc_versions.yml')
         ch_multiqc_files = REPORT.out.mqc
             .map { _meta, files -> files }
             .flatten()
@@ -151,12 +151,7 @@ workflow CELLASSIGN {
     }
 
     // pipeline_info/software_versions.yml: every step, MultiQC, Nextflow and the pipeline
-    ch_versions
-        .map { f -> f.text }
-        .unique()
-        .collect(sort: true)
-        .map { texts -> softwareVersionsYaml(texts) }
-        .collectFile(name: 'software_versions.yml', storeDir: "${params.outdir}/pipeline_info")
+    collectVersions(ch_versions).collectFile(name: 'software_versions.yml', storeDir: "${params.outdir}/pipeline_info")
 
     emit:
     annotated       = ANNOTATE.out.h5ad

@@ -30,4 +30,15 @@ process ANNOTATE {
         cellassign-nf: \$(cellassign-nf --version 2>&1 | tail -n 1 | awk '{print \$NF}')
     END_VERSIONS
     """
+
+    stub:
+    prefix = task.ext.prefix ?: "${meta.id}"
+    """
+    touch ${prefix}.annotated.h5ad ${prefix}.predictions.tsv
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        cellassign-nf: ${workflow.manifest.version}
+    END_VERSIONS
+    """
 }

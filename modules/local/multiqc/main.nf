@@ -28,4 +28,16 @@ process MULTIQC {
         multiqc: \$(multiqc --version 2>&1 | tail -n 1 | awk '{print \$NF}')
     END_VERSIONS
     """
+
+    stub:
+    """
+    mkdir multiqc_data
+    touch multiqc_data/multiqc.log
+    touch multiqc_report.html
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        multiqc: stub
+    END_VERSIONS
+    """
 }

@@ -35,4 +35,16 @@ process QC {
         cellassign-nf: \$(cellassign-nf --version 2>&1 | tail -n 1 | awk '{print \$NF}')
     END_VERSIONS
     """
+
+    stub:
+    prefix = task.ext.prefix ?: "${meta.id}"
+    """
+    touch ${prefix}.qc.h5ad ${prefix}.qc_metrics.tsv
+    echo '{}' > ${prefix}.qc_summary.json
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        cellassign-nf: ${workflow.manifest.version}
+    END_VERSIONS
+    """
 }

@@ -39,4 +39,15 @@ process REPORT {
         cellassign-nf: \$(cellassign-nf --version 2>&1 | tail -n 1 | awk '{print \$NF}')
     END_VERSIONS
     """
+
+    stub:
+    """
+    mkdir report
+    touch report/${meta.id}.report.html report/${meta.id}_celltype_counts_mqc.tsv
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        cellassign-nf: ${workflow.manifest.version}
+    END_VERSIONS
+    """
 }

@@ -1,7 +1,7 @@
 process TRAIN {
     tag "${meta.id}"
-    label 'process_high'
-    label 'process_gpu'
+    label 'process_high'  // cpus, memory, time (conf/base.config)
+    label 'process_gpu'   // a GPU with -profile gpu (conf/gpu.config, conf/slurm.config)
 
     input:
     tuple val(meta), path(h5ad), path(design)
@@ -36,6 +36,17 @@ process TRAIN {
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
         cellassign-nf: \$(cellassign-nf --version 2>&1 | tail -n 1 | awk '{print \$NF}')
+    END_VERSIONS
+    """
+
+    stub:
+    prefix = task.ext.prefix ?: "${meta.id}"
+    """
+    touch ${prefix}.model.pt ${prefix}.history.tsv ${prefix}.probabilities.tsv
+
+    cat <<-END_VERSIONS > versions.yml
+    "${task.process}":
+        cellassign-nf: ${workflow.manifest.version}
     END_VERSIONS
     """
 }

@@ -3,61 +3,36 @@
  * starts (no Nextflow plugin: plugins would be downloaded at run time).
  *
  * Every problem stops the run with one line naming the file (or parameter), the
- * row, the problem and the fix; no task is started.
+ * row, the problem and the fix (error(): Nextflow prints "ERROR ~ <message>"); no
+ * task is started.
  */
 
 import groovy.json.JsonOutput
 import groovy.json.JsonSlurper
 
-// Sample names that would collide with the output folders
-RESERVED_SAMPLE_NAMES = ['cohort', 'multiqc', 'pipeline_info']
-REQUIRED_COLUMNS      = ['sample', 'counts']
-COUNTS_EXTENSIONS     = ['.h5ad', '.h5']
-// A counts folder that is not itself a matrix folder: where the counting tools put the filtered
-// matrix, in order of preference (the same list as cellassign_nf.io.resolve_counts_path)
-COUNTS_IN_FOLDER      = [
-    'filtered_feature_bc_matrix.h5', 'outs/filtered_feature_bc_matrix.h5',
-    'filtered_feature_bc_matrix', 'outs/filtered_feature_bc_matrix',
-    'sample_filtered_feature_bc_matrix.h5', 'sample_filtered_feature_bc_matrix',
-    'filtered_gene_bc_matrices_h5.h5', 'outs/filtered_gene_bc_matrices_h5.h5',
-    'Solo.out/Gene/filtered', 'Gene/filtered',
-]
-MARKER_SUFFIXES       = ['.txt', '.csv', '.tsv', '.yaml', '.yml', '.json']
+// The pipeline's folder, found from this file's folder (moduleDir), so that the scripts of
+// tests/nf, whose projectDir is their own folder, read the same files
+PIPELINE_DIR = moduleDir.resolve('../../..').normalize()
+
+// The input rules, shared with the Python package (cellassign_nf.rules): sample names, samplesheet
+// columns, counts files and folders, marker-file suffixes
+RULES = new JsonSlurper().parse(PIPELINE_DIR.resolve('src/cellassign_nf/input_rules.json').toFile())
 
 /*
- * Stop the run with one message (Nextflow prints it as "ERROR ~ <message>").
+ * nextflow_schema.json, read once: [groups: name -> group, params: name -> JSON schema, required: names].
  */
-def fail(String message) {
-    error(message)
-}
-
-/*
- * The parameter definitions of nextflow_schema.json, flattened: name -> JSON schema.
- */
-def schemaParameters(String schemaPath) {
+def readSchema(String schemaPath) {
     def schemaFile = file(schemaPath)
     if (!schemaFile.exists()) {
-        return [:]
-    }
-    def schema = new JsonSlurper().parse(schemaFile.toFile())
-    def result = [:]
-    def groups = (schema['$defs'] ?: schema['definitions'] ?: [:]) as Map
-    groups.each { _name, group -> (group['properties'] ?: [:]).each { k, v -> result[k] = v } }
-    (schema['properties'] ?: [:]).each { k, v -> result[k] = v }
-    return result
-}
-
-def requiredParameters(String schemaPath) {
-    def schemaFile = file(schemaPath)
-    if (!schemaFile.exists()) {
-        return []
+        error("nextflow_schema.json not found at ${schemaPath}. Restore it from the pipeline repository.")
     }
     def schema = new JsonSlurper().parse(schemaFile.toFile())
     def groups = (schema['$defs'] ?: schema['definitions'] ?: [:]) as Map
-    def required = []
-    groups.each { _name, group -> required.addAll(group['required'] ?: []) }
-    required.addAll(schema['required'] ?: [])
-    return required.unique()
+    return [
+        groups  : groups,
+        params  : groups.values().collectEntries { it['properties'] ?: [:] },
+        required: groups.values().collectMany { it['required'] ?: [] }.unique(),
+    ]
 }
 
 def isInteger(value) {
@@ -69,18 +44,17 @@ def isInteger(value) {
  * --help: every parameter of nextflow_schema.json, by group.
  */
 def helpMessage(String schemaPath) {
-    def schema = new JsonSlurper().parse(file(schemaPath).toFile())
-    def groups = (schema['$defs'] ?: schema['definitions'] ?: [:]) as Map
-    def lines = []
-    lines << "cellassign-nf ${workflow.manifest.version}: ${workflow.manifest.description}"
-    lines << ''
-    lines << 'Usage:'
-    lines << '  scripts/nextflow run . --input samplesheet.csv --markers markers.csv --outdir results [-profile docker,gpu]'
-    lines << '  scripts/nextflow run . -profile test --outdir results'
-    groups.each { _name, group ->
+    def lines = [
+        "cellassign-nf ${workflow.manifest.version}: ${workflow.manifest.description}",
+        '',
+        'Usage:',
+        '  scripts/nextflow run . --input samplesheet.csv --markers markers.csv --outdir results [-profile docker,gpu]',
+        '  scripts/nextflow run . -profile test --outdir results',
+    ]
+    readSchema(schemaPath).groups.each { _name, group ->
         lines << ''
         lines << "${group.title}:"
-        (group.properties ?: [:]).each { String name, Map spec ->
+        (group['properties'] ?: [:]).each { String name, Map spec ->
             if (spec.hidden) {
                 return
             }
@@ -97,95 +71,98 @@ def helpMessage(String schemaPath) {
 }
 
 /*
+ * One parameter against its JSON schema: type, choices, range, pattern.
+ */
+def checkParameter(String name, value, Map s) {
+    def types = s.type instanceof List ? s.type : [s.type ?: 'string']
+    def ok = types.any { String t ->
+        switch (t) {
+            case 'integer': return isInteger(value)
+            case 'number' : return value instanceof Number
+            case 'boolean': return value instanceof Boolean
+            case 'string' : return !(value instanceof Boolean)
+            case 'null'   : return value == null
+            default       : return true
+        }
+    }
+    if (!ok) {
+        def wanted = types.collect { it == 'integer' ? 'an integer' : it == 'number' ? 'a number' : it == 'boolean' ? 'true or false' : 'a text' }.join(' or ')
+        error("Parameter --${name}: '${value}' is not ${wanted}. Give ${wanted}${types.contains('boolean') ? ' (or just --' + name + ')' : ''}.")
+    }
+    if (s.enum && !(value.toString() in s.enum*.toString())) {
+        error("Parameter --${name}: '${value}' is not one of ${s.enum.join(', ')}. Give one of those.")
+    }
+    if (value instanceof Number) {
+        if (s.minimum != null && value < s.minimum) {
+            error("Parameter --${name}: ${value} is below the minimum ${s.minimum}. Give a value >= ${s.minimum}.")
+        }
+        if (s.maximum != null && value > s.maximum) {
+            error("Parameter --${name}: ${value} is above the maximum ${s.maximum}. Give a value <= ${s.maximum}.")
+        }
+        if (s.exclusiveMinimum != null && value <= s.exclusiveMinimum) {
+            error("Parameter --${name}: ${value} must be greater than ${s.exclusiveMinimum}. Give a larger value.")
+        }
+        if (s.exclusiveMaximum != null && value >= s.exclusiveMaximum) {
+            error("Parameter --${name}: ${value} must be less than ${s.exclusiveMaximum}. Give a smaller value.")
+        }
+    }
+    if (s.pattern && value instanceof CharSequence && !(value.toString() ==~ s.pattern)) {
+        error("Parameter --${name}: '${value}' does not match ${s.pattern}. ${s.help_text ?: s.description ?: ''}")
+    }
+}
+
+/*
  * Parameter types, ranges and choices from nextflow_schema.json, plus the rules
  * between parameters. Unknown parameters give a warning (a typo is not fatal).
  */
 def validateParameters(Map params, String schemaPath) {
-    def spec = schemaParameters(schemaPath)
-    if (!spec) {
-        fail("nextflow_schema.json not found at ${schemaPath}. Restore it from the pipeline repository.")
-    }
-    requiredParameters(schemaPath).each { String name ->
+    def schema = readSchema(schemaPath)
+    def spec = schema.params
+    schema.required.each { String name ->
         if (params[name] == null || params[name].toString().trim() == '' || params[name] == true) {
-            fail("Parameter --${name} is required: ${spec[name]?.description ?: ''} Give it on the command line (--${name} VALUE) or use -profile test.")
+            error("Parameter --${name} is required: ${spec[name]?.description ?: ''} Give it on the command line (--${name} VALUE) or use -profile test.")
         }
     }
     params.each { String name, value ->
-        def s = spec[name]
-        if (s == null) {
-            // Nextflow also stores kebab-case params in camelCase: check only the form given
-            def snake = name.replaceAll(/([A-Z])/) { '_' + it[0].toLowerCase() }
-            if (!spec[snake] && !spec[name.replace('-', '_')]) {
-                log.warn "Unknown parameter --${name}: ignored. See --help for the parameters."
+        if (spec[name] != null) {
+            if (value != null) {
+                checkParameter(name, value, spec[name])
             }
             return
         }
-        if (value == null) {
-            return
-        }
-        def types = s.type instanceof List ? s.type : [s.type ?: 'string']
-        def ok = types.any { String t ->
-            switch (t) {
-                case 'integer': return isInteger(value)
-                case 'number' : return value instanceof Number
-                case 'boolean': return value instanceof Boolean
-                case 'string' : return !(value instanceof Boolean)
-                case 'null'   : return value == null
-                default       : return true
-            }
-        }
-        if (!ok) {
-            def wanted = types.collect { it == 'integer' ? 'an integer' : it == 'number' ? 'a number' : it == 'boolean' ? 'true or false' : 'a text' }.join(' or ')
-            fail("Parameter --${name}: '${value}' is not ${wanted}. Give ${wanted}${types.contains('boolean') ? ' (or just --' + name + ')' : ''}.")
-        }
-        if (s.enum && !(value.toString() in s.enum*.toString())) {
-            fail("Parameter --${name}: '${value}' is not one of ${s.enum.join(', ')}. Give one of those.")
-        }
-        if (value instanceof Number) {
-            if (s.minimum != null && value < s.minimum) {
-                fail("Parameter --${name}: ${value} is below the minimum ${s.minimum}. Give a value >= ${s.minimum}.")
-            }
-            if (s.maximum != null && value > s.maximum) {
-                fail("Parameter --${name}: ${value} is above the maximum ${s.maximum}. Give a value <= ${s.maximum}.")
-            }
-            if (s.exclusiveMinimum != null && value <= s.exclusiveMinimum) {
-                fail("Parameter --${name}: ${value} must be greater than ${s.exclusiveMinimum}. Give a larger value.")
-            }
-            if (s.exclusiveMaximum != null && value >= s.exclusiveMaximum) {
-                fail("Parameter --${name}: ${value} must be less than ${s.exclusiveMaximum}. Give a smaller value.")
-            }
-        }
-        if (s.pattern && value instanceof CharSequence && !(value.toString() ==~ s.pattern)) {
-            fail("Parameter --${name}: '${value}' does not match ${s.pattern}. ${s.help_text ?: s.description ?: ''}")
+        // Nextflow also stores kebab-case params in camelCase: check only the form given
+        def snake = name.replaceAll(/([A-Z])/) { '_' + it[0].toLowerCase() }
+        if (!spec[snake] && !spec[name.replace('-', '_')]) {
+            log.warn "Unknown parameter --${name}: ignored. See --help for the parameters."
         }
     }
 
     // Rules between parameters
     if (params.covariates && params.design_formula) {
-        fail("Parameters --covariates and --design_formula were both given. Give one of them: --covariates batch,donor or --design_formula '~ batch + donor'.")
+        error("Parameters --covariates and --design_formula were both given. Give one of them: --covariates batch,donor or --design_formula '~ batch + donor'.")
     }
     if (params.covariates) {
-        def bad = params.covariates.toString().tokenize(',')*.trim().findAll { !(it ==~ /[A-Za-z_][A-Za-z0-9_.]*/) }
+        def bad = params.covariates.toString().tokenize(',')*.trim().findAll { !(it ==~ RULES.column_name_pattern) }
         if (bad) {
-            fail("Parameter --covariates: '${bad[0]}' is not a column name. Give comma-separated obs column names, e.g. --covariates batch,donor.")
+            error("Parameter --covariates: '${bad[0]}' is not a column name. Give comma-separated obs column names, e.g. --covariates batch,donor.")
         }
     }
     if (params.design_formula && !params.design_formula.toString().trim().startsWith('~')) {
-        fail("Parameter --design_formula: '${params.design_formula}' is not a formula. Give one that starts with '~', e.g. --design_formula '~ batch + donor'.")
+        error("Parameter --design_formula: '${params.design_formula}' is not a formula. Give one that starts with '~', e.g. --design_formula '~ batch + donor'.")
     }
     def markers = resolveMarkers(params.markers.toString())
     if (markers == null) {
-        fail("Parameter --markers: file ${file(params.markers.toString())} does not exist and '${params.markers}' is not a bundled panel (${bundledPanels().join(', ') ?: 'none'}). Give the marker table (CSV/TSV genes x types, YAML/JSON {type: [genes]}, .txt type:gene,gene lines) or a bundled panel's name.")
+        error("Parameter --markers: file ${file(params.markers.toString())} does not exist and '${params.markers}' is not a bundled panel (${bundledPanels().join(', ') ?: 'none'}). Give the marker table (CSV/TSV genes x types, YAML/JSON {type: [genes]}, .txt type:gene,gene lines) or a bundled panel's name.")
     }
     if (markers.isDirectory()) {
-        fail("Parameter --markers: ${markers} is a folder. Give the marker table file (CSV/TSV genes x types, or YAML/JSON {type: [genes]}).")
+        error("Parameter --markers: ${markers} is a folder. Give the marker table file (CSV/TSV genes x types, or YAML/JSON {type: [genes]}).")
     }
     if (!params.skip_multiqc && params.multiqc_config && !file(params.multiqc_config.toString()).exists()) {
-        fail("Parameter --multiqc_config: file ${params.multiqc_config} does not exist. Give a MultiQC config file or leave the parameter out.")
+        error("Parameter --multiqc_config: file ${params.multiqc_config} does not exist. Give a MultiQC config file or leave the parameter out.")
     }
     if (workflow.profile.tokenize(',').contains('awsbatch')) {
         if (!workflow.workDir.toUriString().startsWith('s3://')) {
-            fail("Profile awsbatch: the work directory ${workflow.workDir} is not on S3. Give -work-dir s3://BUCKET/work (or -bucket-dir s3://BUCKET/work).")
+            error("Profile awsbatch: the work directory ${workflow.workDir} is not on S3. Give -work-dir s3://BUCKET/work (or -bucket-dir s3://BUCKET/work).")
         }
         if (!params.outdir.toString().startsWith('s3://')) {
             log.warn "Profile awsbatch: --outdir ${params.outdir} is not on S3; results are copied to the machine running Nextflow."
@@ -202,7 +179,7 @@ def resolveMarkers(String value) {
         return given
     }
     if (value ==~ /[A-Za-z0-9_.-]+/) {
-        def bundled = MARKER_SUFFIXES.collect { file("${projectDir}/assets/markers/${value}${it}") }.find { it.exists() }
+        def bundled = RULES.marker_file_suffixes.collect { PIPELINE_DIR.resolve("assets/markers/${value}${it}") }.find { it.exists() }
         if (bundled) {
             return bundled.toRealPath()  // assets/markers is a link into src/: stage the file itself
         }
@@ -211,13 +188,13 @@ def resolveMarkers(String value) {
 }
 
 def bundledPanels() {
-    def dir = new File("${projectDir}/assets/markers").canonicalFile  // a link into src/cellassign_nf/panels
+    def dir = PIPELINE_DIR.resolve('assets/markers').toFile().canonicalFile  // a link into src/cellassign_nf/panels
     def names = dir.isDirectory() ? (dir.list() as List) : []
-    return names.findAll { String n -> MARKER_SUFFIXES.any { n.endsWith(it) } }.collect { String n -> n.take(n.lastIndexOf('.')) }.sort()
+    return names.findAll { String n -> RULES.marker_file_suffixes.any { n.endsWith(it) } }.collect { String n -> n.take(n.lastIndexOf('.')) }.sort()
 }
 
 def isMatrixFolder(folder) {
-    return folder.isDirectory() && ['matrix.mtx.gz', 'matrix.mtx'].any { folder.resolve(it).exists() }
+    return folder.isDirectory() && RULES.matrix_files.any { folder.resolve(it).exists() }
 }
 
 /*
@@ -229,20 +206,20 @@ def resolveCountsFolder(counts, String at, String sample, String countsText) {
     if (!counts.isDirectory() || isMatrixFolder(counts)) {
         return counts
     }
-    for (String rel : COUNTS_IN_FOLDER) {
+    for (String rel : RULES.counts_in_folder) {
         def cand = counts.resolve(rel)
         if (rel.endsWith('.h5') ? (cand.exists() && !cand.isDirectory()) : isMatrixFolder(cand)) {
             log.info "Sample '${sample}': counts folder ${counts} is Cell Ranger/STARsolo output; using ${cand}"
             return cand
         }
     }
-    def multi = file("${counts}/outs/per_sample_outs/*/count/sample_filtered_feature_bc_matrix.h5", type: 'file') as List
+    def multi = file("${counts}/${RULES.counts_multi_glob}", type: 'file') as List
     if (multi.size() == 1) {
         log.info "Sample '${sample}': counts folder ${counts} is Cell Ranger multi output; using ${multi[0]}"
         return multi[0]
     }
     def why = multi ? "Cell Ranger multi output with ${multi.size()} samples" : 'no matrix.mtx(.gz) and no Cell Ranger/STARsolo filtered matrix'
-    fail("${at}: counts folder '${countsText}' of sample '${sample}' holds ${why} (looked for matrix.mtx(.gz), outs/filtered_feature_bc_matrix(.h5), Solo.out/Gene/filtered). Point to the sample's Cell Ranger outs/ folder, its filtered_feature_bc_matrix folder or .h5 file, or an .h5ad file.")
+    error("${at}: counts folder '${countsText}' of sample '${sample}' holds ${why} (looked for matrix.mtx(.gz), outs/filtered_feature_bc_matrix(.h5), Solo.out/Gene/filtered). Point to the sample's Cell Ranger outs/ folder, its filtered_feature_bc_matrix folder or .h5 file, or an .h5ad file.")
 }
 
 /*
@@ -252,32 +229,39 @@ def splitLine(String line, String sep) {
     def fields = []
     def cur = new StringBuilder()
     boolean quoted = false
-    int i = 0
-    while (i < line.length()) {
-        char ch = line.charAt(i)
-        if (quoted) {
-            if (ch == '"' as char) {
-                if (i + 1 < line.length() && line.charAt(i + 1) == '"' as char) {
-                    cur.append('"')
-                    i++
-                } else {
-                    quoted = false
-                }
+    for (int i = 0; i < line.length(); i++) {
+        if (line[i] == '"') {
+            if (quoted && line.startsWith('"', i + 1)) {
+                cur << '"'
+                i++
             } else {
-                cur.append(ch)
+                quoted = !quoted
             }
-        } else if (ch == '"' as char) {
-            quoted = true
-        } else if (line.substring(i).startsWith(sep)) {
+        } else if (!quoted && line.startsWith(sep, i)) {
             fields << cur.toString().trim()
-            cur = new StringBuilder()
+            cur.setLength(0)
         } else {
-            cur.append(ch)
+            cur << line[i]
         }
-        i++
     }
     fields << cur.toString().trim()
     return fields
+}
+
+/*
+ * A sample name that matches the rules' pattern, made from one that does not: each character that
+ * cannot follow the kept ones becomes '_' (or is dropped where '_' cannot stand either).
+ */
+def suggestSampleName(String name) {
+    def kept = ''
+    name.each { String ch ->
+        if ("${kept}${ch}" ==~ RULES.sample_name_pattern) {
+            kept += ch
+        } else if (kept && "${kept}_" ==~ RULES.sample_name_pattern) {
+            kept += '_'
+        }
+    }
+    return kept ?: 'sample1'
 }
 
 /*
@@ -287,11 +271,13 @@ def splitLine(String line, String sep) {
 def readSamplesheet(String input) {
     def sheet = file(input)
     def where = "Samplesheet ${sheet}"
+    def required = RULES.samplesheet_required_columns
+    def columns = "${required.join(',')}[,metadata...]"
     if (!sheet.exists()) {
-        fail("${where}: file does not exist. Give the path of a CSV with columns sample,counts[,metadata...] to --input.")
+        error("${where}: file does not exist. Give the path of a CSV with columns ${columns} to --input.")
     }
     if (sheet.isDirectory()) {
-        fail("${where}: is a folder. Give the path of a CSV file with columns sample,counts[,metadata...] to --input.")
+        error("${where}: is a folder. Give the path of a CSV file with columns ${columns} to --input.")
     }
     def sep = sheet.name.toLowerCase().endsWith('.tsv') ? '\t' : ','
     def lines = sheet.readLines()
@@ -299,82 +285,87 @@ def readSamplesheet(String input) {
         lines[0] = lines[0].substring(1)
     }
     // [line number, text] of the lines that are not empty and not comments
-    def numbered = []
-    lines.eachWithIndex { String text, int idx ->
-        if (text.trim() && !text.trim().startsWith('#')) {
-            numbered << [idx + 1, text]
-        }
-    }
+    def numbered = lines.withIndex(1).findAll { String text, int _n -> text.trim() && !text.trim().startsWith('#') }
+        .collect { String text, int n -> [n, text] }
     if (!numbered) {
-        fail("${where}: the file is empty. Write a header line 'sample,counts' and one line per sample.")
+        error("${where}: the file is empty. Write a header line '${required.join(',')}' and one line per sample.")
     }
     def headerLine = numbered[0][0]
     def header = splitLine(numbered[0][1], sep)
     header.eachWithIndex { String name, int idx ->
         if (!name) {
-            fail("${where}, line ${headerLine}: column ${idx + 1} of the header has no name. Name it, or remove the empty column (e.g. a trailing '${sep == ',' ? ',' : 'tab'}').")
+            error("${where}, line ${headerLine}: column ${idx + 1} of the header has no name. Name it, or remove the empty column (e.g. a trailing '${sep == ',' ? ',' : 'tab'}').")
         }
-        if (!(name ==~ /[A-Za-z_][A-Za-z0-9_.]*/)) {
-            fail("${where}, line ${headerLine}: unknown column '${name}'. Column names are 'sample', 'counts' and covariate names made of letters, digits, '_' and '.'.")
+        if (!(name ==~ RULES.column_name_pattern)) {
+            error("${where}, line ${headerLine}: unknown column '${name}'. Column names are ${required.collect { "'${it}'" }.join(', ')} and covariate names made of letters, digits, '_' and '.'.")
         }
         if (header.count(name) > 1) {
-            fail("${where}, line ${headerLine}: column '${name}' appears twice. Keep one column of each name.")
+            error("${where}, line ${headerLine}: column '${name}' appears twice. Keep one column of each name.")
         }
     }
-    REQUIRED_COLUMNS.each { String name ->
+    required.each { String name ->
         if (!header.contains(name)) {
-            fail("${where}, line ${headerLine}: missing column '${name}' (header is '${header.join(sep)}'). The header must have the columns sample,counts[,metadata...].")
+            error("${where}, line ${headerLine}: missing column '${name}' (header is '${header.join(sep)}'). The header must have the columns ${columns}.")
         }
     }
     if (numbered.size() < 2) {
-        fail("${where}: no samples, only the header line. Add one line per sample: name,path-to-counts.")
+        error("${where}: no samples, only the header line. Add one line per sample: name,path-to-counts.")
     }
-
     def seen = [:]
-    def rows = []
-    numbered.drop(1).each { item ->
-        def (int lineNo, String text) = item
-        def fields = splitLine(text, sep)
-        def at = "${where}, line ${lineNo}"
-        if (fields.size() > header.size()) {
-            fail("${at}: ${fields.size()} values for ${header.size()} columns (unknown column ${header.size() + 1}, value '${fields[header.size()]}'). Remove the extra value or name its column in the header.")
-        }
-        if (fields.size() < header.size()) {
-            fail("${at}: ${fields.size()} values for ${header.size()} columns (missing column '${header[fields.size()]}'). Give one value per header column.")
-        }
-        def row = [header, fields].transpose().collectEntries { it }
-        def sample = row.sample
-        if (!sample) {
-            fail("${at}: the sample name is empty. Give every row a sample name.")
-        }
-        if (!(sample ==~ /[A-Za-z0-9][A-Za-z0-9_.-]*/)) {
-            fail("${at}: sample name '${sample}' has characters other than letters, digits, '_', '.', '-' (or starts with one of the last three). Rename the sample, e.g. '${sample.replaceAll(/[^A-Za-z0-9_.-]/, '_').replaceAll(/^[_.-]+/, '') ?: 'sample1'}'.")
-        }
-        if (sample.toLowerCase() in RESERVED_SAMPLE_NAMES) {
-            fail("${at}: sample name '${sample}' is reserved for an output folder (${RESERVED_SAMPLE_NAMES.join(', ')}). Rename the sample.")
-        }
-        if (seen.containsKey(sample)) {
-            fail("${at}: duplicate sample '${sample}' (also on line ${seen[sample]}). Give every sample a unique name, or merge the two rows.")
-        }
-        seen[sample] = lineNo
-        def countsText = row.counts
-        if (!countsText) {
-            fail("${at}: the counts path of sample '${sample}' is empty. Give the path of its h5ad, 10x .h5 file or 10x matrix folder.")
-        }
-        def counts = (countsText ==~ /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\/.*/ || countsText.startsWith('/')) ?
-            file(countsText) : file(sheet.parent.resolve(countsText).normalize().toString())
-        if (!counts.exists()) {
-            fail("${at}: counts file '${countsText}' of sample '${sample}' does not exist (looked for ${counts}). Fix the path; relative paths are read from the samplesheet's folder ${sheet.parent}.")
-        }
-        if (!counts.isDirectory() && !COUNTS_EXTENSIONS.any { counts.name.toLowerCase().endsWith(it) }) {
-            fail("${at}: counts file '${countsText}' of sample '${sample}' is not an .h5ad, a 10x .h5 file or a 10x matrix folder. Convert it to .h5ad or give the 10x output.")
-        }
-        counts = resolveCountsFolder(counts, at, sample, countsText)
-        def meta = [id: sample]
-        header.findAll { !(it in REQUIRED_COLUMNS) }.each { String col -> meta[col] = row[col] }
-        rows << [meta, counts]
+    return numbered.drop(1).collect { int lineNo, String text ->
+        def row = readRow(splitLine(text, sep), header, "${where}, line ${lineNo}", seen)
+        seen[row.sample] = lineNo
+        def meta = [id: row.sample]
+        header.findAll { !(it in required) }.each { String col -> meta[col] = row[col] }
+        return [meta, countsPath(row.counts, sheet, "${where}, line ${lineNo}", row.sample)]
     }
-    return rows
+}
+
+/*
+ * One samplesheet row: column -> value, after the checks of its values and of its sample name
+ * (seen: the names of the rows above -> their line numbers).
+ */
+def readRow(List fields, List header, String at, Map seen) {
+    if (fields.size() > header.size()) {
+        error("${at}: ${fields.size()} values for ${header.size()} columns (unknown column ${header.size() + 1}, value '${fields[header.size()]}'). Remove the extra value or name its column in the header.")
+    }
+    if (fields.size() < header.size()) {
+        error("${at}: ${fields.size()} values for ${header.size()} columns (missing column '${header[fields.size()]}'). Give one value per header column.")
+    }
+    def row = [header, fields].transpose().collectEntries { it }
+    def sample = row.sample
+    if (!sample) {
+        error("${at}: the sample name is empty. Give every row a sample name.")
+    }
+    if (!(sample ==~ RULES.sample_name_pattern)) {
+        error("${at}: sample name '${sample}' has characters other than ${RULES.sample_name_characters} (or starts with one of the last three). Rename the sample, e.g. '${suggestSampleName(sample)}'.")
+    }
+    if (sample.toLowerCase() in RULES.reserved_sample_names) {
+        error("${at}: sample name '${sample}' is reserved for an output folder (${RULES.reserved_sample_names.join(', ')}). Rename the sample.")
+    }
+    if (seen.containsKey(sample)) {
+        error("${at}: duplicate sample '${sample}' (also on line ${seen[sample]}). Give every sample a unique name, or merge the two rows.")
+    }
+    return row
+}
+
+/*
+ * A row's counts path (relative to the samplesheet's folder, or absolute or a URL), checked and,
+ * for a counts folder, resolved to the matrix in it.
+ */
+def countsPath(String countsText, sheet, String at, String sample) {
+    if (!countsText) {
+        error("${at}: the counts path of sample '${sample}' is empty. Give the path of its h5ad, 10x .h5 file or 10x matrix folder.")
+    }
+    def counts = (countsText ==~ /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\/.*/ || countsText.startsWith('/')) ?
+        file(countsText) : file(sheet.parent.resolve(countsText).normalize().toString())
+    if (!counts.exists()) {
+        error("${at}: counts file '${countsText}' of sample '${sample}' does not exist (looked for ${counts}). Fix the path; relative paths are read from the samplesheet's folder ${sheet.parent}.")
+    }
+    if (!counts.isDirectory() && !RULES.counts_file_extensions.any { counts.name.toLowerCase().endsWith(it) }) {
+        error("${at}: counts file '${countsText}' of sample '${sample}' is not an .h5ad, a 10x .h5 file or a 10x matrix folder. Convert it to .h5ad or give the 10x output.")
+    }
+    return resolveCountsFolder(counts, at, sample, countsText)
 }
 
 /*
@@ -386,8 +377,8 @@ def readSamplesheet(String input) {
 CONTAINER_BUILD_COMMAND = 'scripts/build-images'
 
 // [exit status, the last non-empty line the command wrote to stdout or stderr]. One pipe for both
-// streams, read by one thread that is joined before the text is used: two threads appending to one
-// buffer corrupted it, and reading it before they finished lost its last lines.
+// streams, read by one thread that is joined before the text is used (two threads appending to one
+// buffer can corrupt it, and reading it before they finish can lose its last lines).
 def runCommand(List<String> command, long timeoutMs) {
     def out = new StringBuilder()
     def proc
@@ -418,7 +409,7 @@ def checkContainerImages() {
     if (engine == 'docker') {
         def (int rc, String why) = runCommand(['docker', 'version', '--format', '{{.Server.Version}}'], 60_000)
         if (rc != 0) {
-            fail("Profile docker: the Docker daemon does not answer (${why}). Start it (systemctl start docker, or dockerd as root) and run again.")
+            error("Profile docker: the Docker daemon does not answer (${why}). Start it (systemctl start docker, or dockerd as root) and run again.")
         }
         images.each { image ->
             if (runCommand(['docker', 'image', 'inspect', image], 60_000)[0] == 0) {
@@ -426,33 +417,32 @@ def checkContainerImages() {
             }
             def (int pullRc, String pullWhy) = runCommand(['docker', 'pull', '-q', image], 1_800_000)
             if (pullRc != 0) {
-                fail("Container image ${image} is not here and docker cannot pull it (${pullWhy}). Build it with: ${CONTAINER_BUILD_COMMAND} (or give --container_image with an image you have).")
+                error("Container image ${image} is not here and docker cannot pull it (${pullWhy}). Build it with: ${CONTAINER_BUILD_COMMAND} (or give --container_image with an image you have).")
             }
         }
     } else if (engine in ['apptainer', 'singularity']) {
         images.each { image ->
             def local = image.startsWith('/') || image.startsWith('./') || image.endsWith('.sif') || image.endsWith('.img')
             if (local && !file(image).exists()) {
-                fail("Container image ${image} (${engine}) does not exist. Build it with: ${CONTAINER_BUILD_COMMAND} && ${engine} build ${file(image).name} docker-daemon://cellassign-nf:${workflow.manifest.version}, then give --container_image /path/to/${file(image).name}.")
+                error("Container image ${image} (${engine}) does not exist. Build it with: ${CONTAINER_BUILD_COMMAND} && ${engine} build ${file(image).name} docker-daemon://cellassign-nf:${workflow.manifest.version}, then give --container_image /path/to/${file(image).name}.")
             }
             if (!local && isLocalDockerName(image)) {
-                fail("Container image ${image} is a local Docker name that ${engine} cannot pull. Build the .sif with: ${CONTAINER_BUILD_COMMAND} && ${engine} build cellassign-nf_${workflow.manifest.version}.sif docker-daemon://${image}, then give --container_image /path/to/cellassign-nf_${workflow.manifest.version}.sif.")
+                error("Container image ${image} is a local Docker name that ${engine} cannot pull. Build the .sif with: ${CONTAINER_BUILD_COMMAND} && ${engine} build cellassign-nf_${workflow.manifest.version}.sif docker-daemon://${image}, then give --container_image /path/to/cellassign-nf_${workflow.manifest.version}.sif.")
             }
         }
     }
 }
 
 /*
- * The parameters shown in every report (those that change the results).
+ * The parameters shown in every report (those that change the results), as JSON.
  */
-def reportParameters(Map params) {
+def reportParameters(Map params, markersFile) {
     def keys = [
         'mode', 'covariates', 'design_formula', 'layer', 'min_counts', 'min_genes', 'max_mito_pct',
         'min_cells', 'mito_prefix', 'max_epochs', 'learning_rate', 'batch_size', 'n_restarts', 'seed',
         'validation_fraction', 'patience', 'min_delta', 'other', 'device', 'min_prob',
     ]
-    def out = [pipeline: 'cellassign-nf', pipeline_version: workflow.manifest.version?.toString(),
-               markers: (resolveMarkers(params.markers.toString()) ?: file(params.markers.toString())).name]
+    def out = [pipeline: 'cellassign-nf', pipeline_version: workflow.manifest.version?.toString(), markers: markersFile.name]
     keys.each { k -> out[k] = params[k] instanceof Number || params[k] instanceof Boolean || params[k] == null ? params[k] : params[k].toString() }
     return JsonOutput.toJson(out)
 }
@@ -463,23 +453,19 @@ workflow PIPELINE_INITIALISATION {
     markers     // string: --markers
 
     main:
-    def schemaPath = "${projectDir}/nextflow_schema.json"
     if (params.validate_params != false) {
-        validateParameters(params, schemaPath)
+        validateParameters(params, "${projectDir}/nextflow_schema.json")
     }
     def rows = readSamplesheet(input.toString())
     checkContainerImages()
     log.info "cellassign-nf ${workflow.manifest.version}: ${rows.size()} sample(s) [${rows.collect { it[0].id }.join(', ')}], mode ${params.mode}, outdir ${params.outdir}"
-    ch_samples = Channel.fromList(rows)
     def markersFile = resolveMarkers(markers.toString()) ?: file(markers.toString())
     if (markersFile.toString() != file(markers.toString()).toString()) {
         log.info "Markers: bundled panel '${markers}' (${markersFile})"
     }
-    ch_markers = Channel.value(markersFile)
-    ch_params_json = Channel.value(reportParameters(params))
 
     emit:
-    samples     = ch_samples      // [meta, counts]
-    markers     = ch_markers      // path
-    params_json = ch_params_json  // JSON text for the reports
+    samples     = Channel.fromList(rows)                               // [meta, counts]
+    markers     = Channel.value(markersFile)                           // path
+    params_json = Channel.value(reportParameters(params, markersFile)) // JSON text for the reports
 }
