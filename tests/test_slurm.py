@@ -83,10 +83,17 @@ def _env(nxf_home: Path, slurm_conf: Path | None = None) -> dict[str, str]:
     return nxf_env(nxf_home, PATH=_clean_path(), VIRTUAL_ENV=None, **cluster)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Nextflow in the background, in a session of its own, output to cwd/nextflow.out. SIGINT gets
+    its default action there: a test run started as a background job of a shell ignores SIGINT,
+    Nextflow would inherit that, and the interruption below would do nothing."""
     log = open(cwd / "nextflow.out", "a")
     return subprocess.Popen([str(NEXTFLOW), *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, preexec_fn=_default_sigint)
 
 
 def _finish(proc: subprocess.Popen, cwd: Path, timeout: int = RUN_TIMEOUT) -> subprocess.CompletedProcess:
