@@ -1,8 +1,9 @@
 """The pipeline's parameters against the `cellassign-nf` options they are passed to: each default
 is defined once, in the Python (the click options of the CLI), and its copies cannot drift.
 
-conf/modules.config gives a subcommand the parameters it names in `cliOptions([...])`, by name
-(param foo_bar is --foo-bar VALUE); a few reach it under another name (DESIGN and REPORT below).
+A parameter whose nextflow_schema.json entry has a "step" is passed to that subcommand by name
+(param foo_bar is --foo-bar VALUE): conf/modules.config calls `cliOptions('STEP')` in the process
+that runs it; a few reach their step under another name (DESIGN and REPORT below).
 For every one of them the default of nextflow.config (as `nextflow config` resolves it), the
 default of nextflow_schema.json and the default of the subcommand's option must be equal.
 
@@ -48,13 +49,20 @@ def _subcommand(process: str) -> str | None:
 
 
 def passed_params() -> list[tuple[str, str, str]]:
-    """(process, subcommand, param) for every parameter modules.config passes to a cellassign-nf subcommand."""
+    """(process, subcommand, param) for every parameter modules.config passes to a cellassign-nf
+    subcommand: the schema's parameters of each step named in a process's `cliOptions('STEP')`."""
+    steps: dict[str, list[str]] = {}
+    for name, spec in _schema().items():
+        if "step" in spec:
+            steps.setdefault(spec["step"], []).append(name)
     found = []
     for process, body in _modules_config_blocks().items():
         sub = _subcommand(process)
-        for listed in re.findall(r"cliOptions\(\[(.*?)\]\)", body, re.S):
-            found += [(process, sub, name) for name in re.findall(r"'(\w+)'", listed)]
+        for step in re.findall(r"cliOptions\('([\w-]+)'\)", body):
+            assert step == sub, f"{process} runs `cellassign-nf {sub}` but is given the parameters of step {step}"
+            found += [(process, sub, name) for name in steps.pop(step)]
         found += [(process, sub, name) for (p, name) in RENAMED if p == process]
+    assert not steps, f"nextflow_schema.json names steps that no process passes on: {steps}"
     return found
 
 

@@ -115,8 +115,7 @@ def checkParameter(String name, value, Map s) {
  * Parameter types, ranges and choices from nextflow_schema.json, plus the rules
  * between parameters. Unknown parameters give a warning (a typo is not fatal).
  */
-def validateParameters(Map params, String schemaPath) {
-    def schema = readSchema(schemaPath)
+def validateParameters(Map params, Map schema) {
     def spec = schema.params
     schema.required.each { String name ->
         if (params[name] == null || params[name].toString().trim() == '' || params[name] == true) {
@@ -436,12 +435,10 @@ def checkContainerImages() {
 /*
  * The parameters shown in every report (those that change the results), as JSON.
  */
-def reportParameters(Map params, markersFile) {
-    def keys = [
-        'mode', 'covariates', 'design_formula', 'layer', 'min_counts', 'min_genes', 'max_mito_pct',
-        'min_cells', 'mito_prefix', 'max_epochs', 'learning_rate', 'batch_size', 'n_restarts', 'seed',
-        'validation_fraction', 'patience', 'min_delta', 'other', 'device', 'min_prob',
-    ]
+def reportParameters(Map params, Map schema, markersFile) {
+    // the model's layout and every parameter passed to a step (its schema "step")
+    def keys = (schema.groups['model_options']['properties'].keySet() as List) +
+        schema.params.findAll { it.value['step'] }.keySet()
     def out = [pipeline: 'cellassign-nf', pipeline_version: workflow.manifest.version?.toString(), markers: markersFile.name]
     keys.each { k -> out[k] = params[k] instanceof Number || params[k] instanceof Boolean || params[k] == null ? params[k] : params[k].toString() }
     return JsonOutput.toJson(out)
@@ -453,8 +450,9 @@ workflow PIPELINE_INITIALISATION {
     markers     // string: --markers
 
     main:
+    def schema = readSchema("${projectDir}/nextflow_schema.json")
     if (params.validate_params != false) {
-        validateParameters(params, "${projectDir}/nextflow_schema.json")
+        validateParameters(params, schema)
     }
     def rows = readSamplesheet(input.toString())
     checkContainerImages()
@@ -467,5 +465,5 @@ workflow PIPELINE_INITIALISATION {
     emit:
     samples     = Channel.fromList(rows)                               // [meta, counts]
     markers     = Channel.value(markersFile)                           // path
-    params_json = Channel.value(reportParameters(params, markersFile)) // JSON text for the reports
+    params_json = Channel.value(reportParameters(params, schema, markersFile)) // JSON text for the reports
 }
