@@ -3,7 +3,7 @@ AnnData) and returns a matplotlib figure, so each can be reused from a notebook.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import matplotlib
