@@ -291,9 +291,9 @@ class MarkerMatch:
 
     def require_every_type(self) -> MarkerMatch:
         """Itself, or one clear error when a type has no marker gene in the data."""
-        if self.empty_types:
-            raise InputError(self.markers_path, "cell type(s) with no marker gene in the data: "
-                             f"{', '.join(self.empty_types)}",
+        empty = self.empty_types
+        if empty:
+            raise InputError(self.markers_path, f"cell type(s) with no marker gene in the data: {', '.join(empty)}",
                              "Add markers for them that the data measure, or remove these types.")
         return self
 

@@ -10,10 +10,11 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def progress_bar(label: str, total: int, enabled: bool = True, info: bool = False
+def progress_bar(label: str, total: int, enabled: bool = True, counted: bool = False
                  ) -> Iterator[tuple[Callable[..., None], bool]]:
     """Yield ``(update, shown)``: ``update(completed, description=None, info="")`` moves the bar;
-    ``shown`` says whether a bar is drawn (stderr is a terminal and ``enabled``)."""
+    ``shown`` says whether a bar is drawn (stderr is a terminal and ``enabled``). ``counted``:
+    show ``completed/total``, the ``info`` text and the time left instead of the time spent."""
     if not enabled:
         yield (lambda *a, **k: None), False
         return
@@ -22,7 +23,7 @@ def progress_bar(label: str, total: int, enabled: bool = True, info: bool = Fals
 
     console = Console(stderr=True)
     columns = [TextColumn("{task.description}"), BarColumn()]
-    columns += [MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn()] if info \
+    columns += [MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn()] if counted \
         else [TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task(label, total=total, info="")

@@ -24,11 +24,6 @@ def option(default: Any, help: str = "", **cli: Any) -> Any:
 S = TypeVar("S")
 
 
-def settings_from(cls: type[S], values: dict[str, Any]) -> S:
-    """``cls`` from the entries of ``values`` named after its fields (other entries are ignored)."""
-    return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
-
-
 def with_overrides(settings: S, overrides: dict[str, Any]) -> S:
     """``settings`` with some fields replaced; an unknown name is one clear ``TypeError``."""
     known = {f.name for f in fields(settings)}

@@ -109,7 +109,6 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
     adata = read_h5ad(input)
     match = load_panel(markers, adata, data_path=input, layer=layer, other=other)
     _check_before_training(adata, match)
-    match.require_every_type()
     key = size_factor_key if size_factor_key in adata.obs else None
     if key is None:
         log.info("no obs['%s'] in %s: size factors computed from all genes", size_factor_key, input)
@@ -134,7 +133,7 @@ def _check_before_training(adata: ad.AnnData, match: MarkerMatch) -> None:
     """The marker check before training, logged as warnings. It never stops training: a failure
     of the check itself is one warning."""
     try:
-        diag = diagnostics.check_markers(adata, match, quiet=True)
+        diag = diagnostics.check_markers(adata, match)
     except Exception as exc:  # noqa: BLE001 - the check is advice, not a step
         log.warning("marker check before training skipped: %s: %s", type(exc).__name__, exc)
         return

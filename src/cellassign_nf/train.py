@@ -204,7 +204,7 @@ def _epoch_progress(settings: TrainSettings, restart: int) -> Iterator[Callable[
     """Report each epoch: a progress bar on terminals; in logs (pipelines, batch jobs) a line every
     25 epochs."""
     label = f"restart {restart + 1}/{settings.n_restarts}"
-    with progress_bar(label, settings.max_epochs, enabled=settings.progress, info=True) as (update, shown):
+    with progress_bar(label, settings.max_epochs, enabled=settings.progress, counted=True) as (update, shown):
         def report(epoch: int, train_ll: float, val_ll: float) -> None:
             info = f"loglik/cell train {train_ll:.3f} validation {val_ll:.3f}"
             update(epoch, info=f"epochs {info}")
