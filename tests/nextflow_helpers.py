@@ -128,12 +128,14 @@ def md5(path: Path) -> str:
 
 
 def accuracy(annotated_h5ad: Path) -> float:
-    """The share of cells whose obs['cellassign_celltype'] equals obs['true_celltype']."""
+    """The share of cells whose assigned type (obs[CELLTYPE_KEY]) is their simulated one."""
     import anndata
 
+    from cellassign_nf.keys import CELLTYPE_KEY, TRUE_CELLTYPE_KEY
+
     adata = anndata.read_h5ad(annotated_h5ad)
-    predicted = adata.obs["cellassign_celltype"].astype(str).to_numpy()
-    truth = adata.obs["true_celltype"].astype(str).to_numpy()
+    predicted = adata.obs[CELLTYPE_KEY].astype(str).to_numpy()
+    truth = adata.obs[TRUE_CELLTYPE_KEY].astype(str).to_numpy()
     return float((predicted == truth).mean())
 
 
