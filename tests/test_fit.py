@@ -113,8 +113,8 @@ def test_same_seed_same_probabilities_other_seed_same_labels(simulated):
 def test_one_cell_and_other_type_and_unassigned(simulated):
     rho = marker_list_to_matrix(MARKERS, include_other=True)
     one = simulated[:1].copy()
-    probs = CellAssign(one, rho, size_factor_key="size_factor").train(max_epochs=5, n_restarts=1,
-                                                                      progress=False).predict()
+    probs = CellAssign(one, rho, size_factor_key="size_factor", min_cells_fit=1).train(max_epochs=5, n_restarts=1,
+                                                                                       progress=False).predict()
     assert probs.shape == (1, 5) and list(probs.columns)[-1] == "other"
     assert probs.sum(axis=1).item() == pytest.approx(1.0)
     labels = assign_labels(pd.DataFrame({"A": [0.9, 0.4], "B": [0.1, 0.6]}, index=["x", "y"]), min_prob=0.7)

@@ -94,6 +94,93 @@ def test_no_mito_genes_no_mito_rule():
     adata = simulate({"A": ["a1"], "B": ["b1"]}, n_cells=50, n_other_genes=5, seed=3)
     _, summary = filter_cells(adata, QCThresholds())
     assert summary["removed"]["outlier_mito"] == 0 and "no gene starts with 'MT-'" in summary["rules"]["outlier_mito"]
+    assert summary["median_pct_counts_mito"] is None and summary["warnings"] == []  # nothing to measure
+
+
+# --- QC warnings: a library whose majority is damaged ---------------------------------------------
+MEDIAN_MITO = "The median cell has 85.6% mitochondrial counts (median of the 15 cells before QC), above " \
+              "--warn-median-mito-pct 20%: most of this library looks damaged."
+REMOVED = "QC removed 10 of 15 cells (66.7%), more than --warn-removed-pct 50%: most of this library fails QC."
+
+
+@pytest.fixture()
+def damaged15(demo2):
+    """15 cells: the demo's 10 damaged ones (79-93% mitochondrial counts), then 5 healthy ones."""
+    return demo2[:15].copy()
+
+
+def _warning(summary, start):
+    hits = [w for w in summary["warnings"] if w.startswith(start)]
+    assert len(hits) == 1, summary["warnings"]
+    return hits[0]
+
+
+def test_a_damaged_majority_passes_the_mad_rules_but_warns(damaged15):
+    filtered, summary = filter_cells(damaged15, QCThresholds())
+    # the blind spot: the MAD rules take the damaged majority for normal and remove the healthy cells
+    assert list(filtered.obs_names) == DAMAGED and summary["removed"]["outlier_counts"] == 5
+    assert summary["median_pct_counts_mito"] == pytest.approx(85.6, abs=0.05)
+    assert len(summary["warnings"]) == 1  # 5 of 15 removed: not more than half
+    text = _warning(summary, MEDIAN_MITO)
+    assert "MAD rules (--nmads, --nmads-mito)" in text and "cannot remove it" in text
+    assert "--max-mito-pct 20 --nmads 0 --nmads-mito 0" in text and "\n" not in text
+
+
+def test_removing_most_cells_warns_and_the_median_is_of_the_cells_before_qc(damaged15):
+    # the fix the warning suggests: fixed thresholds only keep the 5 healthy cells ...
+    filtered, summary = filter_cells(damaged15, QCThresholds(max_mito_pct=20, nmads=0, nmads_mito=0))
+    assert sorted(set(damaged15.obs_names) - set(filtered.obs_names)) == DAMAGED
+    assert summary["pct_removed"] == pytest.approx(66.67)
+    text = _warning(summary, REMOVED)
+    assert "--min-counts, --min-genes, --max-mito-pct" in text
+    # ... and the median % mitochondrial counts is still that of the library before QC, not of the kept cells
+    _warning(summary, MEDIAN_MITO)
+    assert filtered.obs["pct_counts_mito"].median() < 5
+
+
+def test_a_healthy_library_has_no_qc_warning():
+    filtered, summary = filter_cells(ad.read_h5ad(DEMO / "sample1.h5ad"), QCThresholds())
+    assert summary["warnings"] == [] and summary["median_pct_counts_mito"] < 5
+    assert summary["cells_removed"] == 14 and summary["pct_removed"] == pytest.approx(100 * 14 / 600, abs=0.01)
+
+
+def test_warning_thresholds_change_the_outcome(damaged15, demo2):
+    _, summary = filter_cells(damaged15.copy(), QCThresholds(warn_median_mito_pct=90))
+    assert summary["warnings"] == []  # 85.6% is below 90%
+    fixed = dict(max_mito_pct=20, nmads=0, nmads_mito=0)
+    _, summary = filter_cells(damaged15.copy(), QCThresholds(**fixed, warn_removed_pct=70))
+    assert [w[:40] for w in summary["warnings"]] == [MEDIAN_MITO[:40]]  # 66.7% removed is not more than 70%
+    _, summary = filter_cells(damaged15.copy(), QCThresholds(**fixed, warn_removed_pct=100, warn_median_mito_pct=100))
+    assert summary["warnings"] == []  # 100 turns a warning off
+    _, summary = filter_cells(demo2.copy(), QCThresholds(warn_removed_pct=2, warn_median_mito_pct=3))
+    assert [w.split(":")[0] for w in summary["warnings"]] == [
+        "QC removed 14 of 600 cells (2.3%), more than --warn-removed-pct 2%",
+        "The median cell has 3.7% mitochondrial counts (median of the 600 cells before QC), above "
+        "--warn-median-mito-pct 3%"]
+
+
+def test_qc_cli_writes_and_logs_the_warnings(tmp_path, damaged15):
+    path = tmp_path / "damaged.h5ad"
+    damaged15.write_h5ad(path)
+    out = ["-o", tmp_path / "q.h5ad", "--metrics", tmp_path / "m.tsv", "--summary", tmp_path / "s.json"]
+    r = invoke("qc", path, *out)
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "s.json").read_text())
+    text = _warning(summary, MEDIAN_MITO)
+    logged = " ".join(r.stderr.split())  # rich wraps long lines
+    assert "QC of damaged: " + MEDIAN_MITO in logged and "WARNING" in logged
+    assert text.split(": ")[-1][-60:] in logged  # the whole sentence, up to its end
+    assert summary["thresholds"]["warn_removed_pct"] == 50 and summary["thresholds"]["warn_median_mito_pct"] == 20
+    # the options reach the warnings
+    r = invoke("qc", path, *out, "--warn-median-mito-pct", "95", "--warn-removed-pct", "30")
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert [w.split(":")[0] for w in summary["warnings"]] == ["QC removed 5 of 15 cells (33.3%), more than "
+                                                              "--warn-removed-pct 30%"]
+    # when no cell passes, the error is the one line and the warning still says why
+    r = invoke("qc", path, *out[:-2], "--summary", tmp_path / "s2.json", "--max-mito-pct", "20")
+    assert r.exit_code == 2 and "no cell passes QC" in r.stderr
+    assert MEDIAN_MITO in " ".join(r.stderr.split()) and not (tmp_path / "s2.json").exists()
 
 
 def test_qc_cli_writes_rules_and_reasons(tmp_path):
@@ -132,10 +219,12 @@ def test_layer_x_means_the_main_matrix(tmp_path):
     markers = tmp_path / "m.yaml"
     markers.write_text("A: [a1, a2]\nB: [b1, b2]\n")
     r = invoke("train", path, "--markers", markers, "--layer", "X", "-o", tmp_path / "model.pt", "--history",
-               tmp_path / "h.tsv", "--probabilities", tmp_path / "p.tsv", "--max-epochs", "3", "--n-restarts", "1")
+               tmp_path / "h.tsv", "--probabilities", tmp_path / "p.tsv", "--max-epochs", "3", "--n-restarts", "1",
+               "--min-cells-fit", "10")  # 40 cells: below the default minimum of 50
     assert r.exit_code == 0, r.output
     rho = marker_list_to_matrix({"A": ["a1", "a2"], "B": ["b1", "b2"]})
-    assert CellAssign(adata, rho, layer="X")._data.x.sum() == CellAssign(adata, rho, layer="counts")._data.x.sum()
+    assert CellAssign(adata, rho, layer="X", min_cells_fit=10)._data.x.sum() == \
+        CellAssign(adata, rho, layer="counts", min_cells_fit=10)._data.x.sum()
 
 
 # --- design: columns the model cannot estimate ------------------------------------------------------
@@ -181,10 +270,10 @@ def test_design_cli_and_api_drop_redundant_columns(tmp_path, warnings_text):
     assert "lane[T.L2] = batch[T.y]" in " ".join(r.stderr.split())  # rich wraps long lines
     assert list(pd.read_csv(tmp_path / "d.tsv", sep="\t", index_col=0).columns) == ["batch[T.y]"]
     rho = marker_list_to_matrix({"A": ["a1", "a2"], "B": ["b1", "b2"]})
-    model = CellAssign(adata, rho, categorical_covariate_keys=["batch", "lane"])
+    model = CellAssign(adata, rho, categorical_covariate_keys=["batch", "lane"], min_cells_fit=10)  # 40 cells
     assert model.design_columns == ["batch[T.y]"] and "lane[T.L2] = batch[T.y]" in warnings_text()
     ready = pd.DataFrame({"b": (adata.obs["batch"] == "y").astype(float), "same": (adata.obs["batch"] == "y") * 2.0},
                          index=adata.obs_names)
-    model = CellAssign(adata, rho, design=ready)
+    model = CellAssign(adata, rho, design=ready, min_cells_fit=10)
     assert model.design_columns == ["b"] and model.design_spec.dropped == {"same": "= 2*b"}
     assert "same = 2*b" in warnings_text()

@@ -555,3 +555,107 @@ def plt_figure():
     import matplotlib.pyplot as plt
 
     return plt.figure()
+
+
+# ------------------------------------------------------------------------------------------------
+# sample-level QC warnings (a library whose majority is damaged)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def damaged_warnings() -> list[str]:
+    """The QC warnings of a real damaged library: the demo's 10 damaged cells and 5 healthy ones, with
+    fixed thresholds (10 of 15 cells removed: both warnings)."""
+    import anndata as ad
+
+    from cellassign_nf.qc import filter_cells
+    from cellassign_nf.settings import QCThresholds
+
+    _, summary = filter_cells(ad.read_h5ad(DEMO / "sample2.h5ad")[:15].copy(),
+                              QCThresholds(max_mito_pct=20, nmads=0, nmads_mito=0))
+    assert len(summary["warnings"]) == 2, summary["warnings"]
+    return summary["warnings"]
+
+
+@pytest.fixture(scope="module")
+def warned(pipeline: dict[str, Path], damaged_warnings: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo sample's report, its QC summary carrying the damaged library's warnings."""
+    outdir = tmp_path_factory.mktemp("warned")
+    summary = json.loads(pipeline["qc_summary"].read_text())
+    summary["warnings"] = damaged_warnings
+    path = outdir / "warned.qc_summary.json"
+    path.write_text(json.dumps(summary))
+    result = CliRunner().invoke(report_command, _report_args(pipeline, outdir, qc_summary=str(path), sample="warned")
+                                + ["--no-umap"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return outdir
+
+
+def test_a_healthy_library_has_no_qc_warning_in_the_report(report: Path, pipeline: dict[str, Path]) -> None:
+    import yaml
+
+    assert json.loads(pipeline["qc_summary"].read_text())["warnings"] == []
+    page = _parse(report / "sample1.report.html")
+    assert not any(n.startswith("Warning:") for n in page.notes), page.notes
+    assert list(page.headings).index("qc") > 0  # the QC section stays in its place
+    gs = yaml.safe_load((report / "sample1_cellassign_general_stats_mqc.yaml").read_text())
+    assert gs["data"]["sample1"]["qc_warnings"] == 0
+    qc = yaml.safe_load((report / "sample1_cellassign_qc_mqc.yaml").read_text())
+    assert qc["data"]["sample1"]["qc_warnings"] == "none"
+
+
+def test_qc_warnings_come_first_in_the_report_and_in_the_multiqc_files(warned: Path,
+                                                                       damaged_warnings: list[str]) -> None:
+    import yaml
+
+    html_path = warned / "warned.report.html"
+    assert _section_order(html_path)[0] == "qc"  # a damaged library: QC before everything fitted on it
+    page = _parse(html_path)
+    for warning in damaged_warnings:
+        assert f"Warning: {warning}" in page.notes
+    assert any(n.startswith("Warning: The median cell has 85.6% mitochondrial counts") for n in page.notes)
+    assert any(n.startswith("Warning: QC removed 10 of 15 cells (66.7%)") for n in page.notes)
+    text = html_path.read_text(encoding="utf-8")
+    assert '<p class="note warn">' in text and ">QC warnings<" in text.replace('"k">', ">")  # the card
+    assert "Other QC numbers" in text and "median_pct_counts_mito" in text
+    gs = yaml.safe_load((warned / "warned_cellassign_general_stats_mqc.yaml").read_text())
+    assert gs["data"]["warned"]["qc_warnings"] == 2
+    assert any("qc_warnings" in h and h["qc_warnings"]["title"] == "QC warnings" for h in gs["pconfig"])
+    qc = yaml.safe_load((warned / "warned_cellassign_qc_mqc.yaml").read_text())
+    assert qc["data"]["warned"]["qc_warnings"] == " | ".join(damaged_warnings)
+    assert "--max-mito-pct 20 --nmads 0 --nmads-mito 0" in qc["data"]["warned"]["qc_warnings"]
+    assert qc["headers"]["qc_warnings"]["title"] == "QC warnings"
+
+
+def test_multiqc_shows_the_qc_warnings(report: Path, warned: Path, tmp_path: Path) -> None:
+    out = tmp_path / "mqc"
+    proc = subprocess.run([sys.executable, "-m", "multiqc", "--config", str(MQC_CONFIG), "-o", str(out),
+                           "--no-ansi", str(report), str(warned)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    gs = pd.read_csv(out / "multiqc_data" / "multiqc_general_stats.txt", sep="\t", index_col=0)
+    col = next(c for c in gs.columns if c.endswith("qc_warnings"))
+    assert gs.loc["warned", col] == 2 and gs.loc["sample1", col] == 0
+    qc = pd.read_csv(out / "multiqc_data" / "multiqc_cellassign_qc_table.txt", sep="\t", index_col=0)
+    assert qc.loc["warned", "qc_warnings"].startswith("QC removed 10 of 15 cells (66.7%)")
+    assert qc.loc["sample1", "qc_warnings"] == "none"
+    assert "The median cell has 85.6% mitochondrial counts" in (out / "multiqc_report.html").read_text()
+
+
+def test_a_qc_summary_without_warnings_still_works(pipeline: dict[str, Path], tmp_path: Path) -> None:
+    """Older QC summaries have no `warnings` key: no card, no column, no warning."""
+    import yaml
+
+    summary = json.loads(pipeline["qc_summary"].read_text())
+    del summary["warnings"]
+    path = tmp_path / "old.qc_summary.json"
+    path.write_text(json.dumps(summary))
+    assert parse_qc_summary(summary).warnings is None and "warnings" not in parse_qc_summary(summary).other
+    result = make_report(pipeline["annotated"], history=pipeline["history"], model=pipeline["model"],
+                         qc_summary=path, sample="old", outdir=tmp_path / "out", umap=False)
+    text = result.html.read_text(encoding="utf-8")
+    assert ">QC warnings<" not in text.replace('"k">', ">") and 'class="note warn"' not in text
+    gs = yaml.safe_load((tmp_path / "out" / "old_cellassign_general_stats_mqc.yaml").read_text())
+    assert "qc_warnings" not in gs["data"]["old"]
+    assert not any("qc_warnings" in h for h in gs["pconfig"])
+    qc = yaml.safe_load((tmp_path / "out" / "old_cellassign_qc_mqc.yaml").read_text())
+    assert "qc_warnings" not in qc["data"]["old"]

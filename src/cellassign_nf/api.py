@@ -16,7 +16,7 @@ import torch
 
 from . import __version__, kernels
 from .design import DesignSpec, apply_design, drop_redundant_columns, make_design
-from .errors import InputError
+from .errors import InputError, TooFewCellsError
 from .io import MAIN_MATRIX, as_count_matrix, atomic_path, dense_counts
 from .keys import HISTORY_COLUMNS
 from .markers import MarkerMatch, match_panel, validate_markers
@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 MODEL_FORMAT = "cellassign-nf-model/1"
 
 
+def require_cells_to_fit(n_cells: int, settings: ModelSettings, source: str | Path | None = None) -> None:
+    """Raise :class:`~cellassign_nf.errors.TooFewCellsError` for fewer than ``settings.min_cells_fit`` cells."""
+    if n_cells < settings.min_cells_fit:
+        raise TooFewCellsError(n_cells, settings.min_cells_fit, source)
+
+
 class CellAssign:
     """CellAssign for one AnnData and one binary marker matrix (genes x cell types), or the
     :class:`~cellassign_nf.markers.MarkerMatch` of one (a panel already checked and matched).
@@ -41,6 +47,11 @@ class CellAssign:
     the mean) unless ``size_factor_key`` names them in ``adata.obs``. Covariates (``batch_key``,
     ``categorical_covariate_keys``, ``continuous_covariate_keys``) or a ready ``design`` matrix
     (cells x covariates, no intercept) enter as ``beta``.
+
+    ``adata`` needs at least ``min_cells_fit`` cells (default 50, a field of ``ModelSettings``):
+    fewer raise :class:`~cellassign_nf.errors.TooFewCellsError` (a ``ValueError``) before any
+    work, as too few cells cannot fit the model reliably. Fit more cells together (cohort mode),
+    or lower ``min_cells_fit`` at your own risk.
 
     >>> model = CellAssign(adata, marker_gene_matrix, size_factor_key="size_factor")
     >>> model.train()
@@ -63,6 +74,8 @@ class CellAssign:
         self.size_factor_key = size_factor_key
         self.layer = layer
         self.settings = with_overrides(settings or ModelSettings(), model_options)
+        if adata is not None:  # before any work (a loaded model, adata None, only predicts)
+            require_cells_to_fit(adata.n_obs, self.settings)
         self.module: CellAssignModule | None = None
         self.history = pd.DataFrame(columns=list(HISTORY_COLUMNS))
         self.restarts = pd.DataFrame()

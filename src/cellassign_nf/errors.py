@@ -27,3 +27,16 @@ class DeviceError(InputError, ValueError):
 
     def __init__(self, problem: str, fix: str = "") -> None:
         super().__init__(None, problem, fix)
+
+
+class TooFewCellsError(InputError, ValueError):
+    """Fewer cells than ``ModelSettings.min_cells_fit``: too few to fit CellAssign reliably. Exit code 2
+    from the CLI; the pipeline sets such a sample aside with this message as the reason."""
+
+    def __init__(self, n_cells: int, min_cells_fit: int, path: str | Path | None = None) -> None:
+        self.n_cells, self.min_cells_fit = int(n_cells), int(min_cells_fit)
+        cells = f"{self.n_cells:,} cell{'' if self.n_cells == 1 else 's'}"
+        super().__init__(path, f"{cells}, fewer than min_cells_fit={self.min_cells_fit:,}: too few to fit CellAssign "
+                               "reliably",
+                         "Fit more cells (e.g. cohort mode), or lower --min-cells-fit / min_cells_fit at your own "
+                         "risk.")

@@ -6,6 +6,11 @@ mitochondrial counts more than ``nmads_mito`` MADs above it (the approach of the
 best-practices book, https://www.sc-best-practices.org, chapter "Quality control"). Fixed
 thresholds (``min_counts``, ``min_genes``, ``max_mito_pct``) apply as well. The summary names
 every rule, its bounds in counts / genes / % and how many cells it removed.
+
+A MAD rule measures each cell against its own sample, so it cannot see a sample whose majority is
+damaged (it takes the damaged cells for normal). ``qc_warnings`` therefore judges the library as
+a whole: it warns when QC removes more than ``warn_removed_pct`` % of the cells, or when the
+median % mitochondrial counts of the cells before QC is above ``warn_median_mito_pct``.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .keys import QC_WARNINGS_KEY
 from .settings import QCThresholds
 
 log = logging.getLogger(__name__)
@@ -63,11 +69,37 @@ def mad_outliers(values: pd.Series, nmads: float, log1p: bool, upper_only: bool 
     return pd.Series(flagged, index=values.index), rule
 
 
+def qc_warnings(n_before: int, n_removed: int, median_mito_pct: float | None, n_measured: int,
+                thresholds: QCThresholds) -> list[str]:
+    """Sample-level warnings of QC, one sentence each (empty when the library looks fine).
+
+    ``median_mito_pct`` is the median % mitochondrial counts of the ``n_measured`` cells with
+    counts before QC (the library as a whole, not the cells QC kept); ``None`` when the data
+    have no mitochondrial genes. A threshold of 100 turns its warning off."""
+    t = thresholds
+    out = []
+    pct_removed = 100.0 * n_removed / n_before if n_before else 0.0
+    if pct_removed > t.warn_removed_pct:
+        out.append(f"QC removed {n_removed:,} of {n_before:,} cells ({pct_removed:.1f}%), more than "
+                   f"--warn-removed-pct {t.warn_removed_pct:g}%: most of this library fails QC. Check the cells "
+                   "removed per rule; the library may be damaged (set it aside), or a fixed threshold "
+                   "(--min-counts, --min-genes, --max-mito-pct) may be too strict for these data.")
+    if median_mito_pct is not None and median_mito_pct > t.warn_median_mito_pct:
+        out.append(f"The median cell has {median_mito_pct:.1f}% mitochondrial counts (median of the "
+                   f"{n_measured:,} cells before QC), above --warn-median-mito-pct {t.warn_median_mito_pct:g}%: "
+                   "most of this library looks damaged. The MAD rules (--nmads, --nmads-mito) measure each cell "
+                   "against this damaged majority, so they cannot remove it and may remove the healthy cells "
+                   "instead; use fixed thresholds, e.g. --max-mito-pct 20 --nmads 0 --nmads-mito 0 (with "
+                   "--min-counts / --min-genes as needed), or set the library aside.")
+    return out
+
+
 def filter_cells(adata: ad.AnnData, thresholds: QCThresholds | None = None,
                  source: str | None = None) -> tuple[ad.AnnData, dict]:
     """Compute metrics, keep passing cells (and genes), and return the filtered data and a summary.
 
     ``thresholds`` default to those of ``cellassign-nf qc``; metrics are added to ``adata`` in place.
+    The summary's ``warnings`` (``qc_warnings``) say when the library as a whole looks damaged.
     """
     thresholds = thresholds or QCThresholds()
     if adata.n_obs == 0:
@@ -98,22 +130,31 @@ def filter_cells(adata: ad.AnnData, thresholds: QCThresholds | None = None,
     names = np.array(list(fails))
     adata.obs["qc_failed"] = [",".join(names[row]) for row in failed]
     n_zero = int((~has_counts).sum())
+    # the library as a whole: all cells with counts, before QC (a cell without counts has no %)
+    median_mito = float(np.median(obs["pct_counts_mito"].to_numpy()[has_counts])) \
+        if n_mito and has_counts.any() else None
+    n_removed = int((~passed).sum())
     summary = {
         "cells_before": int(adata.n_obs), "genes_before": int(adata.n_vars),
         "cells_after": int(passed.sum()),
-        "cells_removed": int((~passed).sum()),
+        "cells_removed": n_removed,
+        "pct_removed": round(100.0 * n_removed / adata.n_obs, 2),
         "removed": {k: int(f.sum()) for k, (f, _) in fails.items()},
         "rules": {k: rule for k, (_, rule) in fails.items()},
         "zero_count_cells": n_zero,
         "thresholds": asdict(thresholds),
         "n_mito_genes": n_mito,
+        "median_pct_counts_mito": None if median_mito is None else round(median_mito, 2),
+        QC_WARNINGS_KEY: qc_warnings(int(adata.n_obs), n_removed, median_mito, int(has_counts.sum()), thresholds),
     }
     if n_zero:
         log.info("removing %d cells with zero total counts", n_zero)
     for key, (flags, rule) in fails.items():
         if flags.any():
             log.info("QC %s: %d cells (%s)", key, int(flags.sum()), rule)
-    if not passed.any():
+    if not passed.any():  # the summary is not returned: say here what the library looks like
+        for warning in summary[QC_WARNINGS_KEY]:
+            log.warning("%s", warning)
         raise InputError(source, f"no cell passes QC ({adata.n_obs} cells; removed: "
                          + ", ".join(f"{k} {v}" for k, v in summary["removed"].items()) + ")",
                          "Relax --min-counts, --min-genes or --max-mito-pct, or raise --nmads / --nmads-mito.")

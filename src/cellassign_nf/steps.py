@@ -19,7 +19,10 @@ from . import diagnostics
 from .design import make_design, read_design
 from .errors import InputError
 from .io import atomic_path, default_sample_name, read_counts, read_h5ad, read_table, write_h5ad, write_table
-from .keys import CELLTYPE_KEY, INPUT_INFO_KEY, PROB_KEY, PROBS_KEY, SAMPLE_KEY, SIZE_FACTOR_KEY, UNASSIGNED, UNS_KEY
+from .keys import (
+    CELLTYPE_KEY, INPUT_INFO_KEY, PROB_KEY, PROBS_KEY, QC_WARNINGS_KEY, SAMPLE_KEY, SIZE_FACTOR_KEY, UNASSIGNED,
+    UNS_KEY,
+)
 from .markers import MarkerMatch, load_panel
 from .progress import stage_progress
 from .qc import filter_cells, metrics_table
@@ -40,13 +43,18 @@ def write_json(data: dict, path: str | Path) -> None:
 def qc(input: str | Path, output: str | Path, metrics: str | Path, summary: str | Path,
        sample: str | None = None, layer: str | None = None, thresholds: QCThresholds | None = None,
        obs_values: dict[str, str] | None = None) -> dict:
-    """Read counts, compute QC metrics, filter cells; write the filtered h5ad, metrics and summary."""
+    """Read counts, compute QC metrics, filter cells; write the filtered h5ad, metrics and summary.
+
+    The summary's ``warnings`` (one sentence each: most cells removed, or a high median %
+    mitochondrial counts before QC) are also logged as warnings."""
     with stage_progress(["reading counts", "QC metrics and filtering", "writing outputs"]) as advance:
         adata = read_counts(input, layer=layer)
         adata.layers.clear()
         advance()
         sample = sample or default_sample_name(input)
         filtered, info = filter_cells(adata, thresholds or QCThresholds(), str(input))
+        for warning in info[QC_WARNINGS_KEY]:  # the library as a whole looks damaged
+            log.warning("QC of %s: %s", sample, warning)
         filtered.obs[SAMPLE_KEY] = pd.Categorical([sample] * filtered.n_obs)
         for key, value in (obs_values or {}).items():  # sample-level metadata, e.g. from a samplesheet
             if key in filtered.obs:
@@ -103,10 +111,13 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
     """Fit CellAssign; write the model file, training history and probabilities. Returns the model.
 
     The panel is read, checked and matched to the data's genes once; the marker check before
-    training and the model use that one match."""
-    from .api import CellAssign
+    training and the model use that one match. Fewer cells than ``min_cells_fit`` fail first
+    (``TooFewCellsError``), before the panel is read."""
+    from .api import CellAssign, require_cells_to_fit
 
     adata = read_h5ad(input)
+    model_settings = model_settings or ModelSettings()
+    require_cells_to_fit(adata.n_obs, model_settings, input)  # before the panel, the marker check and the fit
     match = load_panel(markers, adata, data_path=input, layer=layer, other=other)
     _check_before_training(adata, match)
     key = size_factor_key if size_factor_key in adata.obs else None

@@ -15,7 +15,9 @@ import pandas as pd
 
 from ..errors import InputError
 from ..io import atomic_path
-from ..keys import CELLTYPE_KEY, HISTORY_COLUMNS, PROB_KEY, PROBS_KEY, SIZE_FACTOR_KEY, UNASSIGNED  # noqa: F401
+from ..keys import (  # noqa: F401
+    CELLTYPE_KEY, HISTORY_COLUMNS, PROB_KEY, PROBS_KEY, QC_WARNINGS_KEY, SIZE_FACTOR_KEY, UNASSIGNED,
+)
 from ..rules import SAMPLE_NAME_RE  # noqa: F401 - re-exported for the report package
 from ..settings import ReportSettings
 DEFAULT_UMAP_MAX_CELLS = ReportSettings.umap_max_cells
@@ -63,6 +65,8 @@ class QCSummary:
     genes_after: int | None = None
     thresholds: dict[str, Any] = field(default_factory=dict)
     other: dict[str, Any] = field(default_factory=dict)
+    # sample-level QC warnings, one sentence each; None for a summary without them (older files)
+    warnings: list[str] | None = None
 
 
 @dataclass

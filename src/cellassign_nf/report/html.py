@@ -27,6 +27,7 @@ class _Section:
     figures: list[ReportFigure] = field(default_factory=list)
     tables: list[_Table] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # shown before the notes, in red
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]], title: str = "") -> _Table:

@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..errors import InputError
 from .base import (
-    CELLTYPE_KEY, HISTORY_COLUMNS, PROB_KEY, ModelLike, QCSummary, _is_number, _require_file,
+    CELLTYPE_KEY, HISTORY_COLUMNS, PROB_KEY, QC_WARNINGS_KEY, ModelLike, QCSummary, _is_number, _require_file,
 )
 from ..rules import SAMPLE_NAME_CHARACTERS, is_sample_name
 
@@ -128,7 +128,7 @@ def qc_removed_rows(other: Mapping[str, Any]) -> list[list[Any]]:
 
 
 def parse_qc_summary(raw: Mapping[str, Any]) -> QCSummary:
-    """Normalise a QC summary dict: cell and gene counts before/after, thresholds, the rest."""
+    """Normalise a QC summary dict: cell and gene counts before/after, thresholds, warnings, the rest."""
     flat = dict(raw)
     # Accept {"cells": {"before": .., "after": ..}, "genes": {...}} as well as flat keys.
     for what in ("cells", "genes"):
@@ -150,6 +150,11 @@ def parse_qc_summary(raw: Mapping[str, Any]) -> QCSummary:
         if isinstance(flat.get(key), Mapping):
             qc.thresholds.update(flat[key])
             used.add(key)
+    if QC_WARNINGS_KEY in flat:  # absent from older summaries: qc.warnings stays None
+        warnings = flat[QC_WARNINGS_KEY]
+        warnings = [warnings] if isinstance(warnings, str) else list(warnings or [])
+        qc.warnings = [str(w) for w in warnings]
+        used.add(QC_WARNINGS_KEY)
     for name in _QC_THRESHOLD_NAMES:
         if name in flat and name not in used:
             qc.thresholds.setdefault(name, flat[name])

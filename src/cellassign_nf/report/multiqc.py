@@ -16,12 +16,13 @@ def write_multiqc_files(summary: SampleSummary, outdir: str | Path) -> list[Path
     """Write the MultiQC custom-content files of one sample into ``outdir``.
 
     * ``NAME_cellassign_general_stats_mqc.yaml``: general statistics row (cells in, cells after
-      QC, % assigned, most frequent type, final validation log likelihood, marker warnings);
+      QC, % assigned, most frequent type, final validation log likelihood, marker warnings, QC
+      warnings);
     * ``NAME_celltype_counts_mqc.tsv``: cells per type (stacked bar graph; also read by
       ``cohort_table``);
     * ``NAME_cellassign_training_mqc.yaml``: validation log likelihood by epoch of the selected
       restart (line graph);
-    * ``NAME_cellassign_qc_mqc.yaml``: QC summary (table).
+    * ``NAME_cellassign_qc_mqc.yaml``: QC summary (table), with the text of the QC warnings.
 
     Each file carries a fixed section ``id``, so MultiQC merges all samples into one section.
     """
@@ -46,6 +47,7 @@ def general_stats(summary: SampleSummary) -> dict[str, Any]:
         "top_celltype": summary.top_type,
         "final_val_loglik": None if summary.final_val_loglik is None else round(summary.final_val_loglik, 4),
         "marker_warnings": summary.marker_warnings,
+        "qc_warnings": None if summary.qc.warnings is None else len(summary.qc.warnings),
     }
     gs_headers = [
         {"cells_in": {"title": "Cells in", "description": "Cells before QC filtering", "format": "{:,.0f}",
@@ -61,6 +63,9 @@ def general_stats(summary: SampleSummary) -> dict[str, Any]:
         {"marker_warnings": {"title": "Marker warnings", "description": "Warnings of the marker diagnostics "
                              "(see the sample's report and marker_diagnostics.tsv)", "format": "{:,.0f}",
                              "scale": "OrRd", "min": 0}},
+        {"qc_warnings": {"title": "QC warnings", "description": "Sample-level QC warnings: most cells removed, or "
+                         "a high median % mitochondrial counts (a damaged library; the text is in the CellAssign: "
+                         "QC table and the sample's report)", "format": "{:,.0f}", "scale": "OrRd", "min": 0}},
     ]
     gs_data = {k: v for k, v in gs_data.items() if v is not None}
     gs_headers = [h for h in gs_headers if next(iter(h)) in gs_data]
@@ -130,17 +135,22 @@ def qc_table(summary: SampleSummary) -> dict[str, Any]:
     for k, v in flatten(qc.thresholds).items():
         if _is_number(v) or isinstance(v, str):
             qc_row[k] = v
+    if qc.warnings is not None:  # older QC summaries have none
+        qc_row["qc_warnings"] = " | ".join(qc.warnings) or "none"
     qc_row = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in qc_row.items() if v is not None}
     headers: dict[str, dict[str, Any]] = {
         "cells_before": {"title": "Cells before", "format": "{:,.0f}"},
         "cells_after": {"title": "Cells after", "format": "{:,.0f}"},
         "genes_before": {"title": "Genes before", "format": "{:,.0f}"},
         "genes_after": {"title": "Genes after", "format": "{:,.0f}"},
+        "qc_warnings": {"title": "QC warnings", "description": "Sample-level QC warnings (a damaged library), "
+                        "separated by |"},
     }
     return {
         "id": "cellassign_qc",
         "section_name": "CellAssign: QC",
-        "description": "Cells and genes before and after QC filtering, and the thresholds used.",
+        "description": "Cells and genes before and after QC filtering, the thresholds used, and the sample-level "
+                       "QC warnings (a library whose majority is damaged).",
         "plot_type": "table",
         "pconfig": {"id": "cellassign_qc_table", "title": "CellAssign: QC summary", "col1_header": "Sample"},
         "headers": {k: headers.get(k, {"title": k}) for k in qc_row},

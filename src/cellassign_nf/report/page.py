@@ -94,6 +94,8 @@ def summary_cards(summary: SampleSummary, cell_types: list[str]) -> list[tuple[s
     ]
     if summary.marker_warnings is not None:
         cards.append(("marker warnings", str(summary.marker_warnings)))
+    if summary.qc.warnings is not None:  # older QC summaries have none
+        cards.append(("QC warnings", str(len(summary.qc.warnings))))
     return cards
 
 

@@ -88,6 +88,10 @@ def build_sections(inp: ReportInputs, sink: FigureSink, versions: Mapping[str, s
     if inp.diagnostics is not None:  # first when it warns, else after the marker dot plot
         after_markers = [sec.id for sec in sections].index("markers") + 1
         sections.insert(0 if inp.summary.marker_warnings else after_markers, diagnostics_section(inp, sink))
+    if inp.qc.warnings:  # a damaged library: QC first, before everything fitted on it
+        qc = next(sec for sec in sections if sec.id == "qc")
+        sections.remove(qc)
+        sections.insert(0, qc)
     return sections
 
 
@@ -217,6 +221,8 @@ def qc_section(inp: ReportInputs, sink: FigureSink) -> _Section:
     qc, adata = inp.qc, inp.adata
     s = _Section("qc", "Quality control", "Cells and genes before and after QC filtering, the thresholds used, "
                  "and the size factors (total counts over all genes, divided by the mean) used by the model.")
+    # sample-level warnings (a damaged library: docs/steps.md); the section then comes first
+    s.warnings += qc.warnings or []
     s.tables.append(_table(["", "before QC", "after QC"], [
         ["cells", qc.cells_before, qc.cells_after],
         ["genes", qc.genes_before, qc.genes_after],

@@ -21,6 +21,7 @@ table { border-collapse: collapse; font-size: 13px; margin: 8px 0; }
 th, td { border: 1px solid #ddd; padding: 3px 10px; text-align: left; }
 th { background: #f3f5f7; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 6px 12px; font-size: 14px; }
+.note.warn { background: #fdecea; border-left-color: #c62828; font-weight: 600; }
 .cols { display: flex; flex-wrap: wrap; gap: 28px; align-items: flex-start; }
 footer { font-size: 12px; color: #777; padding: 0 32px 24px; }
 """
@@ -48,6 +49,7 @@ _TEMPLATE = """<!DOCTYPE html>
 <section id="{{ s.id }}">
 <h2>{{ s.title }}</h2>
 {% if s.intro %}<p>{{ s.intro }}</p>{% endif %}
+{% for w in s.warnings %}<p class="note warn">Warning: {{ w }}</p>{% endfor %}
 {% for n in s.notes %}<p class="note">{{ n }}</p>{% endfor %}
 <div class="cols">
 {% for t in s.tables %}<div>
