@@ -35,4 +35,11 @@ workflow.onComplete {
     } else {
         log.error "cellassign-nf: the run failed (${workflow.errorMessage ?: 'see the error above'}). Fix the cause and run again with -resume to reuse finished steps."
     }
+    // the terminal ends with one line per sample set aside (lib/SetAside.groovy)
+    def setAside = SetAside.records()
+    if (setAside) {
+        def exit = params.allow_failed_samples ? 'exit status 0 (--allow_failed_samples)' : 'exit status 1; --allow_failed_samples exits 0'
+        log.warn "cellassign-nf: ${setAside.size()} sample${setAside.size() == 1 ? '' : 's'} set aside, listed in ${params.outdir}/pipeline_info/samples.tsv and the MultiQC report (${exit}). Fix the input and run again with -resume: the other samples' steps are reused."
+    }
+    setAside.each { log.warn "${it.sample}: set aside at ${it.step}: ${it.reason}" }
 }

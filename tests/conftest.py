@@ -5,6 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nextflow_helpers import COHORT_ARGS, run_pipeline
+
 ROOT = Path(__file__).resolve().parents[1]
 ORIGINAL = ROOT / "tests" / "data" / "cellassign-original"  # see its README.md: origin, licence
 DEMO = ROOT / "assets" / "demo"
@@ -14,6 +16,20 @@ DEMO = ROOT / "assets" / "demo"
 def nxf_home(tmp_path_factory) -> Path:
     """NXF_HOME of every Nextflow run of the session (tests/nextflow_helpers.py starts them)."""
     return tmp_path_factory.mktemp("nxf_home")
+
+
+@pytest.fixture(scope="session")
+def per_sample_run(tmp_path_factory, nxf_home):
+    """One real run of `-profile test` (the two demo samples, per-sample mode)."""
+    run = run_pipeline(tmp_path_factory.mktemp("per_sample"), nxf_home, ["-profile", "test"])
+    print(f"per-sample test profile: {run['result'].wall_s:.0f} s wall")
+    return run
+
+
+@pytest.fixture(scope="session")
+def cohort_run(tmp_path_factory, nxf_home):
+    """One real run of `-profile test` in cohort mode."""
+    return run_pipeline(tmp_path_factory.mktemp("cohort"), nxf_home, ["-profile", "test", *COHORT_ARGS])
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ RUN_TIMEOUT = 1800  # seconds: the limit of one whole pipeline run
 DEMO_SAMPLES = ("sample1", "sample2")
 PER_SAMPLE_TASKS = {"QC": 2, "SIZE_FACTORS": 2, "DESIGN": 2, "TRAIN": 2, "ANNOTATE": 2, "DIAGNOSE": 2, "REPORT": 2,
                     "CELLTYPE_COUNTS": 1, "MULTIQC": 1}
+COHORT_ARGS = ("--mode", "cohort", "--layer", "X")  # the cohort runs of the tests (--layer X: the main matrix, named)
 COHORT_TASKS = {"QC": 2, "MERGE": 1, "SIZE_FACTORS": 1, "DESIGN": 1, "TRAIN": 1, "ANNOTATE": 2, "DIAGNOSE": 2,
                 "REPORT": 2, "CELLTYPE_COUNTS": 1, "MULTIQC": 1}
 

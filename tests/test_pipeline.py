@@ -18,15 +18,8 @@ from nextflow_helpers import (COHORT_TASKS, DEMO_SAMPLES as SAMPLES, NEXTFLOW, P
 
 
 # --------------------------------------------------------------------------------------
-# Session fixtures: the real runs, once each
+# Session fixtures: the real runs, once each (per_sample_run and cohort_run: tests/conftest.py)
 # --------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def per_sample_run(tmp_path_factory, nxf_home):
-    run = run_pipeline(tmp_path_factory.mktemp("per_sample"), nxf_home, ["-profile", "test"])
-    print(f"per-sample test profile: {run['result'].wall_s:.0f} s wall")
-    return run
-
 
 def _sample_outputs(outdir: Path) -> dict[Path, str]:
     """The md5 of every published per-sample file <sample>/<sample>.*."""
@@ -38,13 +31,6 @@ def resumed_run(per_sample_run, nxf_home):
     before = _sample_outputs(per_sample_run["outdir"])
     result = run_pipeline(per_sample_run["launch"], nxf_home, ["-profile", "test", "-resume"])["result"]
     return {"result": result, "before": before, "after": _sample_outputs(per_sample_run["outdir"])}
-
-
-@pytest.fixture(scope="session")
-def cohort_run(tmp_path_factory, nxf_home):
-    # --layer X: the main matrix, named explicitly
-    return run_pipeline(tmp_path_factory.mktemp("cohort"), nxf_home, ["-profile", "test", "--mode", "cohort",
-                                                                       "--layer", "X"])
 
 
 # --------------------------------------------------------------------------------------

@@ -6,6 +6,10 @@
  * cohort mode:     the QC'd samples are merged, one model is fitted over all of them
  *                  with `sample` in the design, then every sample is annotated from
  *                  the cohort probabilities (annotate --sample NAME) and reported.
+ *
+ * A sample whose step fails on its data is set aside (lib/SetAside.groovy): its later steps do
+ * not run (in cohort mode, a sample set aside by QC is left out of the merge) and the others go
+ * on. pipeline_info/samples.tsv and the MultiQC report list every sample's status.
  */
 
 include { QC              } from '../modules/local/qc/main'
@@ -65,6 +69,62 @@ def logDiagnostics(String sample, tsv) {
     }
 }
 
+/*
+ * One line on the terminal per QC warning of a sample (the library as a whole looks damaged).
+ */
+def logQcWarnings(String sample, summary) {
+    qcWarnings(summary).each { log.warn "${sample}: QC: ${it}" }
+}
+
+def qcWarnings(summary) {
+    return (new groovy.json.JsonSlurper().parse(summary.toFile())['warnings'] ?: [])*.toString()
+}
+
+// A table cell: one line, no tabs
+def cell(value) {
+    return (value ?: '').toString().replaceAll(/[\t\r\n]+/, ' ').trim()
+}
+
+/*
+ * Every sample's status, once all its steps have ended: `annotated` (it has a report) or `set
+ * aside` (the step and the command's one-line reason), with its QC warnings.
+ * Rows: maps with SetAside.COLUMNS as keys, in samplesheet order.
+ */
+def sampleStatus(List<String> samples, List<String> annotated, Map<String, List<String>> warnings) {
+    def setAside = SetAside.records().collectEntries { [it.sample, it] }
+    return samples.collect { String sample ->
+        def record = setAside[sample]
+        [
+            sample     : sample,
+            status     : record ? SetAside.SET_ASIDE : sample in annotated ? SetAside.DONE : SetAside.NOT_FINISHED,
+            step       : record?.step ?: '',
+            reason     : record?.reason ?: '',
+            qc_warnings: (warnings[sample] ?: []).join(' | '),
+        ]
+    }
+}
+
+def sampleStatusTsv(List<Map> rows) {
+    return ([SetAside.COLUMNS] + rows.collect { row -> SetAside.COLUMNS.collect { cell(row[it]) } })*.join('\t').join('\n') + '\n'
+}
+
+// The status table as a MultiQC custom-content section
+def sampleStatusMultiqc(List<Map> rows) {
+    def setAside = rows.count { it.status == SetAside.SET_ASIDE }
+    def section = [
+        id          : 'cellassign_nf_samples',
+        section_name: 'Samples',
+        description : setAside
+            ? "${setAside} of ${rows.size()} samples were set aside: their step failed on their data (reason below); the other samples ran to the end. The list is also in pipeline_info/samples.tsv."
+            : "All ${rows.size()} samples were annotated.",
+        plot_type   : 'table',
+        pconfig     : [id: 'cellassign_nf_samples_table', title: 'cellassign-nf: samples', namespace: 'cellassign-nf'],
+        headers     : SetAside.COLUMNS.drop(1).collectEntries { [it, [title: it.replace('_', ' ')]] },
+        data        : rows.collectEntries { row -> [row.sample, SetAside.COLUMNS.drop(1).collectEntries { [it, cell(row[it]) ?: '-'] }] },
+    ]
+    return groovy.json.JsonOutput.prettyPrint(groovy.json.JsonOutput.toJson(section)) + '\n'
+}
+
 workflow CELLASSIGN {
     take:
     ch_samples      // channel: [meta, counts]
@@ -76,13 +136,14 @@ workflow CELLASSIGN {
 
     QC(ch_samples)
     ch_versions = ch_versions.mix(QC.out.versions)
+    QC.out.summary.subscribe { meta, summary -> logQcWarnings(meta.id, summary) }
 
     if (params.mode == 'cohort') {
         // one model over all samples
         ch_cohort = QC.out.h5ad
             .map { _meta, h5ad -> h5ad }
             .collect(sort: { a, b -> a.name <=> b.name })
-            .map { h5ads -> [[id: 'cohort'], h5ads] }
+            .map { h5ads -> [[id: 'cohort', cohort: true], h5ads] }
         MERGE(ch_cohort)
         ch_versions = ch_versions.mix(MERGE.out.versions)
         ch_model_input = MERGE.out.h5ad
@@ -96,7 +157,8 @@ workflow CELLASSIGN {
     DESIGN(SIZE_FACTORS.out.h5ad)
     ch_versions = ch_versions.mix(DESIGN.out.versions)
 
-    TRAIN(SIZE_FACTORS.out.h5ad.join(DESIGN.out.design, failOnMismatch: true, failOnDuplicate: true), ch_markers)
+    // the joins by sample leave out a sample that one side lacks: it was set aside by that step
+    TRAIN(SIZE_FACTORS.out.h5ad.join(DESIGN.out.design, failOnDuplicate: true), ch_markers)
     ch_versions = ch_versions.mix(TRAIN.out.versions)
 
     if (params.mode == 'cohort') {
@@ -109,8 +171,8 @@ workflow CELLASSIGN {
         ch_annotate_input = ch_per_sample.map { meta, h5ad, probabilities, _history, _model -> [meta, h5ad, probabilities] }
         ch_fit = ch_per_sample.map { meta, _h5ad, _probabilities, history, model -> [meta, history, model] }
     } else {
-        ch_annotate_input = SIZE_FACTORS.out.h5ad.join(TRAIN.out.probabilities, failOnMismatch: true, failOnDuplicate: true)
-        ch_fit = TRAIN.out.history.join(TRAIN.out.model, failOnMismatch: true, failOnDuplicate: true)
+        ch_annotate_input = SIZE_FACTORS.out.h5ad.join(TRAIN.out.probabilities, failOnDuplicate: true)
+        ch_fit = TRAIN.out.history.join(TRAIN.out.model, failOnDuplicate: true)
     }
 
     ANNOTATE(ch_annotate_input)
@@ -122,28 +184,39 @@ workflow CELLASSIGN {
     DIAGNOSE.out.tsv.subscribe { meta, tsv, _specificity -> logDiagnostics(meta.id, tsv) }
 
     ch_report_input = ANNOTATE.out.h5ad
-        .join(ch_fit, failOnMismatch: true, failOnDuplicate: true)
-        .join(QC.out.summary, failOnMismatch: true, failOnDuplicate: true)
-        .join(DIAGNOSE.out.tsv, failOnMismatch: true, failOnDuplicate: true)
+        .join(ch_fit, failOnDuplicate: true)
+        .join(QC.out.summary, failOnDuplicate: true)
+        .join(DIAGNOSE.out.tsv, failOnDuplicate: true)
     REPORT(ch_report_input, ch_params_json)
     ch_versions = ch_versions.mix(REPORT.out.versions)
 
-    // samples x cell types, over all samples
+    // samples x cell types, over all annotated samples
     CELLTYPE_COUNTS(
         REPORT.out.report
             .toSortedList { a, b -> a[0].id <=> b[0].id }
+            .filter { items -> items }
             .map { items -> items.collect { _meta, dir -> dir } }
     )
     ch_versions = ch_versions.mix(CELLTYPE_COUNTS.out.versions)
+
+    // every sample's status, once the last step of every sample has ended (REPORT waits for all others)
+    ch_status = ch_samples.map { meta, _counts -> meta.id }.toList()
+        .map { ids -> [samples: ids] }
+        .combine(REPORT.out.report.map { meta, _dir -> meta.id }.toList().map { ids -> [annotated: ids] })
+        .combine(QC.out.summary.map { meta, summary -> [meta.id, qcWarnings(summary)] }.toList().map { pairs -> [warnings: pairs.collectEntries()] })
+        .map { a, b, c -> sampleStatus(a.samples, b.annotated, c.warnings) }
+    ch_status.map { rows -> sampleStatusTsv(rows) }
+        .collectFile(name: 'samples.tsv', storeDir: "${params.outdir}/pipeline_info")
 
     ch_multiqc_report = Channel.empty()
     if (!params.skip_multiqc) {
         // the software versions of every step, shown in the MultiQC report
         ch_mqc_versions = collectVersions(ch_versions).collectFile(name: 'cellassign_nf_software_mqc_versions.yml')
+        ch_mqc_status = ch_status.map { rows -> sampleStatusMultiqc(rows) }.collectFile(name: 'cellassign_nf_samples_mqc.json')
         ch_multiqc_files = REPORT.out.mqc
             .map { _meta, files -> files }
             .flatten()
-            .mix(ch_mqc_versions)
+            .mix(ch_mqc_versions, ch_mqc_status)
             .collect(sort: { a, b -> a.name <=> b.name })
         MULTIQC(ch_multiqc_files, Channel.value(file(params.multiqc_config.toString())))
         ch_multiqc_report = MULTIQC.out.report

@@ -1,5 +1,6 @@
 process CELLTYPE_COUNTS {
     label 'process_single'
+    errorStrategy { SetAside.strategy(task, null) }  // lib/SetAside.groovy
 
     input:
     path report_dirs, stageAs: 'reports/?/*'

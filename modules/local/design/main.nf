@@ -1,6 +1,7 @@
 process DESIGN {
     tag "${meta.id}"
     label 'process_single'
+    errorStrategy { SetAside.strategy(task, meta) }  // lib/SetAside.groovy
 
     input:
     tuple val(meta), path(h5ad)

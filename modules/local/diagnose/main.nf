@@ -1,6 +1,7 @@
 process DIAGNOSE {
     tag "${meta.id}"
     label 'process_low'
+    errorStrategy { SetAside.strategy(task, meta) }  // lib/SetAside.groovy
 
     input:
     tuple val(meta), path(annotated)

@@ -1,6 +1,7 @@
 process MERGE {
     tag "${meta.id}"
     label 'process_medium'
+    errorStrategy { SetAside.strategy(task, meta) }  // lib/SetAside.groovy
 
     input:
     tuple val(meta), path(h5ads, stageAs: 'samples/*')

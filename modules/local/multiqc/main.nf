@@ -1,5 +1,6 @@
 process MULTIQC {
     label 'process_single'
+    errorStrategy { SetAside.strategy(task, null) }  // lib/SetAside.groovy
 
     input:
     path multiqc_files, stageAs: 'inputs/?/*'

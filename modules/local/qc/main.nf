@@ -1,6 +1,7 @@
 process QC {
     tag "${meta.id}"
     label 'process_low'
+    errorStrategy { SetAside.strategy(task, meta) }  // lib/SetAside.groovy
 
     input:
     tuple val(meta), path(counts, stageAs: 'input/*')

@@ -1,6 +1,7 @@
 process REPORT {
     tag "${meta.id}"
     label 'process_low'
+    errorStrategy { SetAside.strategy(task, meta) }  // lib/SetAside.groovy
 
     input:
     tuple val(meta), path(annotated), path(history), path(model), path(qc_summary), path(diagnostics), path(specificity)

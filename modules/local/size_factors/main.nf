@@ -1,6 +1,7 @@
 process SIZE_FACTORS {
     tag "${meta.id}"
     label 'process_low'
+    errorStrategy { SetAside.strategy(task, meta) }  // lib/SetAside.groovy
 
     input:
     tuple val(meta), path(h5ad, stageAs: 'input/*')

@@ -2,6 +2,7 @@ process TRAIN {
     tag "${meta.id}"
     label 'process_high'  // cpus, memory, time (conf/base.config)
     label 'process_gpu'   // a GPU with -profile gpu (conf/gpu.config, conf/slurm.config)
+    errorStrategy { SetAside.strategy(task, meta) }  // lib/SetAside.groovy
 
     input:
     tuple val(meta), path(h5ad), path(design)
