@@ -91,6 +91,66 @@ def test_rare_and_ubiquitous_markers_and_the_type_they_leave_short(truth):
     assert diag.markers.loc["RARE1", "detection"] == pytest.approx(3 / n)
 
 
+RARE_TYPE = {f"T{c}": [f"t{c}_{i}" for i in range(3)] for c in range(10)}  # T0: the rare type
+
+
+def rare_type_sample(n_cells: int, share: float, seed: int = 0) -> ad.AnnData:
+    """``n_cells`` simulated cells of the 10 types of RARE_TYPE, exactly ``round(share * n_cells)``
+    of them T0, the others spread evenly over T1..T9, with library-size variation. Every marker,
+    and FLAT1 (no type effect), is expressed in every cell (about 55 counts at the mean size);
+    each type's markers are 5 to 7 times higher in its cells."""
+    rho = panel(RARE_TYPE)
+    rho = rho.reindex(list(rho.index) + ["FLAT1"], fill_value=0)
+    p0 = min(0.5, 2 * share)
+    pool = simulate(rho, n_cells=int(1.1 * n_cells / (1 - p0)) + 50, n_other_genes=300,
+                    proportions=[p0] + [(1 - p0) / 9] * 9, fold_change=6, delta_sd=0.05, beta0_mean=4.0,
+                    beta0_sd=0.3, seed=seed)
+    types = pool.obs["true_celltype"].astype(str).to_numpy()
+    k = round(share * n_cells)
+    keep = np.concatenate([np.flatnonzero(types == "T0")[:k], np.flatnonzero(types != "T0")[:n_cells - k]])
+    assert len(keep) == n_cells
+    return pool[np.sort(keep)].copy()
+
+
+@pytest.mark.parametrize("n_cells, share", [(300, 0.05), (600, 0.02), (600, 0.05), (2_000, 0.01),
+                                            (50_000, 0.01), (50_000, 0.02), (50_000, 0.05)])
+def test_markers_of_a_type_at_1_to_5_percent_of_cells_are_not_ubiquitous_but_a_flat_gene_is(n_cells, share):
+    """T0 holds 1-5% of the cells, so its markers' 95th percentile lies in the other cells; they
+    are detected everywhere and 6-fold higher in T0: usable, not ubiquitous. FLAT1, at one level
+    in every cell (negative binomial noise, library sizes varying), is flagged, with few cells
+    as with many. Catches a spread that looks only at the 95th percentile (T0's markers flagged)
+    or one that noise in a few top cells inflates (FLAT1 missed at 300 cells)."""
+    adata = rare_type_sample(n_cells, share, seed=n_cells)
+    diag = check_markers(adata, panel({**RARE_TYPE, "T1": RARE_TYPE["T1"] + ["FLAT1"]}))
+    assert (diag.markers.loc[RARE_TYPE["T0"], "detection"] > 0.98).all(), "T0's markers are on everywhere"
+    assert found(diag) == [("marker", "FLAT1", "ubiquitous")], diag.markers.to_string()
+    assert (diag.markers.loc[RARE_TYPE["T0"], "fold_spread"] >= 4).all()
+    message = diag.warnings[0].message
+    assert message.startswith("FLAT1 (marker of T1) is detected in 100.0% of cells (more than 98.0%) and varies "
+                              "little: its most expressing cells (the top 0.5% of cells, at least 10) average less "
+                              "than 4x its median, and its median is less than 4x its 5th percentile (spread ")
+    assert f"(spread {diag.markers.at['FLAT1', 'fold_spread']:.1f}x): it does not single out a type here." in message
+
+
+@pytest.mark.parametrize("field, value, n_cells, share", [("min_type_fraction", 0.05, 20_000, 0.01),
+                                                          ("min_group_cells", 50, 600, 0.02)])
+def test_the_smallest_type_the_ubiquitous_rule_sees_is_the_smallest_group_counted_as_a_type(field, value, n_cells,
+                                                                                            share):
+    """The most expressing cells that the rule compares with the median are as many as the
+    smallest group the diagnostics count as a type (min_type_fraction of the cells, at least
+    min_group_cells): T0 (200 of 20,000 cells, 12 of 600) is seen with the defaults, and its
+    markers are ubiquitous once that group is larger than T0 (5% of the cells; 50 cells), as
+    FLAT1 is throughout. Catches a rule that ignores either threshold."""
+    from cellassign_nf.settings import DiagnosticThresholds
+
+    adata = rare_type_sample(n_cells, share, seed=1)
+    markers = panel({**RARE_TYPE, "T1": RARE_TYPE["T1"] + ["FLAT1"]})
+    assert found(check_markers(adata, markers)) == [("marker", "FLAT1", "ubiquitous")]
+    diag = check_markers(adata, markers, thresholds=DiagnosticThresholds(**{field: value}))
+    assert found(diag) == [("marker", g, "ubiquitous") for g in RARE_TYPE["T0"]] + [("marker", "FLAT1", "ubiquitous"),
+                                                                                     ("type", "T0", "few_markers")]
+
+
 # --- post-fit, on assignments made wrong on purpose ---------------------------------------------------------
 def test_a_type_whose_cells_went_to_another_is_merged_into_it_with_its_withheld_markers_as_candidates(truth):
     truth_labels = truth.obs["true_celltype"].astype(str).to_numpy()

@@ -122,14 +122,18 @@ class DiagnosticThresholds:
                                   min=0, max=1)
     max_detection: float = option(0.98, "Flag a marker detected in a larger share of cells when it also varies less "
                                         "than --min-fold (not specific).", min=0, max=1)
-    min_fold: float = option(4.0, "Spread (95th percentile / median, or median / 5th percentile) below which a "
-                                  "marker detected everywhere is not specific.", min=1)
+    min_fold: float = option(4.0, "Spread below which a marker detected everywhere is not specific: the larger of "
+                                  "the mean of its most expressing cells (as many as the smallest type: "
+                                  "--min-type-fraction, at least --min-group-cells) / its median, and median / 5th "
+                                  "percentile.", min=1)
     min_markers: int = option(2, "Flag a type with fewer usable markers.", min=1)
     max_overlap: float = option(0.6, "Flag two types whose usable markers overlap this much (Jaccard index).",
                                 min=0, max=1)
-    min_type_fraction: float = option(0.005, "After the fit, a type with a smaller share of the cells received "
-                                             "(almost) none.", min=0, max=1)
-    min_group_cells: int = option(10, "... as does a type with fewer cells; smaller groups are not compared.", min=1)
+    min_type_fraction: float = option(0.005, "The smallest type: after the fit, a type with a smaller share of the "
+                                             "cells received (almost) none; before, --min-fold compares this share "
+                                             "of the most expressing cells with the median.", min=0, max=1)
+    min_group_cells: int = option(10, "... and at least this many cells: a type with fewer received (almost) none; "
+                                      "smaller groups are not compared.", min=1)
     high_detection: float = option(0.5, "A marker is high in a group when detected in this share of its cells ...",
                                    min=0, max=1)
     min_logfc: float = option(0.25, "... and this much above its median over the groups (log1p of counts per "
@@ -137,3 +141,10 @@ class DiagnosticThresholds:
                               min=0)
     max_unassigned: float = option(0.2, "Flag a larger share of unassigned cells.", min=0, max=1)
     n_candidates: int = option(5, "Candidate markers listed per type or flagged pair.", min=0)
+
+    def smallest_type(self, n_cells: int) -> int:
+        """Cells of the smallest group that counts as a type in a sample of ``n_cells``:
+        ``min_type_fraction`` of them, at least ``min_group_cells``."""
+        from math import ceil
+
+        return max(self.min_group_cells, ceil(self.min_type_fraction * n_cells))

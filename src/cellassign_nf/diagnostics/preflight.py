@@ -51,14 +51,16 @@ def checked_markers(adata: ad.AnnData, match: MarkerMatch, t: DiagnosticThreshol
 
 def marker_table(adata: ad.AnnData, rho: pd.DataFrame, values: sp.csr_matrix, t: DiagnosticThresholds) -> pd.DataFrame:
     """Per marker gene of the data (``values``: their log-normalised expression, cells x genes):
-    the name shown, the types it marks, the share of cells that detect it, its mean expression
-    and whether it is usable."""
+    the name shown, the types it marks, the share of cells that detect it, its mean expression,
+    its :func:`spread` (markers detected in more than ``max_detection`` of cells only) and whether
+    it is usable."""
     genes = [str(g) for g in rho.index]
     n = max(adata.n_obs, 1)
     detection = np.asarray((values > 0).sum(axis=0)).ravel() / n
+    top = t.smallest_type(adata.n_obs)
     fold = np.full(len(genes), np.nan)
     for j in np.flatnonzero(detection > t.max_detection):  # only markers detected (almost) everywhere
-        fold[j] = spread(np.expm1(values[:, j].toarray().ravel()))
+        fold[j] = spread(np.expm1(values[:, j].toarray().ravel()), top)
     status = np.where(detection < t.min_detection, LOW, np.where(fold < t.min_fold, UBIQUITOUS, OK))
     names = display_names(adata)
     return pd.DataFrame({
@@ -71,12 +73,23 @@ def marker_table(adata: ad.AnnData, rho: pd.DataFrame, values: sp.csr_matrix, t:
     }, index=pd.Index(genes, name="marker"))
 
 
-def spread(normalised: np.ndarray) -> float:
-    """How much more some cells express a gene than others: the larger of 95th percentile /
-    median and median / 5th percentile (normalised counts). A marker over-expressed by a
-    subset of cells, large or small, has a large spread; a gene expressed alike everywhere a small one."""
-    q05, q50, q95 = np.quantile(normalised, [0.05, 0.5, 0.95])
-    return float(max(q95 / q50 if q50 > 0 else np.inf, q50 / q05 if q05 > 0 else np.inf))
+def spread(normalised: np.ndarray, top: int) -> float:
+    """How much more some cells express a gene than others (normalised counts, one per cell): the
+    larger of the mean of the ``top`` most expressing cells / the median, and the median / the
+    5th percentile.
+
+    ``top`` is the smallest group that counts as a type (:meth:`DiagnosticThresholds.smallest_type`):
+    when a type of at least that many cells over-expresses the gene, the top cells are its cells,
+    so a type down to ``min_type_fraction`` of the cells is seen (a 95th percentile sees only
+    types above 5%).
+    A mean over that group, not a single high quantile, keeps a few noisy cells of a small
+    sample from making a gene at one level everywhere look specific. The lower ratio sees a
+    gene that most cells over-express."""
+    x = np.asarray(normalised, dtype=np.float64)
+    top = min(max(int(top), 1), x.size)
+    q05, q50 = np.quantile(x, [0.05, 0.5])
+    high = np.partition(x, x.size - top)[x.size - top:].mean()
+    return float(max(high / q50 if q50 > 0 else np.inf, q50 / q05 if q05 > 0 else np.inf))
 
 
 def missing_flags(missing: list[str], panel: pd.DataFrame) -> list[Flag]:
@@ -102,9 +115,11 @@ def detection_flags(table: pd.DataFrame, t: DiagnosticThresholds) -> list[Flag]:
         elif row.status == UBIQUITOUS:
             flags.append(Flag("marker", row.gene, UBIQUITOUS,
                               f"{row.gene} (marker of {row.types}) is detected in {pct(row.detection)} of cells "
-                              f"(more than {pct(t.max_detection)}) and varies little (the most expressing cells have "
-                              f"{row.fold_spread:.1f}x the median, less than {t.min_fold:g}x): it does not single out a "
-                              "type here. Drop it, or replace it with a marker that is off in the other types.",
+                              f"(more than {pct(t.max_detection)}) and varies little: its most expressing cells (the "
+                              f"top {pct(t.min_type_fraction)} of cells, at least {t.min_group_cells}) average less "
+                              f"than {t.min_fold:g}x its median, and its median is less than {t.min_fold:g}x its 5th "
+                              f"percentile (spread {row.fold_spread:.1f}x): it does not single out a type here. Drop "
+                              "it, or replace it with a marker that is off in the other types.",
                               [row.gene]))
     return flags
 
