@@ -325,3 +325,17 @@ def test_device_cuda_without_gpu_is_a_value_error_for_the_api(monkeypatch):
     assert isinstance(info.value, InputError)
     assert resolve_device("auto") == torch.device("cpu")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_out_of_memory_exits_137_so_the_pipeline_retries_with_more(counts, tmp_path, monkeypatch):
+    from cellassign_nf import steps
+
+    def no_memory(*_args, **_kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(steps, "size_factors", no_memory)
+    result = invoke("size-factors", counts[1], "-o", tmp_path / "sf.h5ad")
+    assert result.exit_code == 137, (result.exit_code, result.output)
+    assert [ln for ln in result.stderr.splitlines() if ln.startswith("error:")] == [
+        "error: size-factors ran out of memory."]
+    assert not (tmp_path / "sf.h5ad").exists()

@@ -18,8 +18,12 @@ from .settings import AnnotateSettings, ModelSettings, QCThresholds, TrainSettin
 log = logging.getLogger("cellassign_nf")
 
 
+OUT_OF_MEMORY = 137  # 128 + SIGKILL, as when the kernel or a scheduler kills a process for memory
+
+
 class _Group(click.Group):
-    """Turns bad input into one line on stderr and exit code 2, instead of a stack trace."""
+    """Turns a failure into one line on stderr and an exit status, instead of a stack trace: 2 bad
+    input, 3 a diverged fit, 137 out of memory, 1 anything unexpected (its traceback in a file)."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -30,6 +34,10 @@ class _Group(click.Group):
         except FloatingPointError as exc:
             click.echo(f"error: training diverged: {exc}", err=True)
             sys.exit(3)
+        except MemoryError:
+            # the exit status of a task killed for memory, which the pipeline retries with more
+            click.echo(f"error: {ctx.invoked_subcommand or 'cellassign-nf'} ran out of memory.", err=True)
+            sys.exit(OUT_OF_MEMORY)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - unexpected: one line here, the traceback in a file

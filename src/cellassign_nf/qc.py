@@ -106,24 +106,9 @@ def filter_cells(adata: ad.AnnData, thresholds: QCThresholds | None = None,
         raise InputError(source, "the sample has no cells", "Check that the right (non-empty) file was given.")
     add_qc_metrics(adata, thresholds.mito_prefix)
     obs = adata.obs
-    t = thresholds
     has_counts = obs["total_counts"].to_numpy() > 0
     n_mito = int(adata.var["mito"].sum())
-    out_counts, rule_counts = mad_outliers(obs["total_counts"], t.nmads, log1p=True, reference=has_counts)
-    out_genes, rule_genes = mad_outliers(obs["n_genes_by_counts"], t.nmads, log1p=True, reference=has_counts)
-    if n_mito:
-        out_mito, rule_mito = mad_outliers(obs["pct_counts_mito"], t.nmads_mito, log1p=False, upper_only=True,
-                                           reference=has_counts)
-    else:
-        out_mito, rule_mito = pd.Series(False, index=obs.index), f"not applied (no gene starts with '{t.mito_prefix}')"
-    fails = {
-        "low_counts": (obs["total_counts"] < t.min_counts, f"total_counts < {t.min_counts}"),
-        "low_genes": (obs["n_genes_by_counts"] < t.min_genes, f"n_genes_by_counts < {t.min_genes}"),
-        "high_mito": (obs["pct_counts_mito"] > t.max_mito_pct, f"pct_counts_mito > {t.max_mito_pct:g}"),
-        "outlier_counts": (out_counts, rule_counts),
-        "outlier_genes": (out_genes, rule_genes),
-        "outlier_mito": (out_mito, rule_mito),
-    }
+    fails = failing_rules(obs, thresholds, has_counts, n_mito)
     failed = np.column_stack([f.to_numpy(dtype=bool) for f, _ in fails.values()])
     passed = ~failed.any(axis=1)
     adata.obs["qc_passed"] = passed
@@ -167,6 +152,27 @@ def filter_cells(adata: ad.AnnData, thresholds: QCThresholds | None = None,
     summary["genes_after"] = int(filtered.n_vars)
     log.info("QC: %d of %d cells pass, %d of %d genes kept", filtered.n_obs, adata.n_obs, filtered.n_vars, adata.n_vars)
     return filtered, summary
+
+
+def failing_rules(obs: pd.DataFrame, t: QCThresholds, has_counts: np.ndarray,
+                  n_mito: int) -> dict[str, tuple[pd.Series, str]]:
+    """Per QC rule: which cells it removes and the rule in words. The MAD rules measure cells
+    against those with counts (``has_counts``); the mitochondrial one needs mitochondrial genes."""
+    out_counts, rule_counts = mad_outliers(obs["total_counts"], t.nmads, log1p=True, reference=has_counts)
+    out_genes, rule_genes = mad_outliers(obs["n_genes_by_counts"], t.nmads, log1p=True, reference=has_counts)
+    if n_mito:
+        out_mito, rule_mito = mad_outliers(obs["pct_counts_mito"], t.nmads_mito, log1p=False, upper_only=True,
+                                           reference=has_counts)
+    else:
+        out_mito, rule_mito = pd.Series(False, index=obs.index), f"not applied (no gene starts with '{t.mito_prefix}')"
+    return {
+        "low_counts": (obs["total_counts"] < t.min_counts, f"total_counts < {t.min_counts}"),
+        "low_genes": (obs["n_genes_by_counts"] < t.min_genes, f"n_genes_by_counts < {t.min_genes}"),
+        "high_mito": (obs["pct_counts_mito"] > t.max_mito_pct, f"pct_counts_mito > {t.max_mito_pct:g}"),
+        "outlier_counts": (out_counts, rule_counts),
+        "outlier_genes": (out_genes, rule_genes),
+        "outlier_mito": (out_mito, rule_mito),
+    }
 
 
 def metrics_table(adata: ad.AnnData) -> pd.DataFrame:

@@ -44,7 +44,11 @@ class QCThresholds:
     ``nmads_mito`` MADs above the median (0 turns a rule off). Fixed: cells need at least
     ``min_counts`` UMIs and ``min_genes`` detected genes and at most ``max_mito_pct`` %
     mitochondrial counts. A cell failing any rule is removed. Genes need ``min_cells`` cells
-    (0 keeps all)."""
+    (0 keeps all).
+
+    A MAD rule measures cells against their sample, so it cannot see a sample whose majority is
+    damaged: QC then warns (``warn_removed_pct``, ``warn_median_mito_pct``) and the fixed
+    thresholds are what can remove such cells."""
 
     min_counts: int = option(1, "Fixed threshold: minimum total UMI counts per cell.", min=0)
     min_genes: int = option(1, "Fixed threshold: minimum detected genes per cell.", min=0)
@@ -56,6 +60,10 @@ class QCThresholds:
                                     "the sample's median (0: off).", min=0)
     min_cells: int = option(0, "Keep genes detected in this many cells.", min=0)
     mito_prefix: str = option("MT-", "Prefix of mitochondrial gene names (case-insensitive).")
+    warn_removed_pct: float = option(50.0, "Warn that the library looks damaged when QC removes more than this % of "
+                                           "its cells.", min=0, max=100)
+    warn_median_mito_pct: float = option(20.0, "Warn that the library looks damaged when the median % mitochondrial "
+                                               "counts of its cells is above this.", min=0, max=100)
 
 
 @dataclass
@@ -63,6 +71,8 @@ class ModelSettings:
     """Options of the model itself (docs/model.md)."""
 
     min_delta: float = option(2.0, "Minimum log fold change of a marker.", min=0)
+    min_cells_fit: int = option(50, "Fit only samples with at least this many cells (after QC); fewer is an error "
+                                    "(the pipeline sets such a sample aside).", min=1)
     shrinkage: bool = option(True, "Hierarchical prior on delta (as the original).", cli=False)
     dirichlet_concentration: float = option(1e-2, "Dirichlet prior on the type proportions.", cli=False)
     n_centres: int = option(N_CENTRES, "Radial basis functions of the inverse dispersion.", cli=False)

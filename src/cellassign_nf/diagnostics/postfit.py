@@ -4,7 +4,6 @@ cells of another group ("merged"), a type whose own markers are no higher in its
 another type's (not specific), and a large unassigned share."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import pandas as pd
@@ -30,7 +29,7 @@ class GroupStats:
 
     def min_cells(self, t: DiagnosticThresholds) -> int:
         """Fewer cells than this is "(almost) none"; smaller groups are not compared."""
-        return max(t.min_group_cells, math.ceil(t.min_type_fraction * self.n_cells))
+        return t.smallest_type(self.n_cells)
 
     def size(self, group: str) -> int:
         return int(self.sizes.get(group, 0))
