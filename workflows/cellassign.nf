@@ -76,6 +76,7 @@ def logQcWarnings(String sample, summary) {
     qcWarnings(summary).each { log.warn "${sample}: QC: ${it}" }
 }
 
+// The QC summary's warnings (its key is cellassign_nf.keys.QC_WARNINGS_KEY)
 def qcWarnings(summary) {
     return (new groovy.json.JsonSlurper().parse(summary.toFile())['warnings'] ?: [])*.toString()
 }
