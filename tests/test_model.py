@@ -100,7 +100,7 @@ def test_delta_matrix_zero_off_markers():
     assert np.all(d[rho == 0] == 0) and np.all(d[rho == 1] > 0)
 
 
-# --- the priors at values where a wrong formula shows (issue 13) ---------------------------------
+# --- the priors at values where a wrong formula shows --------------------------------------------
 
 @pytest.mark.parametrize("alpha", [0.01, 0.7])
 def test_log_prior_away_from_the_starting_point(alpha):

@@ -472,7 +472,7 @@ def test_report_shows_cells_removed_by_qc_and_why(report: Path, pipeline: dict[s
 
 
 # ------------------------------------------------------------------------------------------------
-# marker diagnostics (issue 11)
+# marker diagnostics
 # ------------------------------------------------------------------------------------------------
 
 

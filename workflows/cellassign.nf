@@ -69,14 +69,7 @@ def logDiagnostics(String sample, tsv) {
     }
 }
 
-/*
- * One line on the terminal per QC warning of a sample (the library as a whole looks damaged).
- */
-def logQcWarnings(String sample, summary) {
-    qcWarnings(summary).each { log.warn "${sample}: QC: ${it}" }
-}
-
-// The QC summary's warnings (its key is cellassign_nf.keys.QC_WARNINGS_KEY)
+// The QC summary's warnings: the library as a whole looks damaged (key: cellassign_nf.keys.QC_WARNINGS_KEY)
 def qcWarnings(summary) {
     return (new groovy.json.JsonSlurper().parse(summary.toFile())['warnings'] ?: [])*.toString()
 }
@@ -137,7 +130,9 @@ workflow CELLASSIGN {
 
     QC(ch_samples)
     ch_versions = ch_versions.mix(QC.out.versions)
-    QC.out.summary.subscribe { meta, summary -> logQcWarnings(meta.id, summary) }
+    // [sample, its QC warnings], each summary read once: one terminal line per warning, and samples.tsv
+    ch_qc_warnings = QC.out.summary.map { meta, summary -> [meta.id, qcWarnings(summary)] }
+    ch_qc_warnings.subscribe { sample, warnings -> warnings.each { log.warn "${sample}: QC: ${it}" } }
 
     if (params.mode == 'cohort') {
         // one model over all samples
@@ -204,7 +199,7 @@ workflow CELLASSIGN {
     ch_status = ch_samples.map { meta, _counts -> meta.id }.toList()
         .map { ids -> [samples: ids] }
         .combine(REPORT.out.report.map { meta, _dir -> meta.id }.toList().map { ids -> [annotated: ids] })
-        .combine(QC.out.summary.map { meta, summary -> [meta.id, qcWarnings(summary)] }.toList().map { pairs -> [warnings: pairs.collectEntries()] })
+        .combine(ch_qc_warnings.toList().map { pairs -> [warnings: pairs.collectEntries()] })
         .map { a, b, c -> sampleStatus(a.samples, b.annotated, c.warnings) }
     ch_status.map { rows -> sampleStatusTsv(rows) }
         .collectFile(name: 'samples.tsv', storeDir: "${params.outdir}/pipeline_info")
