@@ -154,7 +154,7 @@ class CellAssign:
             s = adata.obs[self.size_factor_key].to_numpy(dtype=np.float64)
         else:  # from all genes (the checked CSR is then also what the marker counts are cut from)
             counts = as_count_matrix(counts, layers=layers)
-            s = compute_size_factors(ad.AnnData(counts))
+            s = compute_size_factors(adata, counts if use_layer else None)
         keep = np.isfinite(s) & (s > 0)
         if not keep.all():
             log.warning("removed %d cells with zero total counts (or size factor <= 0) of %d", (~keep).sum(), len(s))

@@ -5,8 +5,9 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import anndata as ad
@@ -15,12 +16,13 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .errors import InputError
-from .keys import INPUT_INFO_KEY
+from .keys import INPUT_INFO_KEY, TOTALS_KEY
 from .rules import COUNTS_IN_FOLDER, COUNTS_MULTI_GLOB, MATRIX_FILES
 
 log = logging.getLogger(__name__)
 
 MAIN_MATRIX = "X"  # --layer X (the default) names the main matrix, adata.X
+BLOCK_VALUES = 2**24  # matrix values handled at once by the block-wise readers and checks (~130 MB)
 
 
 @contextlib.contextmanager
@@ -363,10 +365,35 @@ def read_counts(path: str | Path, layer: str | None = None) -> ad.AnnData:
 
 
 def as_count_matrix(X, path: str | Path | None = None, layers: list[str] | None = None) -> sp.csr_matrix:
-    """Check that ``X`` holds raw counts (non-negative integers) and return it as float32 CSR."""
-    X = sp.csr_matrix(X, dtype=np.float32) if not sp.issparse(X) else X.tocsr().astype(np.float32)
-    check_counts(X.data, path, layers)
+    """Check that ``X`` holds raw counts (non-negative integers) and return it as float32 CSR
+    (``X`` itself when it already is one: no copy)."""
+    X = sp.csr_matrix(X, dtype=np.float32) if not sp.issparse(X) else X.tocsr().astype(np.float32, copy=False)
+    for start in range(0, X.data.size, BLOCK_VALUES):  # block by block: no temporary of the whole matrix
+        check_counts(X.data[start:start + BLOCK_VALUES], path, layers)
     return X
+
+
+def keep_rows_inplace(X: sp.csr_matrix, keep: np.ndarray) -> sp.csr_matrix:
+    """``X[keep]`` (a boolean mask of rows) built in ``X``'s own arrays, which it leaves unusable:
+    the kept rows' values move forward block by block, so memory never holds a second copy."""
+    X = X.tocsr()
+    rows = np.flatnonzero(keep)
+    indptr = X.indptr
+    lengths = indptr[rows + 1] - indptr[rows]
+    new_indptr = np.zeros(len(rows) + 1, dtype=indptr.dtype)
+    np.cumsum(lengths, out=new_indptr[1:])
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1  # runs of consecutive kept rows
+    runs = zip(np.r_[0, breaks], np.r_[breaks, len(rows)]) if len(rows) else ()
+    dst = 0
+    for first, last in runs:
+        lo, hi = int(indptr[rows[first]]), int(indptr[rows[last - 1] + 1])
+        if lo != dst:
+            for start in range(lo, hi, BLOCK_VALUES):  # forward, one block at a time
+                stop = min(hi, start + BLOCK_VALUES)
+                X.data[dst + start - lo:dst + stop - lo] = X.data[start:stop]
+                X.indices[dst + start - lo:dst + stop - lo] = X.indices[start:stop]
+        dst += hi - lo
+    return sp.csr_matrix((X.data[:dst], X.indices[:dst], new_indptr), shape=(len(rows), X.shape[1]))
 
 
 def dense_counts(X, rows: np.ndarray, cols: np.ndarray, path: str | Path | None = None,
@@ -408,14 +435,127 @@ def _layer_hint(layers: list[str] | None) -> str:
 
 
 def write_h5ad(adata: ad.AnnData, path: str | Path) -> None:
-    """Write ``adata`` atomically (compressed)."""
+    """Write ``adata`` atomically, uncompressed: the later steps read parts of it (some genes, some
+    cells) block by block, which a compressed matrix would make as slow as reading it whole."""
     with atomic_path(path) as tmp:
-        adata.write_h5ad(tmp, compression="gzip")
+        adata.write_h5ad(tmp)
 
 
-def read_h5ad(path: str | Path) -> ad.AnnData:
-    """Read an h5ad written by an earlier step."""
+def copy_h5ad_with(source: str | Path, path: str | Path, obs: pd.DataFrame, obsm: Mapping | None = None,
+                   uns: Mapping | None = None) -> None:
+    """Write ``path`` atomically as a copy of the h5ad ``source`` with ``obs`` replaced and the
+    entries of ``obsm`` and ``uns`` added (or replaced): the matrices are copied as bytes, never
+    read into memory."""
+    from anndata.io import write_elem
+    import h5py
+
+    source = Path(source)
+    _require_file(source)
+    with atomic_path(path) as tmp:
+        shutil.copyfile(source, tmp)
+        with h5py.File(tmp, "r+") as f:
+            del f["obs"]
+            write_elem(f, "obs", obs)
+            for group, entries in (("obsm", obsm or {}), ("uns", uns or {})):
+                if group not in f:
+                    write_elem(f, group, {})
+                for key, value in entries.items():
+                    if key in f[group]:
+                        del f[group][key]
+                    write_elem(f[group], key, value)
+
+
+def open_h5ad(path: str | Path) -> ad.AnnData:
+    """An h5ad written by an earlier step, opened backed (``obs``, ``var``, ``uns`` and ``obsm`` in
+    memory, the matrix on disk); close it with ``adata.file.close()``."""
     path = Path(path)
+    _require_file(path)
+    try:
+        return ad.read_h5ad(path, backed="r")
+    except Exception as exc:
+        raise InputError(path, f"cannot be read as h5ad ({type(exc).__name__}: {exc})",
+                         "Give the h5ad written by the previous step.") from exc
+
+
+def read_obs(path: str | Path) -> pd.DataFrame:
+    """The ``obs`` table of an h5ad, without reading its matrix."""
+    from anndata.io import read_elem
+    import h5py
+
+    path = Path(path)
+    _require_file(path)
+    try:
+        with h5py.File(path, "r") as f:
+            return read_elem(f["obs"])
+    except Exception as exc:
+        raise InputError(path, f"cannot be read as h5ad ({type(exc).__name__}: {exc})",
+                         "Give the h5ad written by the previous step.") from exc
+
+
+def _blocks(X, n_obs: int, n_values: int) -> Iterator[tuple[int, sp.csr_matrix]]:
+    """(first row, CSR block) of a backed matrix, read as contiguous slices of about
+    ``BLOCK_VALUES`` stored values each (scattered rows read one by one would cost one disk read
+    per row)."""
+    step = max(1, int(BLOCK_VALUES / max(1.0, n_values / max(n_obs, 1))))
+    for start in range(0, n_obs, step):
+        block = X[start:min(n_obs, start + step)]
+        yield start, block.tocsr() if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
+
+
+def _part(backed: ad.AnnData, matrix: sp.csr_matrix, rows: np.ndarray | slice, cols: np.ndarray | slice) -> ad.AnnData:
+    """An AnnData of ``matrix`` (the ``rows`` x ``cols`` of ``backed``) with their annotations."""
+    return ad.AnnData(matrix, obs=backed.obs.iloc[rows].copy(), var=backed.var.iloc[cols].copy(),
+                      obsm={k: v.iloc[rows] if isinstance(v, pd.DataFrame) else v[rows] for k, v in backed.obsm.items()},
+                      uns=dict(backed.uns))
+
+
+def read_h5ad_parts(path: str | Path, genes: Sequence[str], cells: Sequence[int] | None = None
+                    ) -> tuple[ad.AnnData, ad.AnnData | None]:
+    """Two parts of an h5ad written by an earlier step, in one pass over its matrix, block by
+    block (memory holds the parts and one block): every cell with only ``genes`` (var names), and
+    the cells at positions ``cells`` (when given) with all genes.
+
+    The first part's ``obs[TOTALS_KEY]`` holds each cell's total counts over all the file's genes,
+    which size factors and normalisation need (``size_factors.cell_totals``)."""
+    backed = open_h5ad(path)
+    try:
+        X = backed.X
+        cols = backed.var_names.get_indexer([str(g) for g in genes])
+        if (cols < 0).any():
+            missing = [str(g) for g, c in zip(genes, cols) if c < 0]
+            raise InputError(path, f"lacks {len(missing)} of the genes asked for (e.g. {', '.join(missing[:5])})",
+                             "Give the h5ad that holds these genes.")
+        rows = None if cells is None else np.unique(np.asarray(cells, dtype=np.int64))
+        n_values = X.group["data"].shape[0] if hasattr(X, "group") else backed.n_obs * backed.n_vars
+        some_genes, totals, all_genes = [], [], []
+        for start, block in _blocks(X, backed.n_obs, n_values):
+            totals.append(np.asarray(block.sum(axis=1), dtype=np.float64).ravel())
+            some_genes.append(block[:, cols])
+            if rows is not None:
+                all_genes.append(block[rows[(rows >= start) & (rows < start + block.shape[0])] - start])
+        empty = sp.csr_matrix((0, len(cols)), dtype=np.float32)
+        first = _part(backed, sp.vstack(some_genes, format="csr") if some_genes else empty, slice(None), cols)
+        first.obs[TOTALS_KEY] = np.concatenate(totals) if totals else np.zeros(0)
+        second = None
+        if rows is not None:
+            second = _part(backed, sp.vstack(all_genes, format="csr") if all_genes else
+                           sp.csr_matrix((0, backed.n_vars), dtype=np.float32), rows, slice(None))
+        return first, second
+    finally:
+        backed.file.close()
+
+
+def read_h5ad(path: str | Path, genes: Sequence[str] | None = None, cells: Sequence[int] | None = None) -> ad.AnnData:
+    """Read an h5ad written by an earlier step: whole; or every cell with only ``genes`` (var
+    names; with ``obs[TOTALS_KEY]``, see :func:`read_h5ad_parts`); or the cells at positions
+    ``cells`` with all genes. The parts are read block by block."""
+    path = Path(path)
+    if genes is not None and cells is not None:
+        raise TypeError("read_h5ad: give genes or cells, not both (read_h5ad_parts reads both in one pass)")
+    if genes is not None:
+        return read_h5ad_parts(path, genes)[0]
+    if cells is not None:
+        return read_h5ad_parts(path, [], cells)[1]
     _require_file(path)
     try:
         return ad.read_h5ad(path)

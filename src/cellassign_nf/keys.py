@@ -13,6 +13,7 @@ PROBS_KEY = "cellassign_probabilities"  # obsm: cells x types probabilities
 UNS_KEY = "cellassign"  # uns: {"cell_types": [...], "min_prob": ...} of the annotation
 INPUT_INFO_KEY = "cellassign_input"  # uns: what read_counts found (source file, gene index, features left out)
 QC_WARNINGS_KEY = "warnings"  # qc_summary.json: sample-level QC warnings, one sentence each (qc.qc_warnings)
+TOTALS_KEY = "cellassign_total_counts"  # obs, in memory: total counts over all genes (io.read_h5ad of some genes)
 TRUE_CELLTYPE_KEY = "true_celltype"  # obs of simulated data: the type a cell was drawn from
 
 UNASSIGNED = "unassigned"  # the label of a cell below the probability threshold

@@ -1,4 +1,5 @@
-"""Quality control with scanpy: per-cell metrics, data-driven outlier rules and fixed thresholds.
+"""Quality control: per-cell metrics (as scanpy defines them), data-driven outlier rules and
+fixed thresholds.
 
 By default a cell is removed when it is an outlier of its own sample: log total counts or log
 detected genes more than ``nmads`` median absolute deviations (MADs) from the median, or %
@@ -20,6 +21,7 @@ from dataclasses import asdict
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from .errors import InputError
 from .keys import QC_WARNINGS_KEY
@@ -29,13 +31,30 @@ log = logging.getLogger(__name__)
 
 
 def add_qc_metrics(adata: ad.AnnData, mito_prefix: str = "MT-") -> None:
-    """scanpy's QC metrics in ``obs``/``var`` (in place): total counts, genes, % mitochondrial."""
-    import scanpy as sc
+    """Per-cell QC metrics in ``obs`` (in place), named and defined as scanpy's
+    ``calculate_qc_metrics(adata, qc_vars=["mito"])`` defines them: ``total_counts``,
+    ``n_genes_by_counts``, ``total_counts_mito``, ``pct_counts_mito``; and ``var["mito"]``.
 
+    Computed here rather than by that function because it also computes per-gene metrics, which
+    the pipeline never uses and which cost a second copy of the matrix (tests check the values
+    against scanpy's). Explicit zeros are dropped from a sparse ``X`` first, as scanpy does."""
     from .io import gene_symbols  # symbols, also when genes are indexed by ID (10x files)
 
-    adata.var["mito"] = gene_symbols(adata).str.upper().str.startswith(mito_prefix.upper())
-    sc.pp.calculate_qc_metrics(adata, qc_vars=["mito"], percent_top=None, log1p=False, inplace=True)
+    mito = np.asarray(gene_symbols(adata).str.upper().str.startswith(mito_prefix.upper()), dtype=bool)
+    adata.var["mito"] = mito
+    X = adata.X
+    if sp.issparse(X):
+        X.eliminate_zeros()  # in place
+        n_genes = X.getnnz(axis=1)
+    else:
+        n_genes = np.count_nonzero(X, axis=1)
+    total = np.ravel(X.sum(axis=1))
+    total_mito = np.ravel(X[:, mito].sum(axis=1))
+    adata.obs["n_genes_by_counts"] = n_genes
+    adata.obs["total_counts"] = total
+    adata.obs["total_counts_mito"] = total_mito
+    with np.errstate(divide="ignore", invalid="ignore"):  # a cell without counts has no %
+        adata.obs["pct_counts_mito"] = total_mito / total * 100
 
 
 def mad_outliers(values: pd.Series, nmads: float, log1p: bool, upper_only: bool = False,
@@ -95,11 +114,13 @@ def qc_warnings(n_before: int, n_removed: int, median_mito_pct: float | None, n_
 
 
 def filter_cells(adata: ad.AnnData, thresholds: QCThresholds | None = None,
-                 source: str | None = None) -> tuple[ad.AnnData, dict]:
+                 source: str | None = None, reuse_matrix: bool = False) -> tuple[ad.AnnData, dict]:
     """Compute metrics, keep passing cells (and genes), and return the filtered data and a summary.
 
     ``thresholds`` default to those of ``cellassign-nf qc``; metrics are added to ``adata`` in place.
     The summary's ``warnings`` (``qc_warnings``) say when the library as a whole looks damaged.
+    With ``reuse_matrix`` the filtered matrix is built in the arrays of ``adata.X`` (no second copy
+    of the counts: ``adata`` must not be used afterwards); else ``adata`` is left as it was.
     """
     thresholds = thresholds or QCThresholds()
     if adata.n_obs == 0:
@@ -143,7 +164,14 @@ def filter_cells(adata: ad.AnnData, thresholds: QCThresholds | None = None,
         raise InputError(source, f"no cell passes QC ({adata.n_obs} cells; removed: "
                          + ", ".join(f"{k} {v}" for k, v in summary["removed"].items()) + ")",
                          "Relax --min-counts, --min-genes or --max-mito-pct, or raise --nmads / --nmads-mito.")
-    filtered = adata[passed].copy()
+    if reuse_matrix:
+        from .io import keep_rows_inplace
+
+        filtered = ad.AnnData(keep_rows_inplace(adata.X, passed), obs=adata.obs[passed].copy(), var=adata.var.copy(),
+                              uns=dict(adata.uns))
+        adata.X = None
+    else:
+        filtered = adata[passed].copy()
     del filtered.obs["qc_failed"]  # empty for every kept cell; the metrics table keeps it
     if thresholds.min_cells > 0:
         import scanpy as sc
