@@ -66,7 +66,7 @@ def test_run_demo_end_to_end(tmp_path):
         assert (out / f"sample1.{name}").stat().st_size > 0, name
     assert (out / "report" / "sample1.report.html").stat().st_size > 0
     assert list((out / "report").glob("sample1_*_mqc.*"))
-    assert not list(out.glob("*.qc.h5ad")) and not list(out.glob("*.sf.h5ad"))  # intermediates, as in the pipeline
+    assert not list(out.glob("*.qc.h5ad")) and not list(out.glob("*.size_factors.tsv"))  # intermediates, as in the pipeline
     annotated = ad.read_h5ad(out / "sample1.annotated.h5ad")
     summary = json.loads((out / "sample1.qc_summary.json").read_text())
     # default QC (5 MADs) removes the 10 mostly-mitochondrial cells the demo holds (cells 0-9) and 4
@@ -93,19 +93,30 @@ def test_steps_one_by_one_with_formula(tmp_path, counts, markers):
     d = tmp_path
     assert invoke("qc", path, "-o", d / "q.h5ad", "--metrics", d / "m.tsv", "--summary", d / "s.json",
                   "--sample", "s1").exit_code == 0
-    assert invoke("size-factors", d / "q.h5ad", "-o", d / "sf.h5ad").exit_code == 0
-    assert invoke("design", d / "sf.h5ad", "-o", d / "design.tsv", "--formula", "~ batch").exit_code == 0
+    assert invoke("size-factors", d / "q.h5ad", "-o", d / "sf.tsv").exit_code == 0
+    q = ad.read_h5ad(d / "q.h5ad")
+    sf = pd.read_csv(d / "sf.tsv", sep="\t", index_col=0)
+    totals = np.asarray(q.X.sum(axis=1)).ravel()
+    assert list(sf.columns) == ["size_factor"] and list(sf.index) == list(q.obs_names)
+    np.testing.assert_allclose(sf["size_factor"], totals / totals.mean(), rtol=1e-5)
+    assert invoke("design", d / "q.h5ad", "-o", d / "design.tsv", "--formula", "~ batch").exit_code == 0
     design = pd.read_csv(d / "design.tsv", sep="\t", index_col=0)
     assert list(design.columns) == ["batch[T.y]"]
-    r = invoke("train", d / "sf.h5ad", "--markers", markers, "-o", d / "model.pt", "--history", d / "h.tsv",
-               "--probabilities", d / "p.tsv", "--design", d / "design.tsv", *FAST)
+    r = invoke("train", d / "q.h5ad", "--markers", markers, "-o", d / "model.pt", "--history", d / "h.tsv",
+               "--probabilities", d / "p.tsv", "--design", d / "design.tsv", "--size-factors", d / "sf.tsv", *FAST)
     assert r.exit_code == 0, r.output
-    r = invoke("annotate", d / "sf.h5ad", "-p", d / "p.tsv", "-o", d / "a.h5ad", "--predictions", d / "pred.tsv",
-               "--min-prob", "0.999999")
+    r = invoke("annotate", d / "q.h5ad", "-p", d / "p.tsv", "-o", d / "a.h5ad", "--predictions", d / "pred.tsv",
+               "--size-factors", d / "sf.tsv", "--min-prob", "0.999999")
     assert r.exit_code == 0, r.output
     a = ad.read_h5ad(d / "a.h5ad")
     assert set(a.obs["cellassign_celltype"].astype(str)) <= {"A", "B", "unassigned"}
     assert a.uns["cellassign"]["min_prob"] == pytest.approx(0.999999)
+    # the annotated h5ad is the QC'd counts, unchanged, with the annotations added
+    assert (a.X != q.X).nnz == 0 and list(a.var_names) == list(q.var_names)
+    np.testing.assert_allclose(a.obs["size_factor"], sf["size_factor"], rtol=1e-5)
+    probs = pd.read_csv(d / "p.tsv", sep="\t", index_col=0)
+    np.testing.assert_allclose(a.obsm["cellassign_probabilities"].to_numpy(), probs.reindex(a.obs_names).to_numpy(),
+                               rtol=1e-5)
 
 
 def test_help_shows_example():
@@ -334,8 +345,8 @@ def test_out_of_memory_exits_137_so_the_pipeline_retries_with_more(counts, tmp_p
         raise MemoryError()
 
     monkeypatch.setattr(steps, "size_factors", no_memory)
-    result = invoke("size-factors", counts[1], "-o", tmp_path / "sf.h5ad")
+    result = invoke("size-factors", counts[1], "-o", tmp_path / "sf.tsv")
     assert result.exit_code == 137, (result.exit_code, result.output)
     assert [ln for ln in result.stderr.splitlines() if ln.startswith("error:")] == [
         "error: size-factors ran out of memory."]
-    assert not (tmp_path / "sf.h5ad").exists()
+    assert not (tmp_path / "sf.tsv").exists()

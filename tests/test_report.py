@@ -245,14 +245,27 @@ def test_report_page_renders_in_headless_chromium(report: Path, tmp_path: Path) 
 # ------------------------------------------------------------------------------------------------
 
 
-def test_no_umap_and_umap_max_cells_leave_a_note(pipeline: dict[str, Path], report2: Path, tmp_path: Path) -> None:
+def test_no_umap_leaves_a_note_and_umap_max_cells_draws_a_subsample(pipeline: dict[str, Path], report2: Path,
+                                                                      tmp_path: Path, monkeypatch) -> None:
     page = _parse(report2 / "sample2.report.html")
     assert page.figure_ids["umap"] == [] and not (report2 / "sample2_umap.png").exists()
     assert any("--no-umap" in n for n in page.notes)
+    from cellassign_nf.report import sections
+
+    embedded = []
+    real = sections.compute_umap
+    monkeypatch.setattr(sections, "compute_umap", lambda norm, **kw: embedded.append(norm.obs.copy()) or real(norm, **kw))
     res = make_report(pipeline["annotated"], history=pipeline["history"], model=pipeline["model"],
-                      qc_summary=pipeline["qc_summary"], sample="big", outdir=tmp_path, umap_max_cells=10)
-    assert any("--umap-max-cells" in n for n in res.notes)
-    assert not (tmp_path / "big_umap.png").exists()
+                      qc_summary=pipeline["qc_summary"], sample="big", outdir=tmp_path, umap_max_cells=150)
+    assert (tmp_path / "big_umap.png").is_file()
+    adata = load_annotated(pipeline["annotated"])
+    (obs,) = embedded
+    assert 140 <= len(obs) <= 160 < adata.n_obs  # a subsample of about --umap-max-cells cells ...
+    assert set(obs["cellassign_celltype"]) == set(adata.obs["cellassign_celltype"])  # ... with every type
+    assert obs.index.isin(adata.obs_names).all() and obs.index.is_unique
+    assert f"Drawn on {len(obs):,} of the {adata.n_obs:,} cells (--umap-max-cells 150)" in \
+        (tmp_path / "big.report.html").read_text(encoding="utf-8")
+    assert not any("UMAP" in n for n in res.notes)
 
 
 def test_umap_above_the_approximate_neighbour_threshold() -> None:

@@ -196,14 +196,14 @@ def merge(inputs, output):
 
 @main.command("size-factors")
 @click.argument("input", type=click.Path())
-@click.option("--output", "-o", required=True, type=click.Path())
-@click.option("--key", default=SIZE_FACTOR_KEY, help="obs column to write.")
+@click.option("--output", "-o", required=True, type=click.Path(), help="Size factors TSV (cell, KEY).")
+@click.option("--key", default=SIZE_FACTOR_KEY, help="Name of the table's column.")
 def size_factors_cmd(input, output, key):
-    """Size factors from all genes: total counts / mean total counts.
+    """Size factors from all genes: total counts / mean total counts, as a table.
 
     \b
     Example:
-      cellassign-nf size-factors s1.qc.h5ad -o s1.sf.h5ad
+      cellassign-nf size-factors s1.qc.h5ad -o s1.size_factors.tsv
     """
     from . import steps
 
@@ -234,20 +234,23 @@ def design(input, output, covariates, formula):
 @click.option("--history", required=True, type=click.Path(), help="Training history TSV.")
 @click.option("--probabilities", required=True, type=click.Path(), help="Probabilities TSV (cells x types).")
 @click.option("--design", "design_path", default=None, type=click.Path(), help="Design matrix TSV.")
+@click.option("--size-factors", "size_factors_path", default=None, type=click.Path(),
+              help="Size factors TSV of `cellassign-nf size-factors` (default: the obs column, else from all genes).")
 @click.option("--layer", default=None, help="Layer holding raw counts; X (the default) is the main matrix.")
 @click.pass_context
-def train(ctx, input, markers, output, history, probabilities, design_path, size_factor_key, layer, other, **kw):
+def train(ctx, input, markers, output, history, probabilities, design_path, size_factors_path, size_factor_key,
+          layer, other, **kw):
     """Fit CellAssign by minibatch EM (CPU or GPU).
 
     \b
     Example:
-      cellassign-nf train s1.sf.h5ad --markers markers.csv -o s1.model.pt \\
-          --history s1.history.tsv --probabilities s1.probabilities.tsv
+      cellassign-nf train s1.qc.h5ad --markers markers.csv --size-factors s1.size_factors.tsv \\
+          -o s1.model.pt --history s1.history.tsv --probabilities s1.probabilities.tsv
     """
     from . import steps
 
     steps.train(input, markers, output, history, probabilities, design_path=design_path,
-                size_factor_key=size_factor_key, layer=layer, other=other,
+                size_factors_path=size_factors_path, size_factor_key=size_factor_key, layer=layer, other=other,
                 model_settings=settings_of(ModelSettings, kw), settings=_settings(ctx, kw))
 
 
@@ -256,18 +259,22 @@ def train(ctx, input, markers, output, history, probabilities, design_path, size
 @click.option("--probabilities", "-p", required=True, type=click.Path())
 @click.option("--output", "-o", required=True, type=click.Path(), help="Annotated h5ad.")
 @click.option("--predictions", required=True, type=click.Path(), help="Predictions TSV.")
+@click.option("--size-factors", "size_factors_path", default=None, type=click.Path(),
+              help=f"Size factors TSV of `cellassign-nf size-factors`, kept in obs['{SIZE_FACTOR_KEY}'].")
 @options_of(AnnotateSettings)
-@click.option("--sample", default=None, help="Take rows SAMPLE:BARCODE of cohort probabilities.")
-def annotate(input, probabilities, output, predictions, sample, **kw):
-    """Add cell types and probabilities to an h5ad.
+@click.option("--sample", default=None, help="Take rows SAMPLE:BARCODE of cohort probabilities and size factors.")
+def annotate(input, probabilities, output, predictions, size_factors_path, sample, **kw):
+    """Add cell types and probabilities to an h5ad (a copy of INPUT with new obs columns).
 
     \b
     Example:
-      cellassign-nf annotate s1.sf.h5ad -p s1.probabilities.tsv -o s1.annotated.h5ad --predictions s1.predictions.tsv
+      cellassign-nf annotate s1.qc.h5ad -p s1.probabilities.tsv --size-factors s1.size_factors.tsv \\
+          -o s1.annotated.h5ad --predictions s1.predictions.tsv
     """
     from . import steps
 
-    adata = steps.annotate(input, probabilities, output, predictions, settings_of(AnnotateSettings, kw), sample=sample)
+    adata = steps.annotate(input, probabilities, output, predictions, settings_of(AnnotateSettings, kw), sample=sample,
+                           size_factors_path=size_factors_path)
     _print_summary(adata, [output, predictions])
 
 
@@ -308,7 +315,7 @@ def run(ctx, input, markers, outdir, sample, covariates, formula, size_factor_ke
     sample = sample or default_sample_name(input)
     paths = {
         "qc": out / f"{sample}.qc.h5ad", "metrics": out / f"{sample}.qc_metrics.tsv",
-        "summary": out / f"{sample}.qc_summary.json", "sf": out / f"{sample}.sf.h5ad",
+        "summary": out / f"{sample}.qc_summary.json", "sf": out / f"{sample}.size_factors.tsv",
         "design": out / f"{sample}.design.tsv", "model": out / f"{sample}.model.pt",
         "history": out / f"{sample}.history.tsv", "probabilities": out / f"{sample}.probabilities.tsv",
         "annotated": out / f"{sample}.annotated.h5ad", "predictions": out / f"{sample}.predictions.tsv",
@@ -318,12 +325,12 @@ def run(ctx, input, markers, outdir, sample, covariates, formula, size_factor_ke
     steps.qc(input, paths["qc"], paths["metrics"], paths["summary"], sample=sample, layer=layer,
              thresholds=settings_of(QCThresholds, kw))
     steps.size_factors(paths["qc"], paths["sf"], size_factor_key)
-    steps.design(paths["sf"], paths["design"], _covariates(covariates), formula)
-    steps.train(paths["sf"], markers, paths["model"], paths["history"], paths["probabilities"],
-                design_path=paths["design"], size_factor_key=size_factor_key, other=other,
-                model_settings=settings_of(ModelSettings, kw), settings=settings)
-    adata = steps.annotate(paths["sf"], paths["probabilities"], paths["annotated"], paths["predictions"],
-                           settings_of(AnnotateSettings, kw))
+    steps.design(paths["qc"], paths["design"], _covariates(covariates), formula)
+    steps.train(paths["qc"], markers, paths["model"], paths["history"], paths["probabilities"],
+                design_path=paths["design"], size_factors_path=paths["sf"], size_factor_key=size_factor_key,
+                other=other, model_settings=settings_of(ModelSettings, kw), settings=settings)
+    adata = steps.annotate(paths["qc"], paths["probabilities"], paths["annotated"], paths["predictions"],
+                           settings_of(AnnotateSettings, kw), size_factors_path=paths["sf"])
     diagnostics = steps.diagnose(paths["annotated"], markers, paths["diagnostics"], paths["specificity"],
                                  thresholds=thresholds_of(kw))
     for tmp in ("qc", "sf"):

@@ -120,7 +120,8 @@ class AnnotateSettings:
 class ReportSettings:
     """What the per-sample report draws."""
 
-    umap_max_cells: int = option(50_000, "Skip the UMAP, with a note, above this many cells.", min=0)
+    umap_max_cells: int = option(20_000, "UMAP of at most this many cells: a larger sample's is drawn on a random "
+                                 "subsample of this many that keeps every assigned type (0: all cells).", min=0)
 
 
 @dataclass
@@ -151,6 +152,9 @@ class DiagnosticThresholds:
                               min=0)
     max_unassigned: float = option(0.2, "Flag a larger share of unassigned cells.", min=0, max=1)
     n_candidates: int = option(5, "Candidate markers listed per type or flagged pair.", min=0)
+    candidate_max_cells: int = option(10_000, "Candidate markers from at most this many cells: a larger sample's "
+                                              "come from a random subsample that keeps every assigned type (0: all "
+                                              "cells).", min=0)
 
     def smallest_type(self, n_cells: int) -> int:
         """Cells of the smallest group that counts as a type in a sample of ``n_cells``:

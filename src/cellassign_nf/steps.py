@@ -2,11 +2,17 @@
 
 Each ``cellassign-nf`` subcommand calls one of these; Nextflow calls the subcommands. Only the
 steps that use the model import torch (in the function), so that the other steps start fast.
+
+Each step reads what it needs and writes what it adds: QC writes the filtered counts (an
+uncompressed h5ad) once; size factors and the design are small tables; training and the
+diagnostics read only the marker genes (block by block, ``io.read_h5ad(path, genes=...)``);
+``annotate`` writes the annotated h5ad as a byte copy of its input with the new ``obs`` columns.
 """
 from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +24,10 @@ import pandas as pd
 from . import diagnostics
 from .design import make_design, read_design
 from .errors import InputError
-from .io import atomic_path, default_sample_name, read_counts, read_h5ad, read_table, write_h5ad, write_table
+from .io import (
+    BLOCK_VALUES, MAIN_MATRIX, atomic_path, copy_h5ad_with, default_sample_name, open_h5ad, read_counts, read_h5ad,
+    read_h5ad_parts, read_obs, read_table, write_h5ad, write_table,
+)
 from .keys import (
     CELLTYPE_KEY, INPUT_INFO_KEY, PROB_KEY, PROBS_KEY, QC_WARNINGS_KEY, SAMPLE_KEY, SIZE_FACTOR_KEY, UNASSIGNED,
     UNS_KEY,
@@ -27,7 +36,7 @@ from .markers import MarkerMatch, load_panel
 from .progress import stage_progress
 from .qc import filter_cells, metrics_table
 from .settings import AnnotateSettings, DiagnosticThresholds, ModelSettings, QCThresholds, TrainSettings
-from .size_factors import add_size_factors
+from .size_factors import compute_size_factors, warn_zero
 
 if TYPE_CHECKING:
     from .api import CellAssign
@@ -52,7 +61,7 @@ def qc(input: str | Path, output: str | Path, metrics: str | Path, summary: str 
         adata.layers.clear()
         advance()
         sample = sample or default_sample_name(input)
-        filtered, info = filter_cells(adata, thresholds or QCThresholds(), str(input))
+        filtered, info = filter_cells(adata, thresholds or QCThresholds(), str(input), reuse_matrix=True)
         for warning in info[QC_WARNINGS_KEY]:  # the library as a whole looks damaged
             log.warning("QC of %s: %s", sample, warning)
         filtered.obs[SAMPLE_KEY] = pd.Categorical([sample] * filtered.n_obs)
@@ -69,36 +78,81 @@ def qc(input: str | Path, output: str | Path, metrics: str | Path, summary: str 
     return info
 
 
-def merge(inputs: Sequence[str | Path], output: str | Path) -> ad.AnnData:
-    """Concatenate per-sample h5ad files (cohort mode); cells are renamed ``SAMPLE:BARCODE``."""
-    parts = []
+def merge(inputs: Sequence[str | Path], output: str | Path) -> tuple[int, int]:
+    """Concatenate per-sample h5ad files (cohort mode) on disk, block by block (anndata's
+    ``concat_on_disk``: memory holds one block, not the cohort); cells are renamed
+    ``SAMPLE:BARCODE``, genes are those every sample has. Returns (cells, genes)."""
+    from anndata.experimental import concat_on_disk
+    from anndata.io import read_elem, write_elem
+    import h5py
+
+    samples = []
     for path in inputs:
-        a = read_h5ad(path)
-        if SAMPLE_KEY not in a.obs:
+        obs = read_obs(path)
+        if SAMPLE_KEY not in obs:
             raise InputError(path, f"has no obs['{SAMPLE_KEY}']", "Give files written by 'cellassign-nf qc --sample NAME'.")
-        a.obs_names = [f"{s}:{c}" for s, c in zip(a.obs[SAMPLE_KEY].astype(str), a.obs_names)]
-        parts.append(a)
-    samples = [str(p.obs[SAMPLE_KEY].iloc[0]) for p in parts if p.n_obs]
+        samples += [str(s) for s in pd.unique(obs[SAMPLE_KEY].astype(str))]
     if len(set(samples)) != len(samples):
         raise InputError(None, f"the same sample is given more than once ({', '.join(samples)})", "Merge each sample once.")
-    merged = ad.concat(parts, join="inner", merge="same")
-    merged.obs[SAMPLE_KEY] = pd.Categorical(merged.obs[SAMPLE_KEY].astype(str))
-    write_h5ad(merged, output)
-    log.info("merged %d samples: %d cells, %d shared genes", len(parts), merged.n_obs, merged.n_vars)
-    return merged
+    with atomic_path(output) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Observation names are not unique")  # renamed below
+        concat_on_disk([str(p) for p in inputs], str(tmp), join="inner", merge="same",
+                       max_loaded_elems=BLOCK_VALUES)
+        with h5py.File(tmp, "r+") as f:
+            obs = read_elem(f["obs"])
+            obs.index = [f"{s}:{c}" for s, c in zip(obs[SAMPLE_KEY].astype(str), obs.index)]
+            obs[SAMPLE_KEY] = pd.Categorical(obs[SAMPLE_KEY].astype(str))
+            del f["obs"]
+            write_elem(f, "obs", obs)
+            n_obs, n_vars = len(obs), len(read_elem(f["var"]))
+    log.info("merged %d samples: %d cells, %d shared genes", len(samples), n_obs, n_vars)
+    return n_obs, n_vars
 
 
-def size_factors(input: str | Path, output: str | Path, key: str = SIZE_FACTOR_KEY) -> None:
-    """Add size factors from all genes to ``obs[key]``."""
-    adata = read_h5ad(input)
-    add_size_factors(adata, key)
-    write_h5ad(adata, output)
+def size_factors(input: str | Path, output: str | Path, key: str = SIZE_FACTOR_KEY) -> pd.DataFrame:
+    """Size factors from all genes (total counts / their mean), read block by block; written as
+    the table ``cell, <key>``."""
+    cells = read_h5ad(input, genes=[])
+    table = pd.DataFrame({key: compute_size_factors(cells)}, index=cells.obs_names)
+    warn_zero(table[key].to_numpy())
+    write_table(table, output)
+    return table
+
+
+def read_size_factors(path: str | Path, cells: pd.Index, sample: str | None = None) -> pd.Series:
+    """The size factors of ``cells`` from a table of ``size_factors`` (its one column, or the
+    column ``SIZE_FACTOR_KEY``); rows ``SAMPLE:BARCODE`` of a cohort's table with ``sample``."""
+    table = _rows_of(read_table(path), path, sample, "size factors")
+    if table.shape[1] != 1 and SIZE_FACTOR_KEY not in table:
+        raise InputError(path, f"has {table.shape[1]} columns and none is '{SIZE_FACTOR_KEY}'",
+                         "Give the table written by 'cellassign-nf size-factors'.")
+    column = table[SIZE_FACTOR_KEY] if SIZE_FACTOR_KEY in table else table.iloc[:, 0]
+    missing = cells.difference(table.index)
+    if len(missing):
+        raise InputError(path, f"has no size factors of {len(missing)} of the {len(cells)} cells (e.g. "
+                         f"{', '.join(map(str, missing[:3]))})", "Give the size factors computed for these data.")
+    return pd.to_numeric(column.reindex(cells), errors="coerce").astype(np.float64)
+
+
+def _rows_of(table: pd.DataFrame, path: str | Path, sample: str | None, what: str) -> pd.DataFrame:
+    """A table's rows (cells) as barcodes: all of them, or a cohort table's rows ``SAMPLE:BARCODE``
+    of ``sample`` with the prefix taken off."""
+    table.index = table.index.astype(str)
+    if sample is None:
+        return table
+    prefix = f"{sample}:"
+    table = table[table.index.str.startswith(prefix)]
+    table.index = table.index.str.slice(len(prefix))
+    if table.empty:
+        raise InputError(path, f"has no {what} of sample '{sample}' (rows named '{prefix}BARCODE')",
+                         f"Give the cohort {what} of the merged samples, or leave --sample out.")
+    return table
 
 
 def design(input: str | Path, output: str | Path, covariates: Sequence[str] = (), formula: str | None = None) -> pd.DataFrame:
-    """Write the design matrix (cells x covariate columns, no intercept) as TSV."""
-    adata = read_h5ad(input)
-    matrix, _ = make_design(adata.obs, covariates, formula, source=input)
+    """Write the design matrix (cells x covariate columns, no intercept) as TSV; reads only ``obs``."""
+    obs = read_obs(input)
+    matrix, _ = make_design(obs, covariates, formula, source=input)
     write_table(matrix, output)
     log.info("design: %d covariate columns (%s)", matrix.shape[1], ", ".join(matrix.columns) or "none")
     return matrix
@@ -107,18 +161,31 @@ def design(input: str | Path, output: str | Path, covariates: Sequence[str] = ()
 def train(input: str | Path, markers: str | Path, model_out: str | Path, history_out: str | Path,
           probabilities_out: str | Path, design_path: str | Path | None = None,
           size_factor_key: str = SIZE_FACTOR_KEY, layer: str | None = None, other: bool = False,
-          model_settings: ModelSettings | None = None, settings: TrainSettings | None = None) -> CellAssign:
+          model_settings: ModelSettings | None = None, settings: TrainSettings | None = None,
+          size_factors_path: str | Path | None = None) -> CellAssign:
     """Fit CellAssign; write the model file, training history and probabilities. Returns the model.
 
-    The panel is read, checked and matched to the data's genes once; the marker check before
-    training and the model use that one match. Fewer cells than ``min_cells_fit`` fail first
-    (``TooFewCellsError``), before the panel is read."""
+    Only the marker genes are read (the main matrix, block by block; all of a ``layer``). Size
+    factors: the table ``size_factors_path``, else ``obs[size_factor_key]``, else computed from
+    all genes. The panel is read, checked and matched to the data's genes once; the marker check
+    before training and the model use that one match. Fewer cells than ``min_cells_fit`` fail
+    first (``TooFewCellsError``), before the panel is read."""
     from .api import CellAssign, require_cells_to_fit
 
-    adata = read_h5ad(input)
     model_settings = model_settings or ModelSettings()
-    require_cells_to_fit(adata.n_obs, model_settings, input)  # before the panel, the marker check and the fit
-    match = load_panel(markers, adata, data_path=input, layer=layer, other=other)
+    backed = open_h5ad(input)
+    try:
+        require_cells_to_fit(backed.n_obs, model_settings, input)  # before the panel, the marker check and the fit
+        match = load_panel(markers, backed, data_path=input, layer=layer, other=other)
+    finally:
+        backed.file.close()
+    partial = layer in (None, MAIN_MATRIX)
+    adata = read_h5ad(input, genes=list(match.rho.index)) if partial else read_h5ad(input)
+    if size_factors_path is not None:
+        adata.obs[size_factor_key] = read_size_factors(size_factors_path, adata.obs_names)
+    elif size_factor_key not in adata.obs and partial:
+        log.info("no obs['%s'] in %s: size factors computed from all genes", size_factor_key, input)
+        adata.obs[size_factor_key] = compute_size_factors(adata)
     _check_before_training(adata, match)
     key = size_factor_key if size_factor_key in adata.obs else None
     if key is None:
@@ -152,38 +219,34 @@ def _check_before_training(adata: ad.AnnData, match: MarkerMatch) -> None:
 
 
 def annotate(input: str | Path, probabilities: str | Path, output: str | Path, predictions: str | Path,
-             settings: AnnotateSettings | None = None, sample: str | None = None) -> ad.AnnData:
-    """Add labels and probabilities to the h5ad; write it and a predictions TSV."""
-    from .predict import assign_labels
+             settings: AnnotateSettings | None = None, sample: str | None = None,
+             size_factors_path: str | Path | None = None) -> ad.AnnData:
+    """Add labels and probabilities (and size factors, when given) to the h5ad; write it and a
+    predictions TSV. The h5ad's matrices are copied as they are, never read. Returns the cells'
+    annotations (an AnnData of ``obs`` only)."""
+    from .labels import assign_labels
 
     min_prob = (settings or AnnotateSettings()).min_prob
-    adata = read_h5ad(input)
-    probs = read_table(probabilities)
-    probs.index = probs.index.astype(str)
-    if sample is not None:
-        prefix = f"{sample}:"
-        probs = probs[probs.index.str.startswith(prefix)]
-        probs.index = probs.index.str.slice(len(prefix))
-        if probs.empty:
-            raise InputError(probabilities, f"has no cells of sample '{sample}' (rows named '{prefix}BARCODE')",
-                             "Give the cohort probabilities of the merged samples, or leave --sample out.")
-    missing = adata.obs_names.difference(probs.index)
-    if len(missing) == adata.n_obs:
+    obs = read_obs(input)
+    probs = _rows_of(read_table(probabilities), probabilities, sample, "probabilities")
+    missing = obs.index.difference(probs.index)
+    if len(missing) == len(obs):
         raise InputError(probabilities, f"shares no cell with {input}", "Give the probabilities computed for this data.")
     if len(missing):
         log.warning("%d cells have no probabilities (zero counts): labelled unassigned", len(missing))
-    probs = probs.reindex(adata.obs_names)
+    probs = probs.reindex(obs.index)
     labels = assign_labels(probs.fillna(0.0), min_prob)
     no_probs = probs.isna().any(axis=1)
     labels.loc[no_probs, CELLTYPE_KEY] = UNASSIGNED
     labels.loc[no_probs, PROB_KEY] = np.nan
-    adata.obs[CELLTYPE_KEY] = labels[CELLTYPE_KEY]
-    adata.obs[PROB_KEY] = labels[PROB_KEY]
-    adata.obsm[PROBS_KEY] = probs
-    adata.uns[UNS_KEY] = {"cell_types": list(probs.columns), "min_prob": float(min_prob)}
-    write_h5ad(adata, output)
+    if size_factors_path is not None:
+        obs[SIZE_FACTOR_KEY] = read_size_factors(size_factors_path, obs.index, sample=sample)
+    obs[CELLTYPE_KEY] = labels[CELLTYPE_KEY]
+    obs[PROB_KEY] = labels[PROB_KEY]
+    copy_h5ad_with(input, output, obs, obsm={PROBS_KEY: probs},
+                   uns={UNS_KEY: {"cell_types": list(probs.columns), "min_prob": float(min_prob)}})
     write_table(pd.concat([labels, probs], axis=1), predictions)
-    return adata
+    return ad.AnnData(obs=obs)
 
 
 def celltype_summary(adata: ad.AnnData) -> pd.DataFrame:
@@ -205,14 +268,21 @@ def check_markers(input: str | Path, markers: str | Path, output: str | Path, la
 
 def diagnose(input: str | Path, markers: str | Path, output: str | Path, specificity: str | Path,
              thresholds: DiagnosticThresholds | None = None) -> diagnostics.Diagnostics:
-    """All marker diagnostics of an annotated h5ad; write the flags and specificity TSVs."""
-    adata = read_h5ad(input)
-    if CELLTYPE_KEY not in adata.obs:
-        raise InputError(input, f"has no obs['{CELLTYPE_KEY}'] (assigned cell types)",
-                         "Give the annotated h5ad written by 'cellassign-nf annotate', or use 'cellassign-nf "
-                         "check-markers' on unannotated counts.")
-    match = load_panel(markers, adata, data_path=input)
-    diag = diagnostics.diagnose(adata, match, thresholds)
+    """All marker diagnostics of an annotated h5ad; write the flags and specificity TSVs. Reads the
+    marker genes of every cell, and all genes only of the cells the candidate markers come from."""
+    backed = open_h5ad(input)
+    try:
+        if CELLTYPE_KEY not in backed.obs:
+            raise InputError(input, f"has no obs['{CELLTYPE_KEY}'] (assigned cell types)",
+                             "Give the annotated h5ad written by 'cellassign-nf annotate', or use 'cellassign-nf "
+                             "check-markers' on unannotated counts.")
+        match = load_panel(markers, backed, data_path=input)
+        thresholds = thresholds or DiagnosticThresholds()
+        cells = diagnostics.candidate_cells(backed.obs[CELLTYPE_KEY], thresholds)
+    finally:
+        backed.file.close()
+    adata, candidate_data = read_h5ad_parts(input, list(match.rho.index), cells)  # one pass over the matrix
+    diag = diagnostics.diagnose(adata, match, thresholds, candidate_data=candidate_data)
     diagnostics.write_diagnostics(diag, output, specificity)
     diagnostics.log_findings(diag, label=None)
     return diag

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 
 from ..keys import CELLTYPE_KEY, UNASSIGNED
 from ..markers import MarkerMatch
+from ..sampling import stratified_cells
 from ..settings import DiagnosticThresholds
 from .base import (
     FLAG_COLUMNS, INFO, WARNING, Diagnostics, Flag, display_names, group_expression, read_diagnostics,
@@ -37,17 +38,22 @@ MAX_LOGGED = 10  # warnings logged one by one; the rest are in the TSV and the r
 MIN_SPLIT_SHARE = 0.1  # a merged group is split for candidates only when each half has this share of its cells
 
 __all__ = [
-    "FLAG_COLUMNS", "INFO", "WARNING", "Diagnostics", "DiagnosticThresholds", "Flag", "check_markers", "diagnose",
+    "FLAG_COLUMNS", "INFO", "WARNING", "Diagnostics", "DiagnosticThresholds", "Flag", "candidate_cells", "check_markers",
+    "diagnose",
     "log_findings", "read_diagnostics", "read_specificity", "write_diagnostics",
 ]
 
 
 def diagnose(adata: ad.AnnData, panel: pd.DataFrame | MarkerMatch, thresholds: DiagnosticThresholds | None = None,
              markers_path: str | Path | None = None, data_path: str | Path | None = None,
-             candidates: bool = True) -> Diagnostics:
+             candidates: bool = True, candidate_data: ad.AnnData | None = None) -> Diagnostics:
     """The pre-flight checks and, when ``adata.obs[CELLTYPE_KEY]`` holds the assigned labels,
     the post-fit checks, the specificity table and candidate markers. ``panel``: a marker matrix,
-    or the :class:`MarkerMatch` a step already made of it."""
+    or the :class:`MarkerMatch` a step already made of it.
+
+    The checks need only the marker genes of ``adata``. The candidates are ranked over all genes
+    of the cells :func:`candidate_cells` picks, ``candidate_data`` (default: those cells of
+    ``adata``, which then must hold all genes)."""
     t = thresholds or DiagnosticThresholds()
     match = as_match(adata, panel, markers_path, data_path)
     result, values = checked_markers(adata, match, t)
@@ -57,10 +63,21 @@ def diagnose(adata: ad.AnnData, panel: pd.DataFrame | MarkerMatch, thresholds: D
     stats = group_stats(adata, rho, values)
     post = assignment_flags(rho, stats, t)
     if candidates:
-        post += add_candidates(adata, rho, stats, post, t)
+        if candidate_data is None:
+            candidate_data = adata[candidate_cells(adata.obs[CELLTYPE_KEY], t)].copy()
+        if candidate_data.n_obs < adata.n_obs:
+            log.info("candidate markers from %d of the %d cells (--candidate-max-cells), every type kept",
+                     candidate_data.n_obs, adata.n_obs)
+        post += add_candidates(candidate_data, rho, stats, post, t)
     result.flags += post
     result.specificity = specificity_table(rho, stats)
     return result
+
+
+def candidate_cells(labels: pd.Series, t: DiagnosticThresholds) -> np.ndarray:
+    """Positions of the cells the candidate markers are ranked over: all, or at most
+    ``candidate_max_cells`` drawn within each assigned type (:func:`~cellassign_nf.sampling.stratified_cells`)."""
+    return stratified_cells(labels, t.candidate_max_cells)
 
 
 def group_stats(adata: ad.AnnData, rho: pd.DataFrame, values: sp.csr_matrix) -> GroupStats:
@@ -76,13 +93,15 @@ def group_stats(adata: ad.AnnData, rho: pd.DataFrame, values: sp.csr_matrix) -> 
 
 def add_candidates(adata: ad.AnnData, rho: pd.DataFrame, stats: GroupStats, flags: list[Flag],
                    t: DiagnosticThresholds) -> list[Flag]:
-    """Fill the candidates of the flags that need them; return one ``candidates`` row per assigned type."""
+    """Fill the candidates of the flags that need them; return one ``candidates`` row per assigned
+    type. ``adata``: the cells to rank genes over, with all genes and their labels."""
     from ..size_factors import normalise
 
     norm = normalise(adata)
     labels = adata.obs[CELLTYPE_KEY].astype(str)
     exclude = {str(g) for g in rho.index}
-    show = stats.show
+    names = display_names(adata)  # of all genes: candidates are not markers
+    show = lambda genes: [names.get(g, g) for g in genes]  # noqa: E731
     groups = [g for g in stats.sizes.index if stats.size(g) >= stats.min_cells(t)]
     per_group = rank_candidates(norm, labels, groups, exclude, t.n_candidates) if len(groups) > 1 else {}
     for flag in flags:

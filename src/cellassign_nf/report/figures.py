@@ -115,11 +115,12 @@ def plot_marker_expression(norm: ad.AnnData, rho: pd.DataFrame, cell_types: Sequ
     return fig
 
 
-def compute_umap(norm: ad.AnnData, seed: int = 0) -> ad.AnnData:
-    """UMAP of the normalised data: HVG (if many genes), PCA, neighbours, UMAP (scanpy)."""
+def compute_umap(norm: ad.AnnData, seed: int = 0, copy: bool = True) -> ad.AnnData:
+    """UMAP of the normalised data: HVG (if many genes), PCA, neighbours, UMAP (scanpy).
+    ``copy=False`` works on ``norm`` itself (no second copy of its matrix)."""
     import scanpy as sc
 
-    emb = norm.copy()
+    emb = norm.copy() if copy else norm
     if emb.n_vars > HVG_THRESHOLD:
         sc.pp.highly_variable_genes(emb, n_top_genes=HVG_THRESHOLD, flavor="seurat")
         emb = emb[:, emb.var["highly_variable"]].copy()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from ..errors import InputError
@@ -15,6 +16,8 @@ from .base import (
     CELLTYPE_KEY, HISTORY_COLUMNS, PROB_KEY, QC_WARNINGS_KEY, ModelLike, QCSummary, _is_number, _require_file,
 )
 from ..rules import SAMPLE_NAME_CHARACTERS, is_sample_name
+
+ANNOTATED_FIX = "Give the annotated h5ad written by `cellassign-nf annotate`."
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -29,25 +32,52 @@ def check_sample_name(sample: str) -> str:
 
 
 def load_annotated(path: str | Path) -> ad.AnnData:
-    """Read the annotated h5ad of ``cellassign-nf annotate`` and check what the report uses."""
-    import anndata as ad
+    """Read the annotated h5ad of ``cellassign-nf annotate`` (all of it) and check what the report uses."""
+    from ..io import read_h5ad
 
     path = Path(path)
     _require_file(path, "annotated h5ad")
+    return check_annotated(_with_fix(lambda: read_h5ad(path)), path)
+
+
+def load_annotated_parts(path: str | Path, genes: Sequence[str], cells: Callable[[pd.Series], np.ndarray] | None
+                         ) -> tuple[ad.AnnData, ad.AnnData | None]:
+    """The annotated h5ad in two parts, checked, read in one pass block by block
+    (``io.read_h5ad_parts``): every cell with only those of ``genes`` that it holds, and (unless
+    ``cells`` is None) the cells at the positions ``cells(assigned labels)`` with all genes."""
+    from ..io import open_h5ad, read_h5ad_parts
+
+    path = Path(path)
+    _require_file(path, "annotated h5ad")
+    backed = _with_fix(lambda: open_h5ad(path))
     try:
-        adata = ad.read_h5ad(path)
-    except Exception as exc:  # h5py/anndata raise many types for bad files
-        raise InputError(path, f"cannot be read as h5ad ({type(exc).__name__}: {exc})",
-                         "Give the annotated h5ad written by `cellassign-nf annotate`.") from exc
-    fix = "Give the annotated h5ad written by `cellassign-nf annotate`."
+        held = set(backed.var_names)
+        check_annotated(backed, path)
+        positions = cells(backed.obs[CELLTYPE_KEY]) if cells else None
+    finally:
+        backed.file.close()
+    return _with_fix(lambda: read_h5ad_parts(path, [g for g in genes if g in held], positions))
+
+
+def _with_fix(read: Callable[[], Any]) -> Any:
+    """``read()``, whose InputError (naming the file and the problem) gets the report's fix."""
+    try:
+        return read()
+    except InputError as exc:
+        exc.fix = ANNOTATED_FIX
+        raise
+
+
+def check_annotated(adata: ad.AnnData, path: str | Path) -> ad.AnnData:
+    """``adata`` when it has cells, assigned types and probabilities in [0, 1]; else one clear error."""
     if adata.n_obs == 0:
         raise InputError(path, "has no cells", "Check the QC thresholds: every cell was filtered out.")
     for key in (CELLTYPE_KEY, PROB_KEY):
         if key not in adata.obs:
-            raise InputError(path, f"has no obs['{key}']", fix)
+            raise InputError(path, f"has no obs['{key}']", ANNOTATED_FIX)
     probs = pd.to_numeric(adata.obs[PROB_KEY], errors="coerce")
     if (probs < 0).any() or (probs > 1 + 1e-6).any():  # NaN (cells the model could not score) is allowed
-        raise InputError(path, f"obs['{PROB_KEY}'] holds values outside [0, 1]", fix)
+        raise InputError(path, f"obs['{PROB_KEY}'] holds values outside [0, 1]", ANNOTATED_FIX)
     return adata
 
 

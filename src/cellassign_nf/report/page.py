@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from ..errors import InputError
+from ..sampling import stratified_cells
 from .base import DEFAULT_UMAP_MAX_CELLS, ModelLike, QCSummary, ReportResult, SampleSummary, _fmt, write_text
 from .html import render_html, software_versions
 from .load import (
-    check_history, check_sample_name, load_annotated, load_history, load_model, load_params, load_qc_summary,
+    check_history, check_sample_name, load_annotated_parts, load_history, load_model, load_params, load_qc_summary,
 )
 from .multiqc import write_multiqc_files
 from .sections import FigureSink, ReportInputs, build_sections
@@ -46,7 +48,7 @@ def make_report(
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise InputError(outdir, "exists and is not a folder", "Give a folder for --outdir.")
-    inp = load_inputs(annotated, history, model, qc_summary, params, sample)
+    inp = load_inputs(annotated, history, model, qc_summary, params, sample, umap_max_cells if umap else None)
     add_diagnostics(inp, diagnostics, specificity)
     outdir.mkdir(parents=True, exist_ok=True)
     sink = FigureSink(outdir, sample)
@@ -60,16 +62,23 @@ def make_report(
     return ReportResult(html_path, [f.path for f in sink.figures], mqc_files, inp.summary, notes)
 
 
-def load_inputs(annotated: Any, history: Any, model: Any, qc_summary: Any, params: Any, sample: str) -> ReportInputs:
-    """Load what is given as paths, check what is given as objects, and summarise the sample."""
-    adata = load_annotated(annotated) if not _is_anndata(annotated) else annotated
-    hist = load_history(history) if not isinstance(history, pd.DataFrame) else check_history(history)
+def load_inputs(annotated: Any, history: Any, model: Any, qc_summary: Any, params: Any, sample: str,
+                umap_max_cells: int | None = DEFAULT_UMAP_MAX_CELLS) -> ReportInputs:
+    """Load what is given as paths, check what is given as objects, and summarise the sample
+    (``umap_max_cells`` None: no UMAP, so no cell is read with all its genes)."""
     mdl = load_model(model) if isinstance(model, (str, Path)) else model
+    umap_cells = None if umap_max_cells is None else partial(stratified_cells, max_cells=umap_max_cells)
+    if _is_anndata(annotated):
+        adata, umap_data = annotated, None
+    else:  # the model's marker genes of every cell, all genes of the UMAP's cells: one pass
+        adata, umap_data = load_annotated_parts(annotated, [str(g) for g in mdl.rho.index], umap_cells)
+    hist = load_history(history) if not isinstance(history, pd.DataFrame) else check_history(history)
     qc = load_qc_summary(qc_summary) if isinstance(qc_summary, (str, Path)) else qc_summary
     run_params = load_params(params) if isinstance(params, (str, Path)) or params is None else dict(params)
     cell_types = [str(t) for t in mdl.cell_types]
     summary = summarise(sample, adata, hist, qc, cell_types)
-    return ReportInputs(adata, hist, mdl, qc, run_params, cell_types, summary)
+    return ReportInputs(adata, hist, mdl, qc, run_params, cell_types, summary, umap_cells=umap_cells,
+                        umap_data=umap_data)
 
 
 def add_diagnostics(inp: ReportInputs, diagnostics: Any, specificity: Any) -> None:

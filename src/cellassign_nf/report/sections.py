@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..io import display_names, relabel_genes
 from .base import (
-    PROB_KEY, SIZE_FACTOR_KEY, UMAP_MIN_CELLS, ModelLike, QCSummary, ReportFigure, SampleSummary, flatten,
+    CELLTYPE_KEY, PROB_KEY, SIZE_FACTOR_KEY, UMAP_MIN_CELLS, ModelLike, QCSummary, ReportFigure, SampleSummary, flatten,
     write_bytes,
 )
 from .figures import (
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 class ReportInputs:
     """Everything the page is made of, loaded and checked."""
 
-    adata: ad.AnnData
+    adata: ad.AnnData  # obs, var, uns and the model's marker genes (at least)
     history: pd.DataFrame
     model: ModelLike
     qc: QCSummary
@@ -44,6 +44,13 @@ class ReportInputs:
     summary: SampleSummary
     diagnostics: pd.DataFrame | None = None  # marker_diagnostics.tsv (diagnostics.FLAG_COLUMNS)
     specificity: pd.DataFrame | None = None  # marker_specificity.tsv: types x assigned groups
+    umap_cells: Callable[[pd.Series], np.ndarray] | None = None  # labels -> positions of the UMAP's cells
+    umap_data: ad.AnnData | None = None  # those cells with all genes (default: cut from adata)
+
+    def umap_input(self) -> ad.AnnData:
+        """The UMAP's cells with all their genes (handed over once: the inputs keep no copy)."""
+        data, self.umap_data = self.umap_data, None
+        return data if data is not None else self.adata[self.umap_cells(self.adata.obs[CELLTYPE_KEY])].copy()
 
 
 class FigureSink:
@@ -80,9 +87,7 @@ def build_sections(inp: ReportInputs, sink: FigureSink, versions: Mapping[str, s
                    umap_max_cells: int) -> list[_Section]:
     """All sections of the page, in order."""
     sections = [celltypes_section(inp, sink), probability_section(inp, sink)]
-    norm = normalise(inp.adata)
-    sections += [markers_section(inp, sink, norm), umap_section(inp, sink, norm, umap, umap_max_cells)]
-    del norm
+    sections += [markers_section(inp, sink, normalise(inp.adata)), umap_section(inp, sink, umap, umap_max_cells)]
     sections += [training_section(inp, sink), delta_section(inp, sink), qc_section(inp, sink),
                  parameters_section(inp), versions_section(versions)]
     if inp.diagnostics is not None:  # first when it warns, else after the marker dot plot
@@ -166,27 +171,30 @@ def markers_section(inp: ReportInputs, sink: FigureSink, norm: ad.AnnData) -> _S
     return s
 
 
-def umap_section(inp: ReportInputs, sink: FigureSink, norm: ad.AnnData, umap: bool, umap_max_cells: int) -> _Section:
+def umap_section(inp: ReportInputs, sink: FigureSink, umap: bool, umap_max_cells: int) -> _Section:
     n_obs = inp.adata.n_obs
     s = _Section("umap", "UMAP", "2-D UMAP of the normalised data (all genes; top 2,000 highly variable genes "
                  "when there are more), PCA, 15-nearest-neighbour graph; coloured by assigned type and by "
                  "assignment probability.")
     if not umap:
         s.notes.append("UMAP skipped (--no-umap).")
-    elif n_obs > umap_max_cells:
-        s.notes.append(f"UMAP skipped: {n_obs:,} cells is more than --umap-max-cells {umap_max_cells:,}. "
-                       "Raise --umap-max-cells to compute it.")
     elif n_obs < UMAP_MIN_CELLS:
         s.notes.append(f"UMAP skipped: only {n_obs} cells.")
     else:
+        norm = normalise(inp.umap_input())  # the counts of the UMAP's cells are not kept
+        caption = "Left: assigned type; right: top assignment probability (low-probability cells drawn on top)."
+        if norm.n_obs < n_obs:
+            caption += (f" Drawn on {norm.n_obs:,} of the {n_obs:,} cells (--umap-max-cells {umap_max_cells:,}): a "
+                        "random subsample within each assigned type, every type kept, a rare type with more than "
+                        "its share.")
+
         def draw_umap() -> Figure:
             t0 = time.perf_counter()
-            emb = compute_umap(norm)
-            log.info("UMAP of %d cells in %.1f s", emb.n_obs, time.perf_counter() - t0)
+            emb = compute_umap(norm, copy=False)
+            log.info("UMAP of %d of %d cells in %.1f s", emb.n_obs, n_obs, time.perf_counter() - t0)
             return plot_umap(emb, inp.cell_types)
 
-        sink.add(s, "umap", "UMAP", draw_umap,
-                 "Left: assigned type; right: top assignment probability (low-probability cells drawn on top).")
+        sink.add(s, "umap", "UMAP", draw_umap, caption)
     return s
 
 
