@@ -9,7 +9,7 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 # imported on first use, so that `cellassign-nf --version` / `--help` start without torch
 _EXPORTS = {"CellAssign": "api", "marker_list_to_matrix": "markers", "read_markers": "markers",
-            "assign_labels": "predict", "filter_cells": "qc", "QCThresholds": "settings",
+            "assign_labels": "labels", "filter_cells": "qc", "QCThresholds": "settings",
             "check_markers": "diagnostics", "diagnose": "diagnostics", "DiagnosticThresholds": "settings"}
 __all__ = [*_EXPORTS, "__version__"]
 

@@ -6,13 +6,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor
 
-from .keys import CELLTYPE_KEY, PROB_KEY, UNASSIGNED
+from .labels import assign_labels  # noqa: F401 - part of this module's API (docs/model.md section 7)
 from .model import CellAssignModule, gamma_from_joint
-from .settings import AnnotateSettings
 # elements of one chunk's N x (G + K) working tensors; bounds memory whatever the number of cells
 CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
 
@@ -71,22 +69,3 @@ def predict_gamma(module: CellAssignModule, data: ModelData) -> np.ndarray:
     for sub, joint in iter_joint(module, data):
         out[sub.cpu().numpy()] = gamma_from_joint(joint.double()).cpu().numpy()
     return out
-
-
-def assign_labels(probabilities: pd.DataFrame, min_prob: float = AnnotateSettings.min_prob) -> pd.DataFrame:
-    """Label each cell with its most probable type; ``unassigned`` below ``min_prob``.
-
-    Returns a frame with ``CELLTYPE_KEY`` (categorical) and ``PROB_KEY`` columns.
-    """
-    if not 0.0 <= min_prob <= 1.0:
-        raise ValueError(f"min_prob must be between 0 and 1, got {min_prob}")
-    values = probabilities.to_numpy()
-    best = values.argmax(axis=1)
-    prob = values[np.arange(len(values)), best]
-    labels = np.asarray(probabilities.columns, dtype=object)[best]
-    labels[prob < min_prob] = UNASSIGNED
-    categories = list(probabilities.columns) + ([UNASSIGNED] if UNASSIGNED not in probabilities.columns else [])
-    return pd.DataFrame(
-        {CELLTYPE_KEY: pd.Categorical(labels, categories=categories), PROB_KEY: prob},
-        index=probabilities.index,
-    )

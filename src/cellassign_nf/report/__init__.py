@@ -19,24 +19,29 @@ sections), ``template`` and ``html`` (the page), ``page`` (``make_report``), ``m
 """
 from __future__ import annotations
 
-from .base import (
-    CELLTYPE_KEY, COUNTS_SUFFIX, DEFAULT_UMAP_MAX_CELLS, DPI, HISTORY_COLUMNS, HVG_THRESHOLD, PREDICTIONS_SUFFIX,
-    PROB_KEY, PROBS_KEY, SAMPLE_NAME_RE, SIZE_FACTOR_KEY, UMAP_MIN_CELLS, UNASSIGNED, UNASSIGNED_COLOUR, ModelLike,
-    QCSummary, ReportFigure, ReportResult, SampleSummary, flatten, write_bytes, write_text,
-)
-from .cohort import cohort_table, read_counts_mqc, read_predictions_counts, write_cohort_table
-from .figures import (
-    compute_umap, figure_png, markers_by_type, normalise, plot_celltype_counts, plot_delta, plot_marker_expression,
-    plot_probability_histogram, plot_size_factors, plot_specificity, plot_training_curves, plot_umap, type_colours,
-)
-from .html import render_html, software_versions
-from .load import (
-    check_history, check_sample_name, load_annotated, load_history, load_model, load_params, load_qc_summary,
-    parse_qc_summary,
-)
-from .multiqc import write_multiqc_files
-from .page import make_report
-from .summary import celltype_counts, min_prob_of, summarise
+from importlib import import_module
+
+# name -> the module that defines it, imported on first use: the cohort table starts without
+# matplotlib and scanpy, which only the page's figures need
+_EXPORTS = {
+    **dict.fromkeys([
+        "CELLTYPE_KEY", "COUNTS_SUFFIX", "DEFAULT_UMAP_MAX_CELLS", "DPI", "HISTORY_COLUMNS", "HVG_THRESHOLD",
+        "PREDICTIONS_SUFFIX", "PROB_KEY", "PROBS_KEY", "SAMPLE_NAME_RE", "SIZE_FACTOR_KEY", "UMAP_MIN_CELLS",
+        "UNASSIGNED", "UNASSIGNED_COLOUR", "ModelLike", "QCSummary", "ReportFigure", "ReportResult", "SampleSummary",
+        "flatten", "write_bytes", "write_text"], "base"),
+    **dict.fromkeys(["cohort_table", "read_counts_mqc", "read_predictions_counts", "write_cohort_table"], "cohort"),
+    **dict.fromkeys([
+        "compute_umap", "figure_png", "markers_by_type", "normalise", "plot_celltype_counts", "plot_delta",
+        "plot_marker_expression", "plot_probability_histogram", "plot_size_factors", "plot_specificity",
+        "plot_training_curves", "plot_umap", "type_colours"], "figures"),
+    **dict.fromkeys(["render_html", "software_versions"], "html"),
+    **dict.fromkeys([
+        "check_history", "check_sample_name", "load_annotated", "load_annotated_parts", "load_history",
+        "load_model", "load_params", "load_qc_summary", "parse_qc_summary"], "load"),
+    "write_multiqc_files": "multiqc",
+    "make_report": "page",
+    **dict.fromkeys(["celltype_counts", "min_prob_of", "summarise"], "summary"),
+}
 
 __all__ = [
     "ModelLike", "QCSummary", "ReportResult", "SampleSummary", "celltype_counts", "cohort_table",
@@ -45,3 +50,13 @@ __all__ = [
     "plot_probability_histogram", "plot_size_factors", "plot_specificity", "plot_training_curves", "plot_umap", "read_counts_mqc",
     "read_predictions_counts", "summarise", "write_cohort_table", "write_multiqc_files",
 ]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'cellassign_nf.report' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(_EXPORTS)
