@@ -147,27 +147,36 @@ workflow CELLASSIGN {
         ch_model_input = QC.out.h5ad
     }
 
+    // size factors and the design are small tables beside the counts, which no step copies
     SIZE_FACTORS(ch_model_input)
     ch_versions = ch_versions.mix(SIZE_FACTORS.out.versions)
 
-    DESIGN(SIZE_FACTORS.out.h5ad)
+    DESIGN(ch_model_input)
     ch_versions = ch_versions.mix(DESIGN.out.versions)
 
     // the joins by sample leave out a sample that one side lacks: it was set aside by that step
-    TRAIN(SIZE_FACTORS.out.h5ad.join(DESIGN.out.design, failOnDuplicate: true), ch_markers)
+    TRAIN(
+        ch_model_input
+            .join(SIZE_FACTORS.out.tsv, failOnDuplicate: true)
+            .join(DESIGN.out.design, failOnDuplicate: true),
+        ch_markers
+    )
     ch_versions = ch_versions.mix(TRAIN.out.versions)
 
     if (params.mode == 'cohort') {
-        // every sample: its own cells, the cohort's probabilities, history and model
-        ch_cohort_fit = TRAIN.out.probabilities
+        // every sample: its own cells, the cohort's size factors, probabilities, history and model
+        ch_cohort_fit = SIZE_FACTORS.out.tsv
+            .join(TRAIN.out.probabilities)
             .join(TRAIN.out.history)
             .join(TRAIN.out.model)
-            .map { _meta, probabilities, history, model -> [probabilities, history, model] }
+            .map { _meta, size_factors, probabilities, history, model -> [size_factors, probabilities, history, model] }
         ch_per_sample = QC.out.h5ad.combine(ch_cohort_fit)
-        ch_annotate_input = ch_per_sample.map { meta, h5ad, probabilities, _history, _model -> [meta, h5ad, probabilities] }
-        ch_fit = ch_per_sample.map { meta, _h5ad, _probabilities, history, model -> [meta, history, model] }
+        ch_annotate_input = ch_per_sample.map { meta, h5ad, size_factors, probabilities, _history, _model -> [meta, h5ad, size_factors, probabilities] }
+        ch_fit = ch_per_sample.map { meta, _h5ad, _size_factors, _probabilities, history, model -> [meta, history, model] }
     } else {
-        ch_annotate_input = SIZE_FACTORS.out.h5ad.join(TRAIN.out.probabilities, failOnDuplicate: true)
+        ch_annotate_input = QC.out.h5ad
+            .join(SIZE_FACTORS.out.tsv, failOnDuplicate: true)
+            .join(TRAIN.out.probabilities, failOnDuplicate: true)
         ch_fit = TRAIN.out.history.join(TRAIN.out.model, failOnDuplicate: true)
     }
 

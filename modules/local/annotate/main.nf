@@ -4,7 +4,7 @@ process ANNOTATE {
     errorStrategy { SetAside.strategy(task, meta) }  // lib/SetAside.groovy
 
     input:
-    tuple val(meta), path(h5ad, stageAs: 'input/*'), path(probabilities)
+    tuple val(meta), path(h5ad, stageAs: 'input/*'), path(size_factors), path(probabilities)
 
     output:
     tuple val(meta), path("${prefix}.annotated.h5ad") , emit: h5ad
@@ -22,6 +22,7 @@ process ANNOTATE {
     cellassign-nf annotate \\
         ${h5ad} \\
         --probabilities ${probabilities} \\
+        --size-factors ${size_factors} \\
         -o ${prefix}.annotated.h5ad \\
         --predictions ${prefix}.predictions.tsv \\
         ${args}

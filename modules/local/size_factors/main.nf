@@ -7,8 +7,8 @@ process SIZE_FACTORS {
     tuple val(meta), path(h5ad, stageAs: 'input/*')
 
     output:
-    tuple val(meta), path("${prefix}.size_factors.h5ad"), emit: h5ad
-    path "versions.yml"                                 , emit: versions
+    tuple val(meta), path("${prefix}.size_factors.tsv"), emit: tsv
+    path "versions.yml"                                , emit: versions
 
     when:
     task.ext.when == null || task.ext.when
@@ -19,7 +19,7 @@ process SIZE_FACTORS {
     """
     cellassign-nf size-factors \\
         ${h5ad} \\
-        -o ${prefix}.size_factors.h5ad \\
+        -o ${prefix}.size_factors.tsv \\
         ${args}
 
     cat <<-END_VERSIONS > versions.yml
@@ -31,7 +31,7 @@ process SIZE_FACTORS {
     stub:
     prefix = task.ext.prefix ?: "${meta.id}"
     """
-    touch ${prefix}.size_factors.h5ad
+    touch ${prefix}.size_factors.tsv
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":

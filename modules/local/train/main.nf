@@ -5,7 +5,7 @@ process TRAIN {
     errorStrategy { SetAside.strategy(task, meta) }  // lib/SetAside.groovy
 
     input:
-    tuple val(meta), path(h5ad), path(design)
+    tuple val(meta), path(h5ad), path(size_factors), path(design)
     path markers
 
     output:
@@ -27,6 +27,7 @@ process TRAIN {
     cellassign-nf train \\
         ${h5ad} \\
         --markers ${markers} \\
+        --size-factors ${size_factors} \\
         --design ${design} \\
         -o ${prefix}.model.pt \\
         --history ${prefix}.history.tsv \\
