@@ -176,3 +176,16 @@ def test_qc_metrics_are_scanpys():
     pd.testing.assert_frame_equal(ours.obs[columns], theirs.obs[columns], check_dtype=False)
     assert ours.obs["pct_counts_mito"].isna().sum() == 3
     assert ours.var["mito"].tolist() == theirs.var["mito"].tolist() and ours.var["mito"].sum() > 9
+
+
+def test_a_size_factor_table_that_does_not_fit_is_refused_by_its_message(sample, tmp_path):
+    adata, path = sample
+    pd.DataFrame({"size_factor": np.ones(10)}, index=adata.obs_names[:10]).to_csv(tmp_path / "few.tsv", sep="\t")
+    pd.DataFrame({"a": np.ones(adata.n_obs), "b": 1.0}, index=adata.obs_names).to_csv(tmp_path / "two.tsv", sep="\t")
+    with pytest.raises(InputError, match=rf"few.tsv: has no size factors of {adata.n_obs - 10} of the "
+                                         rf"{adata.n_obs} cells \(e.g. cell000010"):
+        steps.read_size_factors(tmp_path / "few.tsv", adata.obs_names)
+    with pytest.raises(InputError, match=r"two.tsv: has 2 columns and none is 'size_factor'"):
+        steps.read_size_factors(tmp_path / "two.tsv", adata.obs_names)
+    with pytest.raises(InputError, match=r"has no size factors of sample 's2' \(rows named 's2:BARCODE'\)"):
+        steps.read_size_factors(tmp_path / "few.tsv", adata.obs_names, sample="s2")
