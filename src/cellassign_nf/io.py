@@ -564,19 +564,21 @@ def read_h5ad(path: str | Path, genes: Sequence[str] | None = None, cells: Seque
                          "Give the h5ad written by the previous step.") from exc
 
 
-def write_table(df: pd.DataFrame, path: str | Path, index_label: str | None = "cell") -> None:
-    """Write a tab-separated table atomically."""
+def write_table(df: pd.DataFrame, path: str | Path, index_label: str | None = "cell", exact: bool = False) -> None:
+    """Write a tab-separated table atomically: numbers to 6 significant digits, or with ``exact``
+    every digit (a table a later step computes with, read back to the same float64)."""
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, sep="\t", index=index_label is not None, index_label=index_label, float_format="%.6g")
+        df.to_csv(tmp, sep="\t", index=index_label is not None, index_label=index_label,
+                  float_format="%.17g" if exact else "%.6g")
 
 
 def read_table(path: str | Path, index_col: int | None = 0) -> pd.DataFrame:
-    """Read a TSV (or CSV, by suffix) table."""
+    """Read a TSV (or CSV, by suffix) table; numbers parse back to the float64 that was written."""
     path = Path(path)
     _require_file(path)
     sep = "," if path.suffix == ".csv" else "\t"
     try:
-        return pd.read_csv(path, sep=sep, index_col=index_col)
+        return pd.read_csv(path, sep=sep, index_col=index_col, float_precision="round_trip")
     except Exception as exc:
         raise InputError(path, f"cannot be read as a {'CSV' if sep == ',' else 'TSV'} table ({exc})",
                          "Give the table written by the previous step.") from exc

@@ -115,7 +115,7 @@ def size_factors(input: str | Path, output: str | Path, key: str = SIZE_FACTOR_K
     cells = read_h5ad(input, genes=[])
     table = pd.DataFrame({key: compute_size_factors(cells)}, index=cells.obs_names)
     warn_zero(table[key].to_numpy())
-    write_table(table, output)
+    write_table(table, output, exact=True)  # the model uses them: a fit from the table equals one from obs
     return table
 
 
