@@ -183,13 +183,12 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
     adata = read_h5ad(input, genes=list(match.rho.index)) if partial else read_h5ad(input)
     if size_factors_path is not None:
         adata.obs[size_factor_key] = read_size_factors(size_factors_path, adata.obs_names)
-    elif size_factor_key not in adata.obs and partial:
+    elif size_factor_key not in adata.obs:
         log.info("no obs['%s'] in %s: size factors computed from all genes", size_factor_key, input)
-        adata.obs[size_factor_key] = compute_size_factors(adata)
+        if partial:  # the totals over all genes came with the marker genes; a layer's are the model's to sum
+            adata.obs[size_factor_key] = compute_size_factors(adata)
     _check_before_training(adata, match)
     key = size_factor_key if size_factor_key in adata.obs else None
-    if key is None:
-        log.info("no obs['%s'] in %s: size factors computed from all genes", size_factor_key, input)
     design_matrix = read_design(design_path, adata.obs_names) if design_path else None
     settings = settings or TrainSettings()
     try:
