@@ -4,8 +4,9 @@ The model, its fit and its initialisation are explained in docs/model.md.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from .design import DesignSpec, apply_design, drop_redundant_columns, make_desig
 from .errors import InputError, TooFewCellsError
 from .io import MAIN_MATRIX, as_count_matrix, atomic_path, dense_counts
 from .keys import HISTORY_COLUMNS
-from .markers import MarkerMatch, match_panel, validate_markers
+from .markers import MarkerMatch, match_panel, panel_name, validate_markers
 from .model import CellAssignModule, basis_means, log_factorial
 from .predict import ModelData, predict_gamma
 from .settings import ModelSettings, TrainSettings, with_overrides
@@ -86,11 +87,15 @@ class CellAssign:
         self._design_columns: list[str] = []
         self._data: ModelData | None = None
         self._beta0_init: torch.Tensor | None = None
+        self.path: Path | None = None  # the file it was loaded from (load)
+        self.reference: dict[str, Any] | None = None  # the saved model it was refitted from (refit)
         if adata is None:  # filled in by load()
-            self.rho = marker_gene_matrix
+            self.rho = self.panel = marker_gene_matrix
+            self.panel_name = ""
             return
         match = marker_gene_matrix if isinstance(marker_gene_matrix, MarkerMatch) else \
             match_panel(validate_markers(marker_gene_matrix), adata, layer=layer)
+        self.panel, self.panel_name = match.panel, panel_name(match.markers_path)  # the panel as given
         self.rho = match.require_every_type().rho.copy()
         self.rho.index.name, self.rho.columns.name = "gene", None
         covariates = ([batch_key] if batch_key else []) + list(categorical_covariate_keys or [])
@@ -135,12 +140,23 @@ class CellAssign:
     def design_columns(self) -> list[str]:
         return list(self._design_columns)
 
-    def _prepare(self, adata: ad.AnnData, design: pd.DataFrame | None) -> tuple[pd.Index, ModelData]:
+    def match(self, adata: ad.AnnData, source: str | Path | None = None) -> MarkerMatch:
+        """The model's marker genes matched to ``adata``'s genes (by ID or symbol, as for panels;
+        rows in the model's order); data that lack any of them are refused in one line."""
+        match = match_panel(validate_markers(self.rho), adata, self.path, source, self.layer, quiet=True)
+        if match.missing or len(match.rho) != len(self.rho):
+            missing = match.missing or [g for g in self.genes if g not in set(match.rho.index)]
+            model = f"the model {self.path.name}" if self.path else "the model"
+            raise InputError(source, f"lacks {len(missing)} of the {len(self.rho)} marker genes of {model} "
+                             f"(e.g. {', '.join(map(str, missing[:5]))})",
+                             "Annotate data that measure every marker gene of the model (Ensembl IDs or symbols), "
+                             "or train a new model on these data.")
+        return match
+
+    def _prepare(self, adata: ad.AnnData, design: pd.DataFrame | None,
+                 unseen_levels: str = "error") -> tuple[pd.Index, ModelData]:
         """Counts of the marker genes, log size factors and design for the cells with counts."""
-        missing = [g for g in self.genes if g not in adata.var_names]
-        if missing:
-            raise InputError(None, f"the data lack {len(missing)} of the model's marker genes "
-                             f"(e.g. {', '.join(missing[:5])})", "Predict on data with the same genes.")
+        genes = self.genes if all(g in adata.var_names for g in self.genes) else list(self.match(adata).rho.index)
         use_layer = self.layer not in (None, MAIN_MATRIX)
         if use_layer and self.layer not in adata.layers:
             raise InputError(None, f"no layer '{self.layer}' (layers: {', '.join(adata.layers) or 'none'})",
@@ -161,10 +177,10 @@ class CellAssign:
         if not keep.any():
             raise InputError(None, "no cell has counts", "Check the input data.")
         cells = adata.obs_names[keep]
-        col = adata.var_names.get_indexer(self.genes)
+        col = adata.var_names.get_indexer(genes)
         x = dense_counts(counts, np.flatnonzero(keep), col, layers=layers)
         if design is None and self.design_spec.formula:
-            design = apply_design(adata.obs, self.design_spec)
+            design = apply_design(adata.obs, self.design_spec, unseen=unseen_levels)
         D = None
         if design is not None and design.shape[1] > 0:
             design = design.reindex(adata.obs_names)
@@ -208,20 +224,90 @@ class CellAssign:
         return self.module
 
     def predict(self, adata: ad.AnnData | None = None, design: pd.DataFrame | None = None,
-                device: str = "auto") -> pd.DataFrame:
-        """Assignment probabilities (cells x cell types, rows sum to 1), computed in chunks."""
+                device: str = "auto", unseen_levels: str = "error") -> pd.DataFrame:
+        """Assignment probabilities (cells x cell types, rows sum to 1), computed in chunks.
+
+        New cells (``adata``) are scored with the model exactly as saved; their covariates are
+        coded by the model's design. A covariate level the model was not fitted on is an error,
+        or with ``unseen_levels="reference"`` one warning naming it, its cells scored at the
+        reference level. To refit what belongs to a new batch first, see :meth:`refit`."""
         module = self._require_trained()
         if adata is None or adata is self.adata:
             if self._data is None:
                 raise RuntimeError("give the AnnData to predict on")
             cells, data = self.data_cells, self._data
         else:
-            cells, data = self._prepare(adata, design)
+            cells, data = self._prepare(adata, design, unseen_levels)
         dev = resolve_device(device)
         data = data.to(dev)
         gamma = predict_gamma(module.to(dev), data)
         module.cpu()
         return pd.DataFrame(gamma, index=cells, columns=self.cell_types)
+
+    def refit(self, adata: ad.AnnData, design: pd.DataFrame | None = None, size_factor_key: str | None = None,
+              layer: str | None = None, settings: TrainSettings | None = None, **options: Any) -> CellAssign:
+        """A new model of ``adata`` (a new batch) that keeps what defines this model's cell types
+        and refits what belongs to the batch (docs/model.md section 8).
+
+        Held fixed: the over-expression ``delta`` of every marker and the dispersion (the RBF
+        weights ``a`` and centres). Refitted by the same minibatch EM (early stopping, one start
+        from this model): the per-gene baseline ``beta0``, the covariate effects ``beta`` and the
+        proportions ``pi``. Covariates: ``design`` (cells x columns), else this model's formula
+        rebuilt on ``adata.obs`` (new levels are simply new columns). ``adata`` needs every marker
+        gene of the model (matched by ID or symbol) and ``min_cells_fit`` cells. The training
+        options are :class:`~cellassign_nf.settings.TrainSettings` fields (``n_restarts`` is 1:
+        the start is this model, so restarts would repeat it).
+
+        >>> batch_model = CellAssign.load("reference.model.pt").refit(new_adata, size_factor_key="size_factor")
+        >>> probabilities = batch_model.predict()
+        """
+        source = self._require_trained()
+        settings = replace(with_overrides(settings or TrainSettings(), options), n_restarts=1)
+        match = self.match(adata)
+        if design is None and self.design_spec.formula:
+            design, spec = make_design(adata.obs, formula=self.design_spec.formula)
+        else:
+            spec = None
+        new = CellAssign(adata, match, size_factor_key=size_factor_key, layer=layer, design=design,
+                         settings=self.settings)
+        if spec is not None:
+            new.design_spec = spec
+        new.v, new.b = self.v, self.b  # the dispersion as a function of the mean is the model's
+        new.panel, new.panel_name = self.panel, self.panel_name
+        new.reference = self.describe()
+        # start beta0 where the data's mean of x / s meets the model's types: mean = exp(beta0) sum_c pi_c exp(delta)
+        with torch.no_grad():
+            mixture = (source.log_pi().exp()[None, :] * torch.exp(source.delta_matrix())).sum(dim=1)
+            new._beta0_init = new._beta0_init - torch.log(mixture)
+
+        def make_module(generator: torch.Generator) -> CellAssignModule:
+            module = new._make_module(generator)
+            module.hold_types_fixed_(source)
+            return module
+
+        dev = resolve_device(settings.device)
+        data = new._data.to(dev)
+        log.info("refitting beta0, beta and pi of %s on %s: %d cells x %d marker genes, %d covariate columns "
+                 "(delta and the dispersion held fixed)", self.path.name if self.path else "the model", dev,
+                 data.n_cells, len(new.genes), len(new.design_columns))
+        result = fit(data, make_module, settings)
+        new.module = result.module.cpu()
+        new.history, new.restarts = result.history, result.restarts
+        new.train_params = {**result.settings, "device": str(dev), "n_cells": data.n_cells, "refit": "batch"}
+        return new
+
+    def describe(self) -> dict[str, Any]:
+        """Which model this is, as plain values (the annotated h5ad keeps them, the report shows
+        them): its file and sha256 (when loaded from one), the version that wrote it, the panel,
+        the cell types, the marker genes, the covariate columns and the cells it was fitted on."""
+        info: dict[str, Any] = {"file": self.path.name if self.path else "", "sha256": "", "version": __version__,
+                                "panel": self.panel_name, "cell_types": self.cell_types,
+                                "marker_genes": len(self.genes), "covariates": self.design_columns,
+                                "fitted_cells": int(self.train_params.get("n_cells", 0) or 0)}
+        if self.path is not None:
+            info["sha256"] = file_sha256(self.path)
+            info["version"] = self._file_version or info["version"]
+        return info
 
     # --- fitted parameters ------------------------------------------------------------------------
     @property
@@ -259,9 +345,13 @@ class CellAssign:
             "size_factor_key": self.size_factor_key, "layer": self.layer,
             "state_dict": module.state_dict(), "history": self.history.to_dict(orient="list"),
             "restarts": self.restarts.to_dict(orient="list"), "train_params": self.train_params,
+            "panel": {"name": self.panel_name, "genes": [str(g) for g in self.panel.index],
+                      "cell_types": [str(c) for c in self.panel.columns], "rho": self.panel.to_numpy().tolist()},
+            "reference": self.reference,
         }
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
+        self.path, self._file_version = Path(path), __version__
 
     @classmethod
     def load(cls, path: str | Path) -> CellAssign:
@@ -289,12 +379,30 @@ class CellAssign:
         self.history = pd.DataFrame(payload["history"])
         self.restarts = pd.DataFrame(payload["restarts"])
         self.train_params = payload["train_params"]
+        panel = payload.get("panel")  # files of 0.1.x have none: their panel is rho
+        if panel:
+            self.panel = pd.DataFrame(panel["rho"], index=pd.Index(panel["genes"], name="gene"),
+                                      columns=panel["cell_types"])
+            self.panel_name = panel["name"]
+        self.reference = payload.get("reference")
+        self.path, self._file_version = path, str(payload.get("version", ""))
         # predict with the fused CPU kernel where it was built, unless the fit asked for the plain path
         module.fused = self.train_params.get("fuse") != "off" and kernels.unavailable_reason() is None
         return self
+
+    _file_version = ""  # the version that wrote the file it was loaded from
 
     def __repr__(self) -> str:
         state = "trained" if self.module is not None else "not trained"
         return (f"CellAssign({len(self.genes)} marker genes x {len(self.cell_types)} types, "
                 f"{len(self.design_columns)} covariate columns, {state})")
 
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -132,8 +132,11 @@ def _combination(coef: np.ndarray, names: list[str]) -> str:
     return out[2:] if out.startswith("+ ") else "-" + out[2:] if out.startswith("- ") else out
 
 
-def apply_design(obs: pd.DataFrame, spec: DesignSpec, source: str | Path | None = None) -> pd.DataFrame:
-    """Rebuild the design matrix of ``spec`` for (possibly new) cells."""
+def apply_design(obs: pd.DataFrame, spec: DesignSpec, source: str | Path | None = None,
+                 unseen: str = "error") -> pd.DataFrame:
+    """Rebuild the design matrix of ``spec`` for (possibly new) cells. A level of a categorical
+    covariate that ``spec`` has not seen is an error, or with ``unseen="reference"`` one warning
+    naming it, its cells coded as the reference (first) level."""
     from formulaic import model_matrix
 
     if not spec.formula:
@@ -142,9 +145,16 @@ def apply_design(obs: pd.DataFrame, spec: DesignSpec, source: str | Path | None 
     for v, levels in spec.levels.items():
         values = obs[v].astype(str)
         unknown = sorted(set(values) - set(levels))
-        if unknown:
+        if unknown and unseen != "reference":
             raise InputError(source, f"covariate '{v}' has levels not seen in training: {', '.join(unknown[:5])}",
                              "Predict on cells from the levels the model was trained on.")
+        if unknown:
+            used = not spec.columns or any(c == v or c.startswith(f"{v}[") for c in spec.columns)
+            if used:  # a covariate the model dropped (constant in its cells) changes nothing
+                log.warning("covariate '%s' has level(s) the model was not fitted on: %s; their %d cells are "
+                            "scored at the reference level '%s' (refit the batch to estimate them: --refit batch)",
+                            v, ", ".join(unknown[:5]), int(values.isin(unknown).sum()), levels[0])
+            values = values.where(~values.isin(unknown), levels[0])
         df[v] = pd.Categorical(values, categories=levels)
     for v, mean in spec.means.items():
         df[v] = (obs[v].astype(float) - mean) / spec.sds[v]

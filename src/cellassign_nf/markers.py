@@ -137,6 +137,37 @@ def resolve_markers(value: str | Path) -> Path:
                      "Check the --markers path, or see 'cellassign-nf markers list'.")
 
 
+def panel_name(markers: str | Path | None) -> str:
+    """A panel's name in model files and reports: a bundled panel's name, else the file's name."""
+    if markers is None:
+        return ""
+    path = Path(markers)
+    bundled = bundled_panels()
+    if str(markers) in bundled or (path.parent.resolve() == PANELS_DIR.resolve() and path.stem in bundled):
+        return path.stem
+    return path.name
+
+
+def panel_differences(given: pd.DataFrame, saved: pd.DataFrame) -> list[str]:
+    """How two panels (genes x types) differ, one phrase per difference (empty: the same types
+    with the same marker genes; an ``other`` type without markers is ignored)."""
+    def by_type(rho: pd.DataFrame) -> dict[str, set[str]]:
+        return {str(c): {str(g) for g in rho.index[rho[c] > 0]} for c in rho.columns
+                if not (c == OTHER and rho[c].sum() == 0)}
+
+    a, b = by_type(given), by_type(saved)
+    out = []
+    if set(a) - set(b):
+        out.append(f"types not in the model: {', '.join(sorted(set(a) - set(b)))}")
+    if set(b) - set(a):
+        out.append(f"model types not in --markers: {', '.join(sorted(set(b) - set(a)))}")
+    for t in [t for t in b if t in a and a[t] != b[t]]:
+        extra, lacking = sorted(a[t] - b[t]), sorted(b[t] - a[t])
+        out.append(f"{t}: " + "; ".join(([f"+{', '.join(extra[:5])}"] if extra else [])
+                                       + ([f"-{', '.join(lacking[:5])}"] if lacking else [])))
+    return out
+
+
 def panel_header(path: str | Path) -> list[str]:
     """The leading ``#`` comment lines of a panel file (its origin and licence), without the ``#``."""
     lines = []

@@ -210,7 +210,7 @@ class CellAssignModule(nn.Module):
                 self.zero_grad(set_to_none=True)
                 out = self.log_likelihood(x, log_s, D)
                 out.sum().backward()
-                grads.append((out.detach(), self.beta0.grad.clone(), self.log_a.grad.clone()))
+                grads.append((out.detach(), *(p.grad.clone() for p in (self.beta0, self.log_a) if p.requires_grad)))
             self.zero_grad(set_to_none=True)
             ok = all(torch.allclose(p, f, rtol=1e-3, atol=1e-3 * float(p.abs().max()) + 1e-6)
                      for p, f in zip(grads[0], grads[1]))
@@ -223,6 +223,20 @@ class CellAssignModule(nn.Module):
             self.zero_grad(set_to_none=True)
             self.fused = False
         return self.fused
+
+    # what defines the cell types: held fixed when a saved model is refitted to a new batch
+    TYPE_PARAMETERS = ("delta_log", "delta_log_mean", "delta_log_log_variance", "log_a")
+
+    @torch.no_grad()
+    def hold_types_fixed_(self, source: CellAssignModule) -> None:
+        """Take delta (with its prior) and the dispersion weights a from ``source`` and hold them
+        fixed; start pi from ``source``'s. beta0 and beta stay free: the batch refit of
+        docs/model.md section 8."""
+        for name in self.TYPE_PARAMETERS:
+            param = getattr(self, name)
+            param.copy_(getattr(source, name))
+            param.requires_grad_(False)
+        self.theta_logit.copy_(source.theta_logit)
 
     @torch.no_grad()
     def clamp_(self) -> None:

@@ -110,6 +110,16 @@ class TrainSettings:
 
 
 @dataclass
+class RefitSettings:
+    """How a saved model annotates new cells (``cellassign-nf predict``, docs/model.md section 8)."""
+
+    refit: str = option("batch", "batch: refit what belongs to the batch (baseline beta0, covariate effects beta, "
+                                 "proportions pi) on these cells, holding what defines the types (delta, the "
+                                 "dispersion) fixed; none: predict with the model exactly as saved.",
+                        choices=("batch", "none"))
+
+
+@dataclass
 class AnnotateSettings:
     """How probabilities become labels."""
 

@@ -131,7 +131,7 @@ def _fit_one(module: CellAssignModule, data: ModelData, train_idx: torch.Tensor,
     n_train = train_idx.numel()
     batch_size = min(settings.batch_size, n_train)
     graphed = use_cuda_graph(settings, train_idx.device)
-    optimizer = Adam(module.parameters(), lr=settings.lr)
+    optimizer = Adam([p for p in module.parameters() if p.requires_grad], lr=settings.lr)  # not what is held fixed
     # halve the step size when the monitored likelihood stalls: big steps early, fine ones late
     scheduler = ReduceOnPlateau(optimizer, factor=0.5, patience=max(1, settings.patience // 3),
                                 threshold=settings.rel_tol)
