@@ -13,7 +13,7 @@ from .cli_diagnostics import diagnostic_options, echo_summary, thresholds_of
 from .errors import InputError
 from .cli_options import options_of, settings_of
 from .keys import OTHER, SIZE_FACTOR_KEY
-from .settings import AnnotateSettings, ModelSettings, QCThresholds, TrainSettings
+from .settings import AnnotateSettings, ModelSettings, QCThresholds, RefitSettings, TrainSettings
 
 log = logging.getLogger("cellassign_nf")
 
@@ -237,9 +237,11 @@ def design(input, output, covariates, formula):
 @click.option("--size-factors", "size_factors_path", default=None, type=click.Path(),
               help="Size factors TSV of `cellassign-nf size-factors` (default: the obs column, else from all genes).")
 @click.option("--layer", default=None, help="Layer holding raw counts; X (the default) is the main matrix.")
+@click.option("--model-info", "info_out", default=None, type=click.Path(),
+              help="Write the model's description (file, sha256, panel, types) as JSON, for `annotate --model-info`.")
 @click.pass_context
 def train(ctx, input, markers, output, history, probabilities, design_path, size_factors_path, size_factor_key,
-          layer, other, **kw):
+          layer, other, info_out, **kw):
     """Fit CellAssign by minibatch EM (CPU or GPU).
 
     \b
@@ -251,7 +253,68 @@ def train(ctx, input, markers, output, history, probabilities, design_path, size
 
     steps.train(input, markers, output, history, probabilities, design_path=design_path,
                 size_factors_path=size_factors_path, size_factor_key=size_factor_key, layer=layer, other=other,
-                model_settings=settings_of(ModelSettings, kw), settings=_settings(ctx, kw))
+                model_settings=settings_of(ModelSettings, kw), settings=_settings(ctx, kw), info_out=info_out)
+
+
+@main.command()
+@click.argument("input", type=click.Path())
+@click.option("--model", "model_path", required=True, type=click.Path(),
+              help="A saved model (.model.pt of `cellassign-nf train`, an earlier run or CellAssign.save).")
+@options_of(RefitSettings)
+@click.option("--markers", "-m", default=None, type=click.Path(),
+              help="Optional: refuse to run unless this panel is the model's own (the model's panel is used).")
+@click.option("--output", "-o", required=True, type=click.Path(), help="The model used: refitted, or as saved.")
+@click.option("--history", required=True, type=click.Path(), help="History TSV of the refit (as saved: of the fit).")
+@click.option("--probabilities", required=True, type=click.Path(), help="Probabilities TSV (cells x types).")
+@click.option("--model-info", "info_out", default=None, type=click.Path(),
+              help="Write which model was used and how (JSON), for `annotate --model-info`.")
+@click.option("--design", "design_path", default=None, type=click.Path(),
+              help="Design matrix TSV of these cells for the refit (default: the model's covariates rebuilt).")
+@click.option("--size-factors", "size_factors_path", default=None, type=click.Path(),
+              help="Size factors TSV of `cellassign-nf size-factors` (default: the obs column, else from all genes).")
+@click.option("--size-factor-key", default=SIZE_FACTOR_KEY, help="obs column with size factors.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for PyTorch (default: all cores; set to the task's CPUs in pipelines).")
+@options_of(ModelSettings, TrainSettings, exclude=("min_delta", "n_restarts"))
+@click.pass_context
+def predict(ctx, input, model_path, markers, output, history, probabilities, info_out, design_path,
+            size_factors_path, size_factor_key, **kw):
+    """Annotate new cells with a saved model: the same cell types, batch after batch.
+
+    By default (--refit batch) what defines the types is kept (the over-expression delta, the
+    dispersion) and what belongs to the batch is refitted on INPUT by the same EM: the per-gene
+    baseline beta0, the covariate effects and the proportions. --refit none predicts with the
+    model exactly as saved. Write the same files as `train`; annotate them with `annotate`.
+
+    \b
+    Example:
+      cellassign-nf predict s9.qc.h5ad --model reference.model.pt --size-factors s9.size_factors.tsv \\
+          -o s9.model.pt --history s9.history.tsv --probabilities s9.probabilities.tsv --model-info s9.model_info.json
+    """
+    from . import steps
+
+    steps.predict(input, model_path, output, history, probabilities, info_out=info_out, design_path=design_path,
+                  size_factors_path=size_factors_path, size_factor_key=size_factor_key, markers=markers,
+                  refit=settings_of(RefitSettings, kw), model_settings=settings_of(ModelSettings, kw),
+                  settings=_settings(ctx, kw))
+
+
+@main.command("check-model")
+@click.argument("model", type=click.Path())
+@click.option("--markers", "-m", default=None, type=click.Path(),
+              help="Refuse these markers unless they are the model's panel.")
+@click.option("--panel", "-o", "panel_out", required=True, type=click.Path(),
+              help="Write the model's panel here (TSV genes x types), for `diagnose` and `report`.")
+def check_model_cmd(model, markers, panel_out):
+    """Check a saved model file (and --markers against its panel); write its panel.
+
+    \b
+    Example:
+      cellassign-nf check-model reference.model.pt --panel reference.panel.tsv
+    """
+    from . import steps
+
+    steps.check_model(model, panel_out, markers)
 
 
 @main.command()
@@ -261,9 +324,11 @@ def train(ctx, input, markers, output, history, probabilities, design_path, size
 @click.option("--predictions", required=True, type=click.Path(), help="Predictions TSV.")
 @click.option("--size-factors", "size_factors_path", default=None, type=click.Path(),
               help=f"Size factors TSV of `cellassign-nf size-factors`, kept in obs['{SIZE_FACTOR_KEY}'].")
+@click.option("--model-info", "model_info_path", default=None, type=click.Path(),
+              help="The model's description of `train` or `predict` (--model-info), kept in uns.")
 @options_of(AnnotateSettings)
 @click.option("--sample", default=None, help="Take rows SAMPLE:BARCODE of cohort probabilities and size factors.")
-def annotate(input, probabilities, output, predictions, size_factors_path, sample, **kw):
+def annotate(input, probabilities, output, predictions, size_factors_path, model_info_path, sample, **kw):
     """Add cell types and probabilities to an h5ad (a copy of INPUT with new obs columns).
 
     \b
@@ -274,7 +339,7 @@ def annotate(input, probabilities, output, predictions, size_factors_path, sampl
     from . import steps
 
     adata = steps.annotate(input, probabilities, output, predictions, settings_of(AnnotateSettings, kw), sample=sample,
-                           size_factors_path=size_factors_path)
+                           size_factors_path=size_factors_path, model_info_path=model_info_path)
     _print_summary(adata, [output, predictions])
 
 
@@ -296,7 +361,7 @@ def run(ctx, input, markers, outdir, sample, covariates, formula, size_factor_ke
     """All steps for one input: QC, size factors, design, train, annotate, marker diagnostics, report.
 
     Writes what the pipeline writes for one sample: in OUTDIR, NAME.annotated.h5ad,
-    NAME.predictions.tsv, NAME.model.pt, NAME.history.tsv, NAME.probabilities.tsv,
+    NAME.predictions.tsv, NAME.model.pt, NAME.model_info.json, NAME.history.tsv, NAME.probabilities.tsv,
     NAME.design.tsv, NAME.qc_metrics.tsv, NAME.qc_summary.json, NAME.marker_diagnostics.tsv,
     NAME.marker_specificity.tsv, and the report in OUTDIR/report/ (NAME.report.html, figures,
     MultiQC files; --no-report skips it).
@@ -318,6 +383,7 @@ def run(ctx, input, markers, outdir, sample, covariates, formula, size_factor_ke
         "summary": out / f"{sample}.qc_summary.json", "sf": out / f"{sample}.size_factors.tsv",
         "design": out / f"{sample}.design.tsv", "model": out / f"{sample}.model.pt",
         "history": out / f"{sample}.history.tsv", "probabilities": out / f"{sample}.probabilities.tsv",
+        "info": out / f"{sample}.model_info.json",
         "annotated": out / f"{sample}.annotated.h5ad", "predictions": out / f"{sample}.predictions.tsv",
         "diagnostics": out / f"{sample}.marker_diagnostics.tsv",
         "specificity": out / f"{sample}.marker_specificity.tsv",
@@ -328,14 +394,15 @@ def run(ctx, input, markers, outdir, sample, covariates, formula, size_factor_ke
     steps.design(paths["qc"], paths["design"], _covariates(covariates), formula)
     steps.train(paths["qc"], markers, paths["model"], paths["history"], paths["probabilities"],
                 design_path=paths["design"], size_factors_path=paths["sf"], size_factor_key=size_factor_key,
-                other=other, model_settings=settings_of(ModelSettings, kw), settings=settings)
+                other=other, model_settings=settings_of(ModelSettings, kw), settings=settings, info_out=paths["info"])
     adata = steps.annotate(paths["qc"], paths["probabilities"], paths["annotated"], paths["predictions"],
-                           settings_of(AnnotateSettings, kw), size_factors_path=paths["sf"])
+                           settings_of(AnnotateSettings, kw), size_factors_path=paths["sf"],
+                           model_info_path=paths["info"])
     diagnostics = steps.diagnose(paths["annotated"], markers, paths["diagnostics"], paths["specificity"],
                                  thresholds=thresholds_of(kw))
     for tmp in ("qc", "sf"):
         paths[tmp].unlink()
-    outputs = [paths[k] for k in ("annotated", "predictions", "model", "history", "probabilities", "design",
+    outputs = [paths[k] for k in ("annotated", "predictions", "model", "info", "history", "probabilities", "design",
                                   "metrics", "summary", "diagnostics", "specificity")]
     if not no_report:
         from .report import make_report

@@ -29,13 +29,15 @@ from .io import (
     read_h5ad_parts, read_obs, read_table, write_h5ad, write_table,
 )
 from .keys import (
-    CELLTYPE_KEY, INPUT_INFO_KEY, PROB_KEY, PROBS_KEY, QC_WARNINGS_KEY, SAMPLE_KEY, SIZE_FACTOR_KEY, UNASSIGNED,
-    UNS_KEY,
+    CELLTYPE_KEY, INPUT_INFO_KEY, MODEL_INFO_KEY, PROB_KEY, PROBS_KEY, QC_WARNINGS_KEY, SAMPLE_KEY, SIZE_FACTOR_KEY,
+    UNASSIGNED, UNS_KEY,
 )
-from .markers import MarkerMatch, load_panel
+from .markers import MarkerMatch, load_panel, panel_differences, read_markers
 from .progress import stage_progress
 from .qc import filter_cells, metrics_table
-from .settings import AnnotateSettings, DiagnosticThresholds, ModelSettings, QCThresholds, TrainSettings
+from .settings import (
+    AnnotateSettings, DiagnosticThresholds, ModelSettings, QCThresholds, RefitSettings, TrainSettings,
+)
 from .size_factors import compute_size_factors, warn_zero
 
 if TYPE_CHECKING:
@@ -162,8 +164,9 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
           probabilities_out: str | Path, design_path: str | Path | None = None,
           size_factor_key: str = SIZE_FACTOR_KEY, layer: str | None = None, other: bool = False,
           model_settings: ModelSettings | None = None, settings: TrainSettings | None = None,
-          size_factors_path: str | Path | None = None) -> CellAssign:
-    """Fit CellAssign; write the model file, training history and probabilities. Returns the model.
+          size_factors_path: str | Path | None = None, info_out: str | Path | None = None) -> CellAssign:
+    """Fit CellAssign; write the model file, training history and probabilities (and, with
+    ``info_out``, the model's description for ``annotate``). Returns the model.
 
     Only the marker genes are read (the main matrix, block by block; all of a ``layer``). Size
     factors: the table ``size_factors_path``, else ``obs[size_factor_key]``, else computed from
@@ -203,7 +206,92 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
     model.save(model_out)
     write_table(model.history, history_out, index_label=None)
     write_table(probabilities, probabilities_out)
+    if info_out is not None:
+        write_json(model_info(model, None, model.train_params["n_cells"]), info_out)
     return model
+
+
+def model_info(model: CellAssign, refit: str | None, n_cells: int, epochs: int | None = None) -> dict:
+    """Which model made the labels and how (``uns[UNS_KEY][MODEL_INFO_KEY]`` of the annotated h5ad):
+    its description (file, sha256, version, panel, types) and ``use``: trained on these cells
+    (``refit`` None), or a saved model reused with ``refit`` batch or none."""
+    use = {None: f"trained on these {n_cells} cells",
+           "batch": f"saved model reused: baseline beta0, covariate effects beta and proportions pi refitted on these "
+                    f"{n_cells} cells ({epochs} epochs); delta and the dispersion as saved",
+           "none": f"saved model reused as saved (--refit none) on these {n_cells} cells"}[refit]
+    return {**model.describe(), "use": use, "refit": refit or ""}
+
+
+def load_model(path: str | Path, markers: str | Path | None = None) -> CellAssign:
+    """Read a saved model; with ``markers``, check that they are the model's panel (one error line
+    naming the differences otherwise)."""
+    from .api import CellAssign
+
+    model = CellAssign.load(path)
+    if markers is not None:
+        differences = panel_differences(read_markers(markers), model.panel)
+        if differences:
+            raise InputError(markers, f"is not the panel of the model {Path(path).name} ({'; '.join(differences)})",
+                             "Leave --markers out to use the model's own panel, or give the panel the model was "
+                             "trained with.")
+    return model
+
+
+def check_model(model: str | Path, panel_out: str | Path, markers: str | Path | None = None) -> CellAssign:
+    """Check a saved model file (and ``markers`` against its panel); write its panel as a marker
+    table (genes x types) for the steps that read a panel."""
+    loaded = load_model(model, markers)
+    write_table(loaded.panel.astype(int), panel_out)
+    log.info("model %s: %d cell types, %d marker genes, panel %s", Path(model).name, len(loaded.cell_types),
+             len(loaded.genes), loaded.panel_name or "(unnamed)")
+    return loaded
+
+
+def predict(input: str | Path, model: str | Path, model_out: str | Path, history_out: str | Path,
+            probabilities_out: str | Path, info_out: str | Path | None = None, design_path: str | Path | None = None,
+            size_factors_path: str | Path | None = None, size_factor_key: str = SIZE_FACTOR_KEY,
+            markers: str | Path | None = None, refit: RefitSettings | None = None,
+            model_settings: ModelSettings | None = None, settings: TrainSettings | None = None) -> CellAssign:
+    """Annotate with a saved model (docs/model.md section 8): refit the batch (beta0, beta, pi;
+    delta and the dispersion fixed) or, with ``refit="none"``, predict as saved. Writes what
+    ``train`` writes: the model used (refitted, or the saved one), its history, the probabilities
+    and the model's description. Reads only the marker genes."""
+    mode = (refit or RefitSettings()).refit
+    saved = load_model(model, markers)
+    backed = open_h5ad(input)
+    try:
+        if mode == "batch":
+            from .api import require_cells_to_fit
+
+            require_cells_to_fit(backed.n_obs, model_settings or ModelSettings(), input)
+        genes = list(saved.match(backed, input).rho.index)  # every marker gene of the model, or one error
+    finally:
+        backed.file.close()
+    adata = read_h5ad(input, genes=genes)
+    if size_factors_path is not None:
+        adata.obs[size_factor_key] = read_size_factors(size_factors_path, adata.obs_names)
+    elif size_factor_key not in adata.obs:
+        adata.obs[size_factor_key] = compute_size_factors(adata)
+    settings = settings or TrainSettings()
+    if mode == "batch":
+        design_matrix = read_design(design_path, adata.obs_names) if design_path else None
+        used = saved.refit(adata, design=design_matrix, size_factor_key=size_factor_key, settings=settings)
+        probabilities = used.predict(device=settings.device)
+        epochs = int(used.history["epoch"].max()) if len(used.history) else 0
+    else:
+        if design_path:
+            log.info("--refit none: the design is the model's own (%s), rebuilt from the cells' obs; %s is not used",
+                     saved.design_spec.formula or "no covariates", design_path)
+        saved.size_factor_key = size_factor_key
+        probabilities = saved.predict(adata, device=settings.device, unseen_levels="reference")
+        used, epochs = saved, None
+    info = model_info(saved, mode, len(probabilities), epochs)  # the saved model's file, before any save
+    used.save(model_out)
+    write_table(used.history, history_out, index_label=None)
+    write_table(probabilities, probabilities_out)
+    if info_out is not None:
+        write_json(info, info_out)
+    return used
 
 
 def _check_before_training(adata: ad.AnnData, match: MarkerMatch) -> None:
@@ -219,10 +307,10 @@ def _check_before_training(adata: ad.AnnData, match: MarkerMatch) -> None:
 
 def annotate(input: str | Path, probabilities: str | Path, output: str | Path, predictions: str | Path,
              settings: AnnotateSettings | None = None, sample: str | None = None,
-             size_factors_path: str | Path | None = None) -> ad.AnnData:
-    """Add labels and probabilities (and size factors, when given) to the h5ad; write it and a
-    predictions TSV. The h5ad's matrices are copied as they are, never read. Returns the cells'
-    annotations (an AnnData of ``obs`` only)."""
+             size_factors_path: str | Path | None = None, model_info_path: str | Path | None = None) -> ad.AnnData:
+    """Add labels and probabilities (and size factors, and the model's description of ``train``
+    or ``predict``, when given) to the h5ad; write it and a predictions TSV. The h5ad's matrices
+    are copied as they are, never read. Returns the cells' annotations (an AnnData of ``obs`` only)."""
     from .labels import assign_labels
 
     min_prob = (settings or AnnotateSettings()).min_prob
@@ -242,10 +330,24 @@ def annotate(input: str | Path, probabilities: str | Path, output: str | Path, p
         obs[SIZE_FACTOR_KEY] = read_size_factors(size_factors_path, obs.index, sample=sample)
     obs[CELLTYPE_KEY] = labels[CELLTYPE_KEY]
     obs[PROB_KEY] = labels[PROB_KEY]
-    copy_h5ad_with(input, output, obs, obsm={PROBS_KEY: probs},
-                   uns={UNS_KEY: {"cell_types": list(probs.columns), "min_prob": float(min_prob)}})
+    info = {"cell_types": list(probs.columns), "min_prob": float(min_prob)}
+    if model_info_path is not None:
+        info[MODEL_INFO_KEY] = _read_model_info(model_info_path)
+    copy_h5ad_with(input, output, obs, obsm={PROBS_KEY: probs}, uns={UNS_KEY: info})
     write_table(pd.concat([labels, probs], axis=1), predictions)
     return ad.AnnData(obs=obs)
+
+
+def _read_model_info(path: str | Path) -> dict:
+    try:
+        info = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"cannot be read as a model description ({type(exc).__name__})",
+                         "Give the --model-info JSON written by 'cellassign-nf train' or 'predict'.") from exc
+    if not isinstance(info, dict) or "sha256" not in info:
+        raise InputError(path, "is not a model description", "Give the --model-info JSON written by "
+                         "'cellassign-nf train' or 'predict'.")
+    return info
 
 
 def celltype_summary(adata: ad.AnnData) -> pd.DataFrame:

@@ -89,7 +89,7 @@ def build_sections(inp: ReportInputs, sink: FigureSink, versions: Mapping[str, s
     sections = [celltypes_section(inp, sink), probability_section(inp, sink)]
     sections += [markers_section(inp, sink, normalise(inp.adata)), umap_section(inp, sink, umap, umap_max_cells)]
     sections += [training_section(inp, sink), delta_section(inp, sink), qc_section(inp, sink),
-                 parameters_section(inp), versions_section(versions)]
+                 model_section(inp), parameters_section(inp), versions_section(versions)]
     if inp.diagnostics is not None:  # first when it warns, else after the marker dot plot
         after_markers = [sec.id for sec in sections].index("markers") + 1
         sections.insert(0 if inp.summary.marker_warnings else after_markers, diagnostics_section(inp, sink))
@@ -251,6 +251,33 @@ def qc_section(inp: ReportInputs, sink: FigureSink) -> _Section:
                  "Distribution of size factors (log scale); dotted line: median.")
     else:
         s.notes.append(f"obs['{SIZE_FACTOR_KEY}'] is not in the annotated data; no size-factor plot.")
+    return s
+
+
+# the rows of the model table: key of uns[UNS_KEY][MODEL_INFO_KEY] (api.CellAssign.describe, steps.model_info) -> row name
+MODEL_ROWS = {"use": "how it made these labels", "file": "model file", "sha256": "SHA-256 of the file",
+              "version": "written by cellassign-nf", "panel": "panel", "cell_types": "cell types",
+              "marker_genes": "marker genes", "covariates": "covariate columns", "fitted_cells": "cells it was fitted on"}
+
+
+def model_section(inp: ReportInputs) -> _Section:
+    """Which model made the labels (trained here, or a saved one reused) and how."""
+    from ..keys import MODEL_INFO_KEY, UNS_KEY
+
+    s = _Section("model", "Model")
+    info = dict(inp.adata.uns.get(UNS_KEY, {}).get(MODEL_INFO_KEY, {}) or {})
+    if not info:
+        s.notes.append("The annotated data do not say which model made the labels (annotate --model-info).")
+        return s
+
+    def text(value: Any) -> str:
+        values = list(value) if isinstance(value, (list, tuple, np.ndarray)) else None
+        return (", ".join(map(str, values)) or "none") if values is not None else str(value)
+
+    s.tables.append(_table(["model", "value"], [[name, text(info[k])] for k, name in MODEL_ROWS.items() if k in info]))
+    if info.get("refit"):
+        s.notes.append("A saved model was reused: its cell types are the same in every batch it annotates "
+                       "(the same file, by its SHA-256).")
     return s
 
 
