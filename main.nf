@@ -4,6 +4,7 @@
  *
  *   scripts/nextflow run . --input samplesheet.csv --markers markers.csv --outdir results
  *   scripts/nextflow run . -profile test --outdir results
+ *   scripts/nextflow run . --input new_batch.csv --model results/sample1/sample1.model.pt --outdir results_new
  *
  * Every step is one `cellassign-nf` subcommand (docs/steps.md); docs/pipeline.md
  * describes the parameters, profiles and outputs.
@@ -20,11 +21,12 @@ if (params.help) {
 }
 
 workflow {
-    PIPELINE_INITIALISATION(params.input, params.markers)
+    PIPELINE_INITIALISATION(params.input, params.markers ?: '')
 
     CELLASSIGN(
         PIPELINE_INITIALISATION.out.samples,
         PIPELINE_INITIALISATION.out.markers,
+        PIPELINE_INITIALISATION.out.model,
         PIPELINE_INITIALISATION.out.params_json,
     )
 }

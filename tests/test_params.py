@@ -1,7 +1,8 @@
 """The pipeline's parameters against the `cellassign-nf` options they are passed to: each default
 is defined once, in the Python (the click options of the CLI), and its copies cannot drift.
 
-A parameter whose nextflow_schema.json entry has a "step" is passed to that subcommand by name
+A parameter whose nextflow_schema.json entry has a "step" (a subcommand, or a list of them: the
+training options go to `train` and to `predict`'s refit) is passed to that subcommand by name
 (param foo_bar is --foo-bar VALUE): conf/modules.config calls `cliOptions('STEP')` in the process
 that runs it; a few reach their step under another name (DESIGN and REPORT below).
 For every one of them the default of nextflow.config (as `nextflow config` resolves it), the
@@ -53,8 +54,8 @@ def passed_params() -> list[tuple[str, str, str]]:
     subcommand: the schema's parameters of each step named in a process's `cliOptions('STEP')`."""
     steps: dict[str, list[str]] = {}
     for name, spec in _schema().items():
-        if "step" in spec:
-            steps.setdefault(spec["step"], []).append(name)
+        for step in [spec["step"]] if isinstance(spec.get("step"), str) else spec.get("step", []):
+            steps.setdefault(step, []).append(name)
     found = []
     for process, body in _modules_config_blocks().items():
         sub = _subcommand(process)
@@ -116,7 +117,7 @@ def _same(a, b) -> bool:
 
 def test_modules_config_passes_the_parameters_of_every_cellassign_step():
     passed = passed_params()
-    assert {p for p, _, _ in passed} >= {"QC", "DESIGN", "TRAIN", "ANNOTATE", "REPORT"}, passed
+    assert {p for p, _, _ in passed} >= {"QC", "DESIGN", "TRAIN", "PREDICT", "ANNOTATE", "REPORT"}, passed
     assert all(sub for _, sub, _ in passed), f"a parameter is passed to a process that calls no cellassign-nf: {passed}"
     blocks = _modules_config_blocks()
     for (process, param), option in RENAMED.items():

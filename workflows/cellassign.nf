@@ -1,6 +1,10 @@
 /*
  * CELLASSIGN: QC -> size factors -> design -> train -> annotate -> diagnose -> report -> MultiQC.
  *
+ * With --model, a saved model replaces the training: CHECK_MODEL checks it once (and --markers
+ * against its panel), and PREDICT annotates every sample (or the cohort) with it, refitting the
+ * batch's baseline (--refit batch) or as saved (--refit none). The later steps are the same.
+ *
  * per_sample mode: every sample flows on its own (one model per sample); only
  *                  CELLTYPE_COUNTS and MULTIQC wait for all samples.
  * cohort mode:     the QC'd samples are merged, one model is fitted over all of them
@@ -17,6 +21,8 @@ include { MERGE           } from '../modules/local/merge/main'
 include { SIZE_FACTORS    } from '../modules/local/size_factors/main'
 include { DESIGN          } from '../modules/local/design/main'
 include { TRAIN           } from '../modules/local/train/main'
+include { CHECK_MODEL     } from '../modules/local/check_model/main'
+include { PREDICT         } from '../modules/local/predict/main'
 include { ANNOTATE        } from '../modules/local/annotate/main'
 include { DIAGNOSE        } from '../modules/local/diagnose/main'
 include { REPORT          } from '../modules/local/report/main'
@@ -122,7 +128,8 @@ def sampleStatusMultiqc(List<Map> rows) {
 workflow CELLASSIGN {
     take:
     ch_samples      // channel: [meta, counts]
-    ch_markers      // value channel: markers file
+    ch_markers      // value channel: markers file, or [] (--model without --markers)
+    ch_model        // value channel: the --model file, or [] (train)
     ch_params_json  // value channel: JSON text of the parameters, for the reports
 
     main:
@@ -155,29 +162,40 @@ workflow CELLASSIGN {
     ch_versions = ch_versions.mix(DESIGN.out.versions)
 
     // the joins by sample leave out a sample that one side lacks: it was set aside by that step
-    TRAIN(
-        ch_model_input
-            .join(SIZE_FACTORS.out.tsv, failOnDuplicate: true)
-            .join(DESIGN.out.design, failOnDuplicate: true),
-        ch_markers
-    )
-    ch_versions = ch_versions.mix(TRAIN.out.versions)
+    ch_fit_input = ch_model_input
+        .join(SIZE_FACTORS.out.tsv, failOnDuplicate: true)
+        .join(DESIGN.out.design, failOnDuplicate: true)
+    def fitted  // TRAIN.out or PREDICT.out: the same outputs
+    if (params.model) {
+        // a saved model: checked once; its panel is what the diagnostics and reports read
+        CHECK_MODEL(ch_model, ch_markers)
+        ch_versions = ch_versions.mix(CHECK_MODEL.out.versions)
+        ch_markers = CHECK_MODEL.out.panel
+        PREDICT(ch_fit_input, ch_model)
+        fitted = PREDICT.out
+    } else {
+        TRAIN(ch_fit_input, ch_markers)
+        fitted = TRAIN.out
+    }
+    ch_versions = ch_versions.mix(fitted.versions)
 
     if (params.mode == 'cohort') {
         // every sample: its own cells, the cohort's size factors, probabilities, history and model
         ch_cohort_fit = SIZE_FACTORS.out.tsv
-            .join(TRAIN.out.probabilities)
-            .join(TRAIN.out.history)
-            .join(TRAIN.out.model)
-            .map { _meta, size_factors, probabilities, history, model -> [size_factors, probabilities, history, model] }
+            .join(fitted.probabilities)
+            .join(fitted.info)
+            .join(fitted.history)
+            .join(fitted.model)
+            .map { _meta, size_factors, probabilities, info, history, model -> [size_factors, probabilities, info, history, model] }
         ch_per_sample = QC.out.h5ad.combine(ch_cohort_fit)
-        ch_annotate_input = ch_per_sample.map { meta, h5ad, size_factors, probabilities, _history, _model -> [meta, h5ad, size_factors, probabilities] }
-        ch_fit = ch_per_sample.map { meta, _h5ad, _size_factors, _probabilities, history, model -> [meta, history, model] }
+        ch_annotate_input = ch_per_sample.map { meta, h5ad, size_factors, probabilities, info, _history, _model -> [meta, h5ad, size_factors, probabilities, info] }
+        ch_fit = ch_per_sample.map { meta, _h5ad, _size_factors, _probabilities, _info, history, model -> [meta, history, model] }
     } else {
         ch_annotate_input = QC.out.h5ad
             .join(SIZE_FACTORS.out.tsv, failOnDuplicate: true)
-            .join(TRAIN.out.probabilities, failOnDuplicate: true)
-        ch_fit = TRAIN.out.history.join(TRAIN.out.model, failOnDuplicate: true)
+            .join(fitted.probabilities, failOnDuplicate: true)
+            .join(fitted.info, failOnDuplicate: true)
+        ch_fit = fitted.history.join(fitted.model, failOnDuplicate: true)
     }
 
     ANNOTATE(ch_annotate_input)
@@ -234,7 +252,7 @@ workflow CELLASSIGN {
     emit:
     annotated       = ANNOTATE.out.h5ad
     predictions     = ANNOTATE.out.predictions
-    model           = TRAIN.out.model
+    model           = fitted.model
     celltype_counts = CELLTYPE_COUNTS.out.tsv
     multiqc_report  = ch_multiqc_report
 }

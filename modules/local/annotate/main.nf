@@ -4,7 +4,7 @@ process ANNOTATE {
     errorStrategy { SetAside.strategy(task, meta) }  // lib/SetAside.groovy
 
     input:
-    tuple val(meta), path(h5ad, stageAs: 'input/*'), path(size_factors), path(probabilities)
+    tuple val(meta), path(h5ad, stageAs: 'input/*'), path(size_factors), path(probabilities), path(model_info)
 
     output:
     tuple val(meta), path("${prefix}.annotated.h5ad") , emit: h5ad
@@ -23,6 +23,7 @@ process ANNOTATE {
         ${h5ad} \\
         --probabilities ${probabilities} \\
         --size-factors ${size_factors} \\
+        --model-info ${model_info} \\
         -o ${prefix}.annotated.h5ad \\
         --predictions ${prefix}.predictions.tsv \\
         ${args}

@@ -12,6 +12,7 @@ process TRAIN {
     tuple val(meta), path("${prefix}.model.pt")         , emit: model
     tuple val(meta), path("${prefix}.history.tsv")      , emit: history
     tuple val(meta), path("${prefix}.probabilities.tsv"), emit: probabilities
+    tuple val(meta), path("${prefix}.model_info.json")  , emit: info
     path "versions.yml"                                 , emit: versions
 
     when:
@@ -32,6 +33,7 @@ process TRAIN {
         -o ${prefix}.model.pt \\
         --history ${prefix}.history.tsv \\
         --probabilities ${prefix}.probabilities.tsv \\
+        --model-info ${prefix}.model_info.json \\
         --threads ${task.cpus} \\
         ${args}
 
@@ -44,7 +46,7 @@ process TRAIN {
     stub:
     prefix = task.ext.prefix ?: "${meta.id}"
     """
-    touch ${prefix}.model.pt ${prefix}.history.tsv ${prefix}.probabilities.tsv
+    touch ${prefix}.model.pt ${prefix}.history.tsv ${prefix}.probabilities.tsv ${prefix}.model_info.json
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":

@@ -149,11 +149,20 @@ def validateParameters(Map params, Map schema) {
     if (params.design_formula && !params.design_formula.toString().trim().startsWith('~')) {
         error("Parameter --design_formula: '${params.design_formula}' is not a formula. Give one that starts with '~', e.g. --design_formula '~ batch + donor'.")
     }
-    def markers = resolveMarkers(params.markers.toString())
-    if (markers == null) {
+    if (params.model) {
+        def model = file(params.model.toString())
+        if (!model.exists() || model.isDirectory()) {
+            error("Parameter --model: ${model} ${model.exists() ? 'is a folder' : 'does not exist'}. Give a saved model file (the <sample>.model.pt or cohort/cohort.model.pt of an earlier run, or the -o file of `cellassign-nf train`).")
+        }
+    } else if (!params.markers || params.markers == true) {
+        error("Parameter --markers is required (or --model): the marker table, a bundled panel's name, or with --model a saved model whose panel is used. Give it on the command line (--markers VALUE) or use -profile test.")
+    }
+    // --model without --markers: the model's panel is used (CHECK_MODEL), nothing to check here
+    def markers = params.markers ? resolveMarkers(params.markers.toString()) : null
+    if (params.markers && markers == null) {
         error("Parameter --markers: file ${file(params.markers.toString())} does not exist and '${params.markers}' is not a bundled panel (${bundledPanels().join(', ') ?: 'none'}). Give the marker table (CSV/TSV genes x types, YAML/JSON {type: [genes]}, .txt type:gene,gene lines) or a bundled panel's name.")
     }
-    if (markers.isDirectory()) {
+    if (markers?.isDirectory()) {
         error("Parameter --markers: ${markers} is a folder. Give the marker table file (CSV/TSV genes x types, or YAML/JSON {type: [genes]}).")
     }
     if (!params.skip_multiqc && params.multiqc_config && !file(params.multiqc_config.toString()).exists()) {
@@ -439,7 +448,8 @@ def reportParameters(Map params, Map schema, markersFile) {
     // the model's layout and every parameter passed to a step (its schema "step")
     def keys = (schema.groups['model_options']['properties'].keySet() as List) +
         schema.params.findAll { it.value['step'] }.keySet()
-    def out = [pipeline: 'cellassign-nf', pipeline_version: workflow.manifest.version?.toString(), markers: markersFile.name]
+    def out = [pipeline: 'cellassign-nf', pipeline_version: workflow.manifest.version?.toString(), markers: markersFile?.name ?: "the model's panel",
+               model: params.model ? file(params.model.toString()).name : null]
     keys.each { k -> out[k] = params[k] instanceof Number || params[k] instanceof Boolean || params[k] == null ? params[k] : params[k].toString() }
     return JsonOutput.toJson(out)
 }
@@ -457,13 +467,17 @@ workflow PIPELINE_INITIALISATION {
     def rows = readSamplesheet(input.toString())
     checkContainerImages()
     log.info "cellassign-nf ${workflow.manifest.version}: ${rows.size()} sample(s) [${rows.collect { it[0].id }.join(', ')}], mode ${params.mode}, outdir ${params.outdir}"
-    def markersFile = resolveMarkers(markers.toString()) ?: file(markers.toString())
-    if (markersFile.toString() != file(markers.toString()).toString()) {
+    def markersFile = markers ? (resolveMarkers(markers.toString()) ?: file(markers.toString())) : null
+    if (markersFile && markersFile.toString() != file(markers.toString()).toString()) {
         log.info "Markers: bundled panel '${markers}' (${markersFile})"
+    }
+    if (params.model) {
+        log.info "Model: ${params.model} (--refit ${params.refit}); no model is trained"
     }
 
     emit:
     samples     = Channel.fromList(rows)                               // [meta, counts]
-    markers     = Channel.value(markersFile)                           // path
+    markers     = Channel.value(markersFile ?: [])                     // path, or [] (--model without --markers)
+    model       = Channel.value(params.model ? file(params.model.toString()) : [])  // path, or [] (no --model)
     params_json = Channel.value(reportParameters(params, schema, markersFile)) // JSON text for the reports
 }
