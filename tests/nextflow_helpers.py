@@ -28,6 +28,8 @@ PER_SAMPLE_TASKS = {"QC": 2, "SIZE_FACTORS": 2, "DESIGN": 2, "TRAIN": 2, "ANNOTA
 COHORT_ARGS = ("--mode", "cohort", "--layer", "X")  # the cohort runs of the tests (--layer X: the main matrix, named)
 COHORT_TASKS = {"QC": 2, "MERGE": 1, "SIZE_FACTORS": 1, "DESIGN": 1, "TRAIN": 1, "ANNOTATE": 2, "DIAGNOSE": 2,
                 "REPORT": 2, "CELLTYPE_COUNTS": 1, "MULTIQC": 1}
+# per-sample mode with --model: the model checked once, PREDICT instead of TRAIN
+MODEL_TASKS = {**{k: v for k, v in PER_SAMPLE_TASKS.items() if k != "TRAIN"}, "CHECK_MODEL": 1, "PREDICT": 2}
 
 
 def nxf_env(nxf_home: Path, extra_path: Iterable[Path | str] = (), **overrides: str | None) -> dict[str, str]:

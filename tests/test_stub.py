@@ -1,4 +1,4 @@
-"""The whole pipeline with `-stub`, per sample and in cohort mode (`-profile test`).
+"""The whole pipeline with `-stub`, per sample, in cohort mode and with --model (`-profile test`).
 
 Every module's `stub:` block writes its declared outputs as placeholders, and a versions.yml,
 without running `cellassign-nf` or `multiqc` (here both fail if called). So these runs check, in
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from nextflow_helpers import COHORT_TASKS, DEMO_SAMPLES, PER_SAMPLE_TASKS, REPO, nxf_env, process_counts, run_pipeline, \
-    trace
+from nextflow_helpers import COHORT_TASKS, DEMO_SAMPLES, MODEL_TASKS, PER_SAMPLE_TASKS, REPO, nxf_env, process_counts, \
+    run_pipeline, trace
 
 MODULES = sorted((REPO / "modules" / "local").glob("*/main.nf"))
 
@@ -24,17 +24,17 @@ def _published(mode: str) -> set[str]:
     """The files a run publishes (pipeline_info/ aside), relative to --outdir."""
     per_sample = ["annotated.h5ad", "predictions.tsv", "qc_metrics.tsv", "qc_summary.json", "marker_diagnostics.tsv",
                   "marker_specificity.tsv"]
-    fit = ["model.pt", "history.tsv", "probabilities.tsv", "design.tsv"]
+    fit = ["model.pt", "model_info.json", "history.tsv", "probabilities.tsv", "design.tsv"]
     files = {"celltype_counts.tsv", "multiqc/multiqc_report.html", "multiqc/multiqc_data/multiqc.log"}
     for s in DEMO_SAMPLES:
-        files |= {f"{s}/{s}.{name}" for name in per_sample + (fit if mode == "per_sample" else [])}
+        files |= {f"{s}/{s}.{name}" for name in per_sample + (fit if mode != "cohort" else [])}
         files |= {f"{s}/report/{s}.report.html", f"{s}/report/{s}_celltype_counts_mqc.tsv"}
     if mode == "cohort":
         files |= {f"cohort/cohort.{name}" for name in fit}
     return files
 
 
-@pytest.fixture(scope="module", params=["per_sample", "cohort"])
+@pytest.fixture(scope="module", params=["per_sample", "cohort", "model"])
 def stub_run(request, tmp_path_factory, nxf_home):
     mode = request.param
     launch = tmp_path_factory.mktemp(f"stub_{mode}")
@@ -43,8 +43,10 @@ def stub_run(request, tmp_path_factory, nxf_home):
     for tool in ("cellassign-nf", "multiqc"):
         (tools / tool).write_text(f"#!/bin/sh\necho '{tool} was called in a stub run' >&2\nexit 97\n")
         (tools / tool).chmod(0o755)
-    run = run_pipeline(launch, nxf_env(nxf_home, extra_path=[tools]), ["-profile", "test", "--mode", mode, "-stub"],
-                       timeout=600)
+    model = launch / "reference.model.pt"  # a stub does not read it
+    model.write_bytes(b"stub")
+    args = ["--model", str(model)] if mode == "model" else ["--mode", mode]
+    run = run_pipeline(launch, nxf_env(nxf_home, extra_path=[tools]), ["-profile", "test", *args, "-stub"], timeout=600)
     print(f"-stub run, {mode}: {run['result'].wall_s:.1f} s wall")
     return {**run, "mode": mode}
 
@@ -59,11 +61,11 @@ def test_every_module_has_a_stub_that_writes_versions():
 
 def test_stub_run_runs_every_process_once_per_sample_or_cohort(stub_run):
     rows = trace(stub_run["outdir"])
-    expected = COHORT_TASKS if stub_run["mode"] == "cohort" else PER_SAMPLE_TASKS
+    expected = {"cohort": COHORT_TASKS, "model": MODEL_TASKS}.get(stub_run["mode"], PER_SAMPLE_TASKS)
     assert process_counts(rows) == expected
     assert {r["status"] for r in rows} == {"COMPLETED"}, [(r["process"], r["status"]) for r in rows]
     modules = {re.search(r"^process\s+(\w+)", m.read_text(), re.M).group(1) for m in MODULES}
-    assert set(COHORT_TASKS) == modules, "a module that neither mode runs, or a mode's task list lacks one"
+    assert set(COHORT_TASKS) | set(MODEL_TASKS) == modules, "a module that no mode runs, or a mode's list lacks one"
 
 
 def test_stub_run_publishes_what_a_real_run_publishes(stub_run):
