@@ -169,6 +169,13 @@ def test_predict_writes_what_train_writes_and_annotate_keeps_the_model(batches, 
     kept = ad.read_h5ad(tmp_path / "a.h5ad").uns[UNS_KEY][MODEL_INFO_KEY]
     assert kept["sha256"] == info["sha256"] and kept["use"].startswith("saved model reused: baseline beta0")
 
+    result = _predict(batches, tmp_path, q1, "--refit", "none")  # as saved: the model copied, naming its source
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "info.json").read_text())["refit"] == "none"
+    copied = CellAssign.load(tmp_path / "m.pt")
+    assert copied.reference["sha256"] == info["sha256"]
+    assert np.array_equal(copied.beta.to_numpy(), CellAssign.load(batches["model"]).beta.to_numpy())
+
 
 # --------------------------------------------------------------------------------------
 # The pipeline: --model, per-sample mode, no TRAIN task

@@ -286,6 +286,8 @@ def predict(input: str | Path, model: str | Path, model_out: str | Path, history
         probabilities = saved.predict(adata, device=settings.device, unseen_levels="reference")
         used, epochs = saved, None
     info = model_info(saved, mode, len(probabilities), epochs)  # the saved model's file, before any save
+    if used is saved:  # its copy names the file it was copied from, as a refitted model does
+        used.reference = saved.describe()
     used.save(model_out)
     write_table(used.history, history_out, index_label=None)
     write_table(probabilities, probabilities_out)
