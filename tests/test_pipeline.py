@@ -228,7 +228,7 @@ def _gpu_processes() -> list[str]:
 
 
 def test_awsbatch_gpu_profile_sends_train_to_the_gpu_queue(tmp_path, nxf_home):
-    assert _gpu_processes() == ["TRAIN"]
+    assert _gpu_processes() == ["PREDICT", "TRAIN"]  # the fit: training, or the refit of a saved model (--model)
     config = flat_config("awsbatch,gpu", tmp_path, nxf_home)
     assert config["process.executor"] == "'awsbatch'"
     assert config["process.queue"] == "'cellassign-cpu'"

@@ -17,6 +17,7 @@ and the job completion log (`sacct -c`).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -422,11 +423,23 @@ def test_sbatch_options_of_train_and_a_cpustep(gpu_run):
 
 def test_slurm_outputs_equal_the_local_run(gpu_run, local_run):
     local, slurm_out = _md5s(local_run["outdir"]), _md5s(gpu_run["outdir"])
-    # tables and summaries byte for byte (model.pt holds each restart's wall time)
-    compared = {k: v for k, v in local.items() if k.endswith((".tsv", ".json")) and "report/" not in k}
+    # tables and summaries byte for byte (model.pt holds each restart's wall time, so model_info.json,
+    # which names the model file by its SHA-256, is compared without the hash)
+    compared = {k: v for k, v in local.items() if k.endswith((".tsv", ".json")) and "report/" not in k
+                and not k.endswith(".model_info.json")}
     assert len(compared) >= 2 * 6, sorted(compared)
     different = [k for k in compared if slurm_out.get(k) != compared[k]]
     assert different == [], different
+    infos = sorted(k for k in local if k.endswith(".model_info.json"))
+    assert len(infos) == 2, infos
+
+    def described(outdir: Path, name: str) -> dict:
+        info = json.loads((outdir / name).read_text())
+        assert len(info.pop("sha256")) == 64, info
+        return info
+
+    for name in infos:
+        assert described(gpu_run["outdir"], name) == described(local_run["outdir"], name), name
 
 
 # --------------------------------------------------------------------------------------
