@@ -111,10 +111,13 @@ def qc_options(f):
                         help="h5ad: layer holding raw counts; X for the main matrix (default), raw for .raw.")(f)
 
 
+threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
+                              help="CPU threads for PyTorch (default: all cores; set to the task's CPUs in pipelines).")
+
+
 def train_options(f):
     """The marker panel, the model's and the fit's options (``ModelSettings``, ``TrainSettings``)."""
-    f = click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="CPU threads for PyTorch (default: all cores; set to the task's CPUs in pipelines).")(f)
+    f = threads_option(f)
     f = options_of(ModelSettings, TrainSettings)(f)
     for opt in reversed([
         click.option("--markers", "-m", required=True, type=click.Path(),
@@ -273,8 +276,7 @@ def train(ctx, input, markers, output, history, probabilities, design_path, size
 @click.option("--size-factors", "size_factors_path", default=None, type=click.Path(),
               help="Size factors TSV of `cellassign-nf size-factors` (default: the obs column, else from all genes).")
 @click.option("--size-factor-key", default=SIZE_FACTOR_KEY, help="obs column with size factors.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for PyTorch (default: all cores; set to the task's CPUs in pipelines).")
+@threads_option
 @options_of(ModelSettings, TrainSettings, exclude=("min_delta", "n_restarts"))
 @click.pass_context
 def predict(ctx, input, model_path, markers, output, history, probabilities, info_out, design_path,

@@ -184,12 +184,8 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
         backed.file.close()
     partial = layer in (None, MAIN_MATRIX)
     adata = read_h5ad(input, genes=list(match.rho.index)) if partial else read_h5ad(input)
-    if size_factors_path is not None:
-        adata.obs[size_factor_key] = read_size_factors(size_factors_path, adata.obs_names)
-    elif size_factor_key not in adata.obs:
-        log.info("no obs['%s'] in %s: size factors computed from all genes", size_factor_key, input)
-        if partial:  # the totals over all genes came with the marker genes; a layer's are the model's to sum
-            adata.obs[size_factor_key] = compute_size_factors(adata)
+    # the totals over all genes came with the marker genes; a layer's are the model's to sum
+    _add_size_factors(adata, size_factors_path, size_factor_key, input, from_totals=partial)
     _check_before_training(adata, match)
     key = size_factor_key if size_factor_key in adata.obs else None
     design_matrix = read_design(design_path, adata.obs_names) if design_path else None
@@ -207,19 +203,19 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
     write_table(model.history, history_out, index_label=None)
     write_table(probabilities, probabilities_out)
     if info_out is not None:
-        write_json(model_info(model, None, model.train_params["n_cells"]), info_out)
+        write_json(model_info(model.describe(), None, model.train_params["n_cells"]), info_out)
     return model
 
 
-def model_info(model: CellAssign, refit: str | None, n_cells: int, epochs: int | None = None) -> dict:
+def model_info(description: dict, refit: str | None, n_cells: int, epochs: int | None = None) -> dict:
     """Which model made the labels and how (``uns[UNS_KEY][MODEL_INFO_KEY]`` of the annotated h5ad):
-    its description (file, sha256, version, panel, types) and ``use``: trained on these cells
-    (``refit`` None), or a saved model reused with ``refit`` batch or none."""
+    the model's ``CellAssign.describe()`` (file, sha256, version, panel, types) and ``use``: trained
+    on these cells (``refit`` None), or a saved model reused with ``refit`` batch or none."""
     use = {None: f"trained on these {n_cells} cells",
            "batch": f"saved model reused: baseline beta0, covariate effects beta and proportions pi refitted on these "
                     f"{n_cells} cells ({epochs} epochs); delta and the dispersion as saved",
            "none": f"saved model reused as saved (--refit none) on these {n_cells} cells"}[refit]
-    return {**model.describe(), "use": use, "refit": refit or ""}
+    return {**description, "use": use, "refit": refit or ""}
 
 
 def load_model(path: str | Path, markers: str | Path | None = None) -> CellAssign:
@@ -268,10 +264,7 @@ def predict(input: str | Path, model: str | Path, model_out: str | Path, history
     finally:
         backed.file.close()
     adata = read_h5ad(input, genes=genes)
-    if size_factors_path is not None:
-        adata.obs[size_factor_key] = read_size_factors(size_factors_path, adata.obs_names)
-    elif size_factor_key not in adata.obs:
-        adata.obs[size_factor_key] = compute_size_factors(adata)
+    _add_size_factors(adata, size_factors_path, size_factor_key, input)
     settings = settings or TrainSettings()
     if mode == "batch":
         design_matrix = read_design(design_path, adata.obs_names) if design_path else None
@@ -285,15 +278,26 @@ def predict(input: str | Path, model: str | Path, model_out: str | Path, history
         saved.size_factor_key = size_factor_key
         probabilities = saved.predict(adata, device=settings.device, unseen_levels="reference")
         used, epochs = saved, None
-    info = model_info(saved, mode, len(probabilities), epochs)  # the saved model's file, before any save
-    if used is saved:  # its copy names the file it was copied from, as a refitted model does
-        used.reference = saved.describe()
+        used.reference = saved.describe()  # its copy names the file it was copied from, as a refit does
+    info = model_info(used.reference, mode, len(probabilities), epochs)  # the saved model's file
     used.save(model_out)
     write_table(used.history, history_out, index_label=None)
     write_table(probabilities, probabilities_out)
     if info_out is not None:
         write_json(info, info_out)
     return used
+
+
+def _add_size_factors(adata: ad.AnnData, size_factors_path: str | Path | None, key: str, input: str | Path,
+                      from_totals: bool = True) -> None:
+    """``obs[key]``: from the table ``size_factors_path``, else as it is, else (``from_totals``) from
+    the totals over all genes that ``io.read_h5ad(path, genes=...)`` read with the marker genes."""
+    if size_factors_path is not None:
+        adata.obs[key] = read_size_factors(size_factors_path, adata.obs_names)
+    elif key not in adata.obs:
+        log.info("no obs['%s'] in %s: size factors computed from all genes", key, input)
+        if from_totals:
+            adata.obs[key] = compute_size_factors(adata)
 
 
 def _check_before_training(adata: ad.AnnData, match: MarkerMatch) -> None:
