@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from cellassign_nf.cli import main
 from cellassign_nf.errors import InputError
 from cellassign_nf.io import default_sample_name, dense_counts, read_counts, resolve_counts_path
-from cellassign_nf.markers import bundled_panels, marker_list_to_matrix, match_markers, read_markers
+from cellassign_nf.markers import bundled_panels, marker_list_to_matrix, match_markers, read_markers, read_panel
 
 from conftest import DEMO
 from tenx_files import (ADT, gene_id, tenx_sample, write_cellranger2_h5, write_cellranger_h5,
@@ -321,19 +321,33 @@ def test_bundled_tme_panel_by_name():
 def test_markers_list_and_show():
     r = CliRunner().invoke(main, ["--quiet", "markers", "list"])
     assert r.exit_code == 0
-    assert r.stdout.startswith("tme\t8 cell types\t39 genes\t")
+    rows = {line.split("\t")[0]: line.split("\t") for line in r.stdout.splitlines()}
+    assert rows["tme"][1:4] == ["8 cell types", "39 genes", "8 with Cell Ontology terms"]
+    assert rows["pbmc_human"][1:4] == ["8 cell types", "53 genes", "8 with Cell Ontology terms"]
+    assert rows["pbmc_human"][5].startswith("Human blood / PBMC, broad types")
     r = CliRunner().invoke(main, ["--quiet", "markers", "show", "tme"])
     assert r.exit_code == 0
     lines = r.stdout.splitlines()
     assert any("Apache License 2.0" in ln for ln in lines if ln.startswith("#"))
     assert any("Irrationone/cellassign" in ln for ln in lines if ln.startswith("#"))
-    assert "Epithelial cells:EPCAM,CDH1,CLDN3,CLDN4" in lines
+    assert "Epithelial cells [CL:0000066]:EPCAM,CDH1,CLDN3,CLDN4" in lines
+    r = CliRunner().invoke(main, ["--quiet", "markers", "show", "pbmc_human"])
+    assert r.exit_code == 0
+    assert "pDC [CL:0000784]:GZMB,MZB1,LILRA4,CLEC4C,IL3RA,ITM2C,PLD4,SERPINF1,TCF4" in r.stdout.splitlines()
+
+
+def test_markers_show_prints_a_panel_file_that_reads_back_the_same(tmp_path):
+    r = CliRunner().invoke(main, ["--quiet", "markers", "show", "pbmc_fine_human"])
+    (tmp_path / "fine.txt").write_text(r.stdout)
+    again, bundled = read_panel(tmp_path / "fine.txt"), read_panel("pbmc_fine_human")
+    assert again.ontology == bundled.ontology
+    assert again.rho.sort_index().equals(bundled.rho.sort_index())
 
 
 def test_unknown_panel_name_lists_the_bundled_ones(tmp_path):
     r = CliRunner().invoke(main, ["--quiet", "markers", "show", "pbmc9"])
     assert r.exit_code == 2
-    assert "pbmc9: marker file not found, and not the name of a bundled panel (tme)" in r.stderr
+    assert "pbmc9: marker file not found, and not the name of a bundled panel (bone_marrow_human, " in r.stderr
 
 
 def test_comment_lines_in_txt_panels(tmp_path):

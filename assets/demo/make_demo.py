@@ -4,7 +4,7 @@
 """
 from pathlib import Path
 
-from cellassign_nf.markers import marker_list_to_matrix
+from cellassign_nf.markers import Panel, marker_list_to_matrix, write_panel
 from cellassign_nf.simulate import simulate
 
 HERE = Path(__file__).parent
@@ -14,10 +14,12 @@ MARKERS = {
     "Monocyte": ["CD14", "LYZ", "FCGR3A", "S100A8"],
     "NK cell": ["NKG7", "GNLY", "KLRD1", "CD2"],
 }
+# Cell Ontology terms: T cell, B cell, monocyte, natural killer cell
+ONTOLOGY = {"T cell": "CL:0000084", "B cell": "CL:0000236", "Monocyte": "CL:0000576", "NK cell": "CL:0000623"}
 
 if __name__ == "__main__":
     rho = marker_list_to_matrix(MARKERS)
-    rho.to_csv(HERE / "markers.csv")
+    write_panel(Panel(rho, ONTOLOGY), HERE / "markers.csv")
     for i, (name, props) in enumerate([("sample1", (0.4, 0.2, 0.3, 0.1)), ("sample2", (0.3, 0.3, 0.2, 0.2))]):
         adata = simulate(rho, n_cells=600, n_other_genes=300, n_mito_genes=13, proportions=props,
                          delta_range=(2.0, 3.0), batches=("A", "B"), batch_effect=0.3, seed=100 + i, gene_seed=7)

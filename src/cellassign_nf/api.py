@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from .errors import InputError, TooFewCellsError
 from .io import MAIN_MATRIX, as_count_matrix, atomic_path, dense_counts
 from .keys import HISTORY_COLUMNS
 from .markers import MarkerMatch, match_panel, panel_name, validate_markers
+from .ontology import check_terms
 from .model import CellAssignModule, basis_means, log_factorial
 from .predict import ModelData, predict_gamma
 from .settings import ModelSettings, TrainSettings, with_overrides
@@ -49,6 +51,10 @@ class CellAssign:
     ``categorical_covariate_keys``, ``continuous_covariate_keys``) or a ready ``design`` matrix
     (cells x covariates, no intercept) enter as ``beta``.
 
+    ``ontology`` gives cell types their Cell Ontology terms (``{type: "CL:..."}``, checked; a
+    :class:`~cellassign_nf.markers.MarkerMatch` brings its panel's): the model keeps them, and
+    ``assign_labels(probabilities, ontology=model.ontology)`` labels cells with them.
+
     ``adata`` needs at least ``min_cells_fit`` cells (default 50, a field of ``ModelSettings``):
     fewer raise :class:`~cellassign_nf.errors.TooFewCellsError` (a ``ValueError``) before any
     work, as too few cells cannot fit the model reliably. Fit more cells together (cohort mode),
@@ -70,6 +76,7 @@ class CellAssign:
         layer: str | None = None,
         design: pd.DataFrame | None = None,
         settings: ModelSettings | None = None,
+        ontology: Mapping[str, str] | None = None,
         **model_options: Any,
     ) -> None:
         self.size_factor_key = size_factor_key
@@ -89,6 +96,7 @@ class CellAssign:
         self._beta0_init: torch.Tensor | None = None
         self.path: Path | None = None  # the file it was loaded from (load)
         self.reference: dict[str, Any] | None = None  # the saved model it was refitted from (refit)
+        self.ontology: dict[str, str] = check_terms(ontology) if ontology else {}
         if adata is None:  # filled in by load()
             self.rho = self.panel = marker_gene_matrix
             self.panel_name = ""
@@ -96,6 +104,8 @@ class CellAssign:
         match = marker_gene_matrix if isinstance(marker_gene_matrix, MarkerMatch) else \
             match_panel(validate_markers(marker_gene_matrix), adata, layer=layer)
         self.panel, self.panel_name = match.panel, panel_name(match.markers_path)  # the panel as given
+        if isinstance(marker_gene_matrix, MarkerMatch) and not ontology:
+            self.ontology = dict(match.ontology)
         self.rho = match.require_every_type().rho.copy()
         self.rho.index.name, self.rho.columns.name = "gene", None
         covariates = ([batch_key] if batch_key else []) + list(categorical_covariate_keys or [])
@@ -273,7 +283,7 @@ class CellAssign:
         if spec is not None:
             new.design_spec = spec
         new.v, new.b = self.v, self.b  # the dispersion as a function of the mean is the model's
-        new.panel, new.panel_name = self.panel, self.panel_name
+        new.panel, new.panel_name, new.ontology = self.panel, self.panel_name, self.ontology
         new.reference = self.describe()
         # start beta0 where the data's mean of x / s meets the model's types: mean = exp(beta0) sum_c pi_c exp(delta)
         with torch.no_grad():
@@ -299,9 +309,11 @@ class CellAssign:
     def describe(self) -> dict[str, Any]:
         """Which model this is, as plain values (the annotated h5ad keeps them, the report shows
         them): its file and sha256 (when loaded from one), the version that wrote it, the panel,
-        the cell types, the marker genes, the covariate columns and the cells it was fitted on."""
+        the cell types and their Cell Ontology terms, the marker genes, the covariate columns and
+        the cells it was fitted on."""
         info: dict[str, Any] = {"file": self.path.name if self.path else "", "sha256": "", "version": __version__,
                                 "panel": self.panel_name, "cell_types": self.cell_types,
+                                "ontology": {t: self.ontology[t] for t in self.cell_types if t in self.ontology},
                                 "marker_genes": len(self.genes), "covariates": self.design_columns,
                                 "fitted_cells": int(self.train_params.get("n_cells", 0) or 0)}
         if self.path is not None:
@@ -346,7 +358,8 @@ class CellAssign:
             "state_dict": module.state_dict(), "history": self.history.to_dict(orient="list"),
             "restarts": self.restarts.to_dict(orient="list"), "train_params": self.train_params,
             "panel": {"name": self.panel_name, "genes": [str(g) for g in self.panel.index],
-                      "cell_types": [str(c) for c in self.panel.columns], "rho": self.panel.to_numpy().tolist()},
+                      "cell_types": [str(c) for c in self.panel.columns], "rho": self.panel.to_numpy().tolist(),
+                      "ontology": self.ontology},
             "reference": self.reference,
         }
         with atomic_path(path) as tmp:
@@ -384,6 +397,7 @@ class CellAssign:
             self.panel = pd.DataFrame(panel["rho"], index=pd.Index(panel["genes"], name="gene"),
                                       columns=panel["cell_types"])
             self.panel_name = panel["name"]
+            self.ontology = dict(panel.get("ontology", {}))  # older files have none: no terms
         self.reference = payload.get("reference")
         self.path, self._file_version = path, str(payload.get("version", ""))
         # predict with the fused CPU kernel where it was built, unless the fit asked for the plain path

@@ -432,8 +432,9 @@ def _print_summary(adata, outputs) -> None:
     table.add_column("cell type")
     table.add_column("cells", justify="right")
     table.add_column("%", justify="right")
+    table.add_column("Cell Ontology")
     for name, row in celltype_summary(adata).iterrows():
-        table.add_row(str(name), str(int(row["cells"])), f"{row['percent']:.1f}")
+        table.add_row(str(name), str(int(row["cells"])), f"{row['percent']:.1f}", row["ontology"])
     console = Console(stderr=True)
     console.print(table)
     console.print("outputs:\n" + "\n".join(f"  {o}" for o in outputs))
@@ -447,40 +448,44 @@ def markers_group() -> None:
 
 @markers_group.command("list")
 def markers_list() -> None:
-    """List the bundled panels: name, cell types, genes, file.
+    """List the bundled panels: name, cell types, genes, types with a Cell Ontology term, file, title.
 
     \b
     Example:
       cellassign-nf markers list
     """
-    from .markers import bundled_panels, panel_header, read_markers
+    from .markers import bundled_panels, panel_header, read_panel
 
     for name, path in bundled_panels().items():
-        rho = read_markers(path)
+        panel = read_panel(path)
         title = next(iter(panel_header(path)), "")
-        click.echo(f"{name}\t{rho.shape[1]} cell types\t{rho.shape[0]} genes\t{path}" + (f"\t{title}" if title else ""))
+        click.echo(f"{name}\t{panel.rho.shape[1]} cell types\t{panel.rho.shape[0]} genes\t"
+                   f"{len(panel.ontology)} with Cell Ontology terms\t{path}" + (f"\t{title}" if title else ""))
 
 
 @markers_group.command("show")
 @click.argument("name")
 def markers_show(name: str) -> None:
-    """Print a bundled panel (or a marker file): its origin and licence, then one line per type.
+    """Print a bundled panel (or a marker file): its origin and licence, then one line per type,
+    'type [CL term]:gene,gene,...' (a .txt panel file as it stands: edit it and give it to --markers).
 
     \b
     Example:
-      cellassign-nf markers show tme
+      cellassign-nf markers show pbmc_human
     """
-    from .markers import panel_header, read_markers, resolve_markers
+    from .markers import panel_header, read_panel, resolve_markers
 
     path = resolve_markers(name)
-    rho = read_markers(path)  # checks the file
-    if path.suffix == ".txt":  # already 'type:gene,...' lines, with its '#' header
+    panel = read_panel(path)  # checks the file and its terms
+    if path.suffix == ".txt":  # already 'type [term]:gene,...' lines, with its '#' header
         click.echo(path.read_text().rstrip("\n"))
         return
     for line in panel_header(path):
         click.echo(f"# {line}")
+    rho = panel.rho
     for cell_type in rho.columns:
-        click.echo(f"{cell_type}:{','.join(rho.index[rho[cell_type] > 0])}")
+        term = f" [{panel.ontology[cell_type]}]" if cell_type in panel.ontology else ""
+        click.echo(f"{cell_type}{term}:{','.join(rho.index[rho[cell_type] > 0])}")
 
 
 from .cli_diagnostics import check_markers_command, diagnose_command  # noqa: E402,I001

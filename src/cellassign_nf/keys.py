@@ -10,7 +10,13 @@ SIZE_FACTOR_KEY = "size_factor"  # obs: size factors (cellassign-nf size-factors
 CELLTYPE_KEY = "cellassign_celltype"  # obs: the assigned type, or UNASSIGNED
 PROB_KEY = "cellassign_prob"  # obs: the probability of the assigned type
 PROBS_KEY = "cellassign_probabilities"  # obsm: cells x types probabilities
-UNS_KEY = "cellassign"  # uns: {"cell_types": [...], "min_prob": ..., "model": {...}} of the annotation
+# obs: the assigned type's Cell Ontology term and its label, named as in the CELLxGENE schema
+# (ontology.py: which terms, and the schema's conventions for unassigned and other)
+ONTOLOGY_ID_KEY = "cell_type_ontology_term_id"
+ONTOLOGY_LABEL_KEY = "cell_type"
+LABEL_COLUMNS = (CELLTYPE_KEY, PROB_KEY, ONTOLOGY_ID_KEY, ONTOLOGY_LABEL_KEY)  # predictions.tsv, before the types
+UNS_KEY = "cellassign"  # uns: {"cell_types": [...], "min_prob": ..., "cell_ontology": ..., "model": {...}}
+ONTOLOGY_VERSION_KEY = "cell_ontology"  # uns[UNS_KEY]: the Cell Ontology release the terms were labelled from
 MODEL_INFO_KEY = "model"  # uns[UNS_KEY]: which model made the labels and how (api.model_info; model_info.json)
 INPUT_INFO_KEY = "cellassign_input"  # uns: what read_counts found (source file, gene index, features left out)
 QC_WARNINGS_KEY = "warnings"  # qc_summary.json: sample-level QC warnings, one sentence each (qc.qc_warnings)
@@ -19,5 +25,6 @@ TRUE_CELLTYPE_KEY = "true_celltype"  # obs of simulated data: the type a cell wa
 
 UNASSIGNED = "unassigned"  # the label of a cell below the probability threshold
 OTHER = "other"  # a type without markers (train --other)
+PANEL_ONTOLOGY_KEY = "ontology"  # a panel file's Cell Ontology term of a type (docs/inputs.md)
 
 HISTORY_COLUMNS = ("restart", "epoch", "train_loglik", "val_loglik", "selected")  # history.tsv

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import InputError
-from .keys import OTHER
+from .keys import LABEL_COLUMNS, OTHER, PANEL_ONTOLOGY_KEY, UNASSIGNED
 from .rules import MARKER_FILE_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -47,22 +48,40 @@ def markers_by_type(rho: pd.DataFrame, genes_present: Iterable[str] | None = Non
     return out
 
 
+@dataclass
+class Panel:
+    """A checked marker panel: the binary matrix ``rho`` (genes x types) and the Cell Ontology
+    term of each type that the file gives one (``ontology``, checked by :mod:`.ontology`)."""
+
+    rho: pd.DataFrame
+    ontology: dict[str, str] = field(default_factory=dict)
+
+
 def read_markers(path: str | Path) -> pd.DataFrame:
     """Read markers from a CSV/TSV binary matrix (genes x types), YAML/JSON ``{type: [genes]}``,
     or a text file with one ``type:gene,gene,...`` line per type (``#`` lines are comments).
-    ``path`` may also name a bundled panel (:func:`bundled_panels`), e.g. ``"tme"``."""
+    ``path`` may also name a bundled panel (:func:`bundled_panels`), e.g. ``"tme"``. The
+    matrix of :func:`read_panel`, which also reads the types' Cell Ontology terms."""
+    return read_panel(path).rho
+
+
+# `.txt`: 'type [CL:0000236]:gene,gene' gives the type a term
+_TXT_TYPE = re.compile(r"(?P<type>.*?)\s*\[\s*(?P<term>[A-Za-z]+:[^\]\s]*)\s*\]")
+
+
+def read_panel(path: str | Path) -> Panel:
+    """Read and check a marker file or bundled panel (formats: :func:`read_markers`), with the
+    Cell Ontology term of each type that has one (docs/inputs.md): YAML/JSON ``{type: {markers:
+    [genes], ontology: CL:...}}``, ``.txt`` ``type [CL:...]:genes``, or a CSV/TSV row named
+    ``ontology``. A term that is not a current CL term is refused in one line."""
+    from .ontology import check_terms
+
     path = resolve_markers(path)
     suffix = path.suffix.lower()
+    terms: dict[str, str] = {}
     try:
         if suffix in (".yaml", ".yml", ".json"):
-            import yaml
-
-            text = path.read_text()
-            data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
-            if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
-                raise InputError(path, "is not a mapping of cell type to a list of marker genes",
-                                 "Write it as {type: [gene, gene, ...], ...}.")
-            rho = marker_list_to_matrix(data)
+            rho, terms = _read_mapping(path, suffix)
         elif suffix == ".txt":
             lists: dict[str, list[str]] = {}
             for n, line in enumerate(path.read_text().splitlines(), 1):
@@ -70,11 +89,18 @@ def read_markers(path: str | Path) -> pd.DataFrame:
                     continue
                 if ":" not in line:
                     raise InputError(path, f"line {n} is not 'type:gene,gene,...'", "Use one line per cell type.")
-                cell_type, genes = line.split(":", 1)
-                lists[cell_type.strip()] = [g.strip() for g in genes.split(",") if g.strip()]
+                cell_type, genes = _split_txt_line(line)
+                if (typed := _TXT_TYPE.fullmatch(cell_type)) is not None:
+                    cell_type = typed["type"]
+                    terms[cell_type] = typed["term"]
+                lists[cell_type] = [g.strip() for g in genes.split(",") if g.strip()]
             rho = marker_list_to_matrix(lists)
         elif suffix in (".csv", ".tsv"):
-            rho = pd.read_csv(path, sep="," if suffix == ".csv" else "\t", index_col=0)
+            rho = pd.read_csv(path, sep="," if suffix == ".csv" else "\t", index_col=0, dtype=str)
+            if PANEL_ONTOLOGY_KEY in rho.index:  # the row of terms
+                row = rho.loc[PANEL_ONTOLOGY_KEY]
+                terms = {str(t): str(v).strip() for t, v in row.items() if pd.notna(v) and str(v).strip()}
+                rho = rho.drop(index=PANEL_ONTOLOGY_KEY)
         else:
             raise InputError(path, f"unsupported marker file type '{suffix}'",
                              "Give a CSV/TSV binary matrix (genes x types), a YAML/JSON {type: [genes]} file, "
@@ -84,7 +110,56 @@ def read_markers(path: str | Path) -> pd.DataFrame:
     except Exception as exc:
         raise InputError(path, f"cannot be read as a marker file ({type(exc).__name__}: {exc})",
                          "Check its format.") from exc
-    return validate_markers(rho, path)
+    return Panel(validate_markers(rho, path), check_terms(terms, path))
+
+
+def _split_txt_line(line: str) -> tuple[str, str]:
+    """'type [CL:0000236]:genes' -> ('type [CL:0000236]', 'genes'): the colon of a term is not the separator."""
+    head = re.match(r"[^\[:]*\[[^\]]*\]\s*:", line)
+    cut = head.end() - 1 if head else line.index(":")
+    return line[:cut].strip(), line[cut + 1:]
+
+
+def _read_mapping(path: Path, suffix: str) -> tuple[pd.DataFrame, dict[str, str]]:
+    """A YAML/JSON panel: each type maps to its genes, or to ``{markers: [genes], ontology: CL:...}``."""
+    import yaml
+
+    text = path.read_text()
+    data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+    form = "Write it as {type: [gene, gene, ...], ...} or {type: {markers: [gene, ...], ontology: CL:...}, ...}."
+    if not isinstance(data, dict):
+        raise InputError(path, "is not a mapping of cell type to a list of marker genes", form)
+    lists: dict[str, list[str]] = {}
+    terms: dict[str, str] = {}
+    for cell_type, value in data.items():
+        if isinstance(value, dict):
+            unknown = set(value) - {"markers", PANEL_ONTOLOGY_KEY}
+            if unknown or not isinstance(value.get("markers", []), list):
+                raise InputError(path, f"cell type '{cell_type}' has "
+                                 + (f"unknown keys ({', '.join(map(str, sorted(unknown)))})" if unknown
+                                    else "markers that are not a list"), form)
+            if value.get(PANEL_ONTOLOGY_KEY) is not None:
+                terms[str(cell_type)] = str(value[PANEL_ONTOLOGY_KEY]).strip()
+            value = value.get("markers", [])
+        if not isinstance(value, list):
+            raise InputError(path, "is not a mapping of cell type to a list of marker genes", form)
+        lists[str(cell_type)] = [str(g) for g in value]
+    return marker_list_to_matrix(lists), terms
+
+
+def write_panel(panel: Panel, path: str | Path) -> None:
+    """Write a panel as a matrix (genes x types; CSV for a ``.csv`` path, else TSV) with its terms
+    in the first row, ``ontology``: a file :func:`read_panel` reads back to the same panel."""
+    from .io import atomic_path
+
+    table = panel.rho.astype(int).astype(object)
+    if panel.ontology:
+        terms = pd.DataFrame([[panel.ontology.get(str(t), "") for t in table.columns]],
+                             index=[PANEL_ONTOLOGY_KEY], columns=table.columns)
+        table = pd.concat([terms, table])
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, sep="," if Path(path).suffix.lower() == ".csv" else "\t",
+                     index_label=panel.rho.index.name or "gene")
 
 
 def validate_markers(rho: pd.DataFrame, path: str | Path | None = None) -> pd.DataFrame:
@@ -99,6 +174,10 @@ def validate_markers(rho: pd.DataFrame, path: str | Path | None = None) -> pd.Da
         raise InputError(path, f"marker matrix lists genes more than once ({', '.join(dups)})", "List each gene once.")
     if rho.columns.has_duplicates:
         raise InputError(path, "marker matrix has duplicate cell types", "Name each cell type once.")
+    reserved = [c for c in rho.columns if c in (*LABEL_COLUMNS, UNASSIGNED)]
+    if reserved:
+        raise InputError(path, f"cell type(s) named like a label or column of the outputs: {', '.join(reserved)}",
+                         "Rename these types.")
     try:
         values = rho.apply(pd.to_numeric)
     except (ValueError, TypeError) as exc:
@@ -314,6 +393,7 @@ class MarkerMatch:
     panel: pd.DataFrame
     missing: list[str] = field(default_factory=list)
     markers_path: str | Path | None = None
+    ontology: dict[str, str] = field(default_factory=dict)  # type -> Cell Ontology term (Panel.ontology)
 
     @property
     def empty_types(self) -> list[str]:
@@ -348,10 +428,13 @@ def load_panel(markers: str | Path, data, data_path: str | Path | None = None, l
                other: bool = False) -> MarkerMatch:
     """Read and check a marker file (or bundled panel), with an ``other`` type if asked, and match
     it to the data's genes: the one reading of the panel that a step makes."""
-    rho = read_markers(markers)
+    panel = read_panel(markers)
+    rho = panel.rho
     if other and OTHER not in rho.columns:
         rho[OTHER] = 0
-    return match_panel(rho, data, markers, data_path, layer)
+    match = match_panel(rho, data, markers, data_path, layer)
+    match.ontology = panel.ontology
+    return match
 
 
 def match_panel(rho: pd.DataFrame, data, markers_path: str | Path | None = None,

@@ -29,10 +29,10 @@ from .io import (
     read_h5ad_parts, read_obs, read_table, write_h5ad, write_table,
 )
 from .keys import (
-    CELLTYPE_KEY, INPUT_INFO_KEY, MODEL_INFO_KEY, PROB_KEY, PROBS_KEY, QC_WARNINGS_KEY, SAMPLE_KEY, SIZE_FACTOR_KEY,
-    UNASSIGNED, UNS_KEY,
+    CELLTYPE_KEY, INPUT_INFO_KEY, LABEL_COLUMNS, MODEL_INFO_KEY, ONTOLOGY_ID_KEY, ONTOLOGY_VERSION_KEY, PROB_KEY,
+    PROBS_KEY, QC_WARNINGS_KEY, SAMPLE_KEY, SIZE_FACTOR_KEY, UNASSIGNED, UNS_KEY,
 )
-from .markers import MarkerMatch, load_panel, panel_differences, read_markers
+from .markers import MarkerMatch, Panel, load_panel, panel_differences, read_markers, write_panel
 from .progress import stage_progress
 from .qc import filter_cells, metrics_table
 from .settings import (
@@ -235,9 +235,9 @@ def load_model(path: str | Path, markers: str | Path | None = None) -> CellAssig
 
 def check_model(model: str | Path, panel_out: str | Path, markers: str | Path | None = None) -> CellAssign:
     """Check a saved model file (and ``markers`` against its panel); write its panel as a marker
-    table (genes x types) for the steps that read a panel."""
+    table (genes x types, with its Cell Ontology terms) for the steps that read a panel."""
     loaded = load_model(model, markers)
-    write_table(loaded.panel.astype(int), panel_out)
+    write_panel(Panel(loaded.panel, loaded.ontology), panel_out)
     log.info("model %s: %d cell types, %d marker genes, panel %s", Path(model).name, len(loaded.cell_types),
              len(loaded.genes), loaded.panel_name or "(unnamed)")
     return loaded
@@ -314,10 +314,13 @@ def _check_before_training(adata: ad.AnnData, match: MarkerMatch) -> None:
 def annotate(input: str | Path, probabilities: str | Path, output: str | Path, predictions: str | Path,
              settings: AnnotateSettings | None = None, sample: str | None = None,
              size_factors_path: str | Path | None = None, model_info_path: str | Path | None = None) -> ad.AnnData:
-    """Add labels and probabilities (and size factors, and the model's description of ``train``
-    or ``predict``, when given) to the h5ad; write it and a predictions TSV. The h5ad's matrices
-    are copied as they are, never read. Returns the cells' annotations (an AnnData of ``obs`` only)."""
-    from .labels import assign_labels
+    """Add labels, their Cell Ontology terms and probabilities (and size factors, and the model's
+    description of ``train`` or ``predict``, when given) to the h5ad; write it and a predictions
+    TSV. The terms are the model's (its description's ``ontology``; none without one). Columns of
+    the input named like the ones written here are kept with the suffix ``_input``. The h5ad's
+    matrices are copied as they are, never read. Returns the cells' annotations (an AnnData of
+    ``obs`` only)."""
+    from .labels import assign_labels, with_ontology
 
     min_prob = (settings or AnnotateSettings()).min_prob
     obs = read_obs(input)
@@ -332,13 +335,27 @@ def annotate(input: str | Path, probabilities: str | Path, output: str | Path, p
     no_probs = probs.isna().any(axis=1)
     labels.loc[no_probs, CELLTYPE_KEY] = UNASSIGNED
     labels.loc[no_probs, PROB_KEY] = np.nan
-    if size_factors_path is not None:
-        obs[SIZE_FACTOR_KEY] = read_size_factors(size_factors_path, obs.index, sample=sample)
-    obs[CELLTYPE_KEY] = labels[CELLTYPE_KEY]
-    obs[PROB_KEY] = labels[PROB_KEY]
     info = {"cell_types": list(probs.columns), "min_prob": float(min_prob)}
+    terms: dict[str, str] = {}
     if model_info_path is not None:
         info[MODEL_INFO_KEY] = _read_model_info(model_info_path)
+        terms = dict(info[MODEL_INFO_KEY].get("ontology") or {})
+    labels = with_ontology(labels, terms)
+    if terms:
+        from .ontology import version
+
+        info[ONTOLOGY_VERSION_KEY] = version()
+    else:
+        log.info("no Cell Ontology terms (the panel gives none%s): %s is 'unknown' for every type",
+                 "" if model_info_path else ", or no --model-info", ONTOLOGY_ID_KEY)
+    for key in LABEL_COLUMNS:
+        if key in obs:
+            log.warning("obs['%s'] of %s is kept as obs['%s_input']", key, input, key)
+            obs[f"{key}_input"] = obs.pop(key)
+    if size_factors_path is not None:
+        obs[SIZE_FACTOR_KEY] = read_size_factors(size_factors_path, obs.index, sample=sample)
+    for key in LABEL_COLUMNS:
+        obs[key] = labels[key]
     copy_h5ad_with(input, output, obs, obsm={PROBS_KEY: probs}, uns={UNS_KEY: info})
     write_table(pd.concat([labels, probs], axis=1), predictions)
     return ad.AnnData(obs=obs)
@@ -357,9 +374,13 @@ def _read_model_info(path: str | Path) -> dict:
 
 
 def celltype_summary(adata: ad.AnnData) -> pd.DataFrame:
-    """Cells and share per assigned type (for the terminal summary)."""
+    """Cells, share and Cell Ontology term per assigned type (for the terminal summary)."""
+    from .labels import ontology_by_type
+
     counts = adata.obs[CELLTYPE_KEY].value_counts(sort=False)
-    return pd.DataFrame({"cells": counts, "percent": 100.0 * counts / max(adata.n_obs, 1)})
+    terms = ontology_by_type(adata.obs)
+    return pd.DataFrame({"cells": counts, "percent": 100.0 * counts / max(adata.n_obs, 1),
+                         "ontology": [" ".join(terms.get(str(t), ("", ""))).strip() for t in counts.index]})
 
 
 def check_markers(input: str | Path, markers: str | Path, output: str | Path, layer: str | None = None,

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..io import display_names, relabel_genes
+from ..labels import ontology_by_type
 from .base import (
     CELLTYPE_KEY, PROB_KEY, SIZE_FACTOR_KEY, UMAP_MIN_CELLS, ModelLike, QCSummary, ReportFigure, SampleSummary, flatten,
     write_bytes,
@@ -129,9 +130,16 @@ def celltypes_section(inp: ReportInputs, sink: FigureSink) -> _Section:
     counts = summary.counts
     s = _Section("celltypes", "Cell types",
                  "Cells per assigned type. Cells whose top probability is below the threshold are "
-                 "'unassigned'.")
-    s.tables.append(_table(["cell type", "cells", "% of cells"],
-                           [[t, int(n), round(100 * n / max(summary.n_cells, 1), 2)] for t, n in counts.items()]))
+                 "'unassigned'. The Cell Ontology term of each type comes from the panel (docs/inputs.md): "
+                 "'unknown' where the panel gives none and for unassigned cells, CL:0000000 (cell) for 'other'.")
+    terms = ontology_by_type(inp.adata.obs)
+    rows = [[t, int(n), round(100 * n / max(summary.n_cells, 1), 2)] for t, n in counts.items()]
+    if terms:
+        rows = [row + list(terms.get(str(row[0]), ("–", "–"))) for row in rows]
+    s.tables.append(_table(["cell type", "cells", "% of cells"] + (["Cell Ontology term", "label"] if terms else []),
+                           rows))
+    if not terms:
+        s.notes.append("The annotated data have no Cell Ontology columns (annotated before they existed).")
     sink.add(s, "celltype_counts", "Cell-type counts", lambda: plot_celltype_counts(counts),
              "Number (and share) of cells assigned to each type.")
     return s
