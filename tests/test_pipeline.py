@@ -77,6 +77,27 @@ def test_marker_diagnostics_reach_every_sample_report_and_multiqc(per_sample_run
         sorted(float(row.split("\t")[column]) for row in stats[1:]) == [0.0, 0.0], stats
 
 
+def test_per_sample_run_carries_the_panels_cell_ontology_terms(per_sample_run):
+    """CHECK_PANEL publishes the panel with its terms; every sample's outputs carry each cell's term."""
+    import anndata as ad
+    import pandas as pd
+
+    from cellassign_nf.keys import ONTOLOGY_ID_KEY, ONTOLOGY_LABEL_KEY
+    from cellassign_nf.markers import read_panel
+
+    out = per_sample_run["outdir"]
+    terms = read_panel(REPO / "assets" / "demo" / "markers.csv").ontology
+    listing = (out / "pipeline_info" / "markers.panel.txt").read_text().splitlines()
+    assert "NK cell [CL:0000623]:CD2,NKG7,GNLY,KLRD1" in listing, listing
+    for s in SAMPLES:
+        obs = ad.read_h5ad(out / s / f"{s}.annotated.h5ad", backed="r").obs
+        assert obs[ONTOLOGY_ID_KEY].astype(str).equals(obs["cellassign_celltype"].astype(str).map(terms).fillna("unknown"))
+        predictions = pd.read_csv(out / s / f"{s}.predictions.tsv", sep="\t", index_col=0)
+        assert set(zip(predictions[ONTOLOGY_ID_KEY], predictions[ONTOLOGY_LABEL_KEY])) >= {
+            ("CL:0000084", "T cell"), ("CL:0000623", "natural killer cell")}
+        assert "CL:0000576" in (out / s / "report" / f"{s}.report.html").read_text()
+
+
 def test_per_sample_run_one_task_per_sample_and_step(per_sample_run):
     counts = process_counts(trace(per_sample_run["outdir"]))
     assert counts == PER_SAMPLE_TASKS, counts

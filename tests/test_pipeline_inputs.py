@@ -14,7 +14,8 @@ import anndata as ad
 import pandas as pd
 import pytest
 
-from cellassign_nf.markers import read_markers
+from cellassign_nf.keys import ONTOLOGY_ID_KEY, UNASSIGNED
+from cellassign_nf.markers import read_markers, read_panel
 from cellassign_nf.simulate import simulate
 
 from tenx_files import ADT, tenx_sample, write_cellranger_h5, write_mtx_folder
@@ -66,6 +67,9 @@ def test_outputs_keep_barcodes_and_gene_ids_and_annotate_correctly(facility_run,
     predictions = pd.read_csv(outdir / f"{sample}.predictions.tsv", sep="\t", index_col=0)
     accuracy = (predictions["cellassign_celltype"] == s["truth"].reindex(predictions.index)).mean()
     assert accuracy > 0.85, accuracy
+    terms = read_panel("tme").ontology  # the bundled panel's Cell Ontology terms, by its name
+    called = predictions[predictions["cellassign_celltype"] != UNASSIGNED]
+    assert called[ONTOLOGY_ID_KEY].equals(called["cellassign_celltype"].map(terms)), called[ONTOLOGY_ID_KEY]
     summary = json.loads((outdir / f"{sample}.qc_summary.json").read_text())
     assert summary["counts"]["non_gene_features"] == {"Antibody Capture": 3}
     assert summary["counts"]["gene_index"] == "gene_ids"
@@ -97,7 +101,22 @@ def test_unknown_marker_panel_name_stops_before_any_task(tmp_path, nxf_home):
     result = nextflow(["run", str(REPO), "-profile", "test", "--markers", "pbmc9", "--outdir", "results",
                        "-w", "work"], tmp_path, nxf_home, timeout=300)
     line = stopped_before_any_task(result, tmp_path / "work", "Parameter --markers")
-    assert "Parameter --markers: file" in line and "'pbmc9' is not a bundled panel (tme)" in line, line
+    assert "Parameter --markers: file" in line and "'pbmc9' is not a bundled panel (bone_marrow_human, " in line, line
+    assert ", pbmc_human, pbmc_mouse, tme)" in line, line
+
+
+def test_a_panel_with_a_bad_cell_ontology_term_stops_the_run_at_check_panel(tmp_path, nxf_home):
+    """The panel is checked once, before any model: one line names the type and the term, and
+    no sample is trained (or set aside: the panel is the run's, not a sample's)."""
+    (tmp_path / "bad.txt").write_text("T cell [CL:0000084]:CD3D,CD3E,CD2,IL7R\nB cell [CL:0000003]:CD79A,MS4A1,CD19\n")
+    result = nextflow(["run", str(REPO), "-profile", "test", "--markers", "bad.txt", "--outdir", "results",
+                       "-w", "work"], tmp_path, nxf_home, timeout=600)
+    assert result.returncode != 0
+    line = ("error: bad.txt: Cell Ontology term refused ('B cell': CL:0000003 (obsolete native cell) is obsolete; "
+            "its replacement is CL:0000000 (cell); checked against CL v2026-03-26")
+    assert line in result.stdout + result.stderr, result.stdout[-3000:]
+    assert "CHECK_PANEL" in result.stdout + result.stderr
+    assert not list((tmp_path / "results").glob("*/*.model.pt")) and "set aside" not in result.stdout
 
 
 def test_marker_diagnostics_flag_the_panels_subset_type_by_symbol_everywhere_a_user_looks(facility_run):

@@ -1,6 +1,9 @@
 /*
  * CELLASSIGN: QC -> size factors -> design -> train -> annotate -> diagnose -> report -> MultiQC.
  *
+ * The panel (--markers) is checked once by CHECK_PANEL, its Cell Ontology terms included; the
+ * steps that read it wait for that check, and a panel it refuses stops the run.
+ *
  * With --model, a saved model replaces the training: CHECK_MODEL checks it once (and --markers
  * against its panel), and PREDICT annotates every sample (or the cohort) with it, refitting the
  * batch's baseline (--refit batch) or as saved (--refit none). The later steps are the same.
@@ -21,6 +24,7 @@ include { MERGE           } from '../modules/local/merge/main'
 include { SIZE_FACTORS    } from '../modules/local/size_factors/main'
 include { DESIGN          } from '../modules/local/design/main'
 include { TRAIN           } from '../modules/local/train/main'
+include { CHECK_PANEL     } from '../modules/local/check_panel/main'
 include { CHECK_MODEL     } from '../modules/local/check_model/main'
 include { PREDICT         } from '../modules/local/predict/main'
 include { ANNOTATE        } from '../modules/local/annotate/main'
@@ -174,6 +178,10 @@ workflow CELLASSIGN {
         PREDICT(ch_fit_input, ch_model)
         fitted = PREDICT.out
     } else {
+        // the panel and its Cell Ontology terms, checked once: a bad panel stops the run here
+        CHECK_PANEL(ch_markers)
+        ch_versions = ch_versions.mix(CHECK_PANEL.out.versions)
+        ch_markers = CHECK_PANEL.out.panel
         TRAIN(ch_fit_input, ch_markers)
         fitted = TRAIN.out
     }
