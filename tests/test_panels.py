@@ -246,7 +246,7 @@ def test_every_output_carries_each_cells_term(demo_run):
     html = (out / "report" / "s1.report.html").read_text()
     assert "Cell Ontology term" in html and "CL:0000623" in html and "natural killer cell" in html
     info = json.loads((out / "s1.model_info.json").read_text())
-    assert info["ontology"] == panel.ontology
+    assert info["ontology"] == [panel.ontology[t] for t in info["cell_types"]]
     r = CliRunner().invoke(main, ["cohort-table", str(out / "s1.predictions.tsv"), "-o", str(out / "c.tsv")])
     assert r.exit_code == 0, r.output
     assert pd.read_csv(out / "c.tsv", sep="\t").columns.tolist() == ["sample", *panel.rho.columns, UNASSIGNED]
@@ -284,6 +284,21 @@ def test_a_panel_without_terms_labels_every_type_unknown(tmp_path):
     assert "cell_ontology" not in ad.read_h5ad(tmp_path / "sample1.annotated.h5ad").uns[UNS_KEY]
 
 
+def test_type_names_with_a_slash_keep_their_terms_in_the_h5ad(tmp_path):
+    """'Monocyte/Macrophage' (tme), 'HSC/MPP' (bone marrow): a key of an h5ad cannot hold '/', so
+    the model's description keeps its terms as a list in the order of its types."""
+    (tmp_path / "p.txt").write_text("T/NK cell [CL:0000542]:CD3D,CD3E,CD2,NKG7,GNLY\nB cell [CL:0000236]:CD79A,MS4A1,CD19\n"
+                                    "Monocyte/Macrophage [CL:0000113]:CD14,LYZ,S100A8\n")
+    r = CliRunner().invoke(main, ["--quiet", "run", str(DEMO / "sample1.h5ad"), "--markers", str(tmp_path / "p.txt"),
+                                  "--outdir", str(tmp_path), "--max-epochs", "30", "--n-restarts", "1", "--no-report"])
+    assert r.exit_code == 0, r.output
+    annotated = ad.read_h5ad(tmp_path / "sample1.annotated.h5ad")
+    info = annotated.uns[UNS_KEY]["model"]
+    assert dict(zip(info["cell_types"], info["ontology"])) == read_panel(tmp_path / "p.txt").ontology
+    mono = annotated.obs["cellassign_celltype"] == "Monocyte/Macrophage"
+    assert mono.sum() > 50 and set(annotated.obs.loc[mono, ONTOLOGY_LABEL_KEY].astype(str)) == {"mononuclear phagocyte"}
+
+
 def test_the_api_model_takes_and_keeps_terms(tmp_path):
     from cellassign_nf import CellAssign
 
@@ -294,6 +309,7 @@ def test_the_api_model_takes_and_keeps_terms(tmp_path):
     model = CellAssign(adata, panel.rho, ontology=panel.ontology).train(max_epochs=20, n_restarts=1)
     model.save(tmp_path / "m.pt")
     loaded = CellAssign.load(tmp_path / "m.pt")
-    assert loaded.ontology == panel.ontology and loaded.describe()["ontology"] == panel.ontology
+    assert loaded.ontology == panel.ontology
+    assert loaded.describe()["ontology"] == [panel.ontology[t] for t in loaded.cell_types]
     labels = assign_labels(loaded.predict(adata), ontology=loaded.ontology)
     assert np.isin(labels[ONTOLOGY_ID_KEY].astype(str), [*panel.ontology.values(), "unknown"]).all()

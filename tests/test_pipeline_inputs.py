@@ -70,6 +70,8 @@ def test_outputs_keep_barcodes_and_gene_ids_and_annotate_correctly(facility_run,
     terms = read_panel("tme").ontology  # the bundled panel's Cell Ontology terms, by its name
     called = predictions[predictions["cellassign_celltype"] != UNASSIGNED]
     assert called[ONTOLOGY_ID_KEY].equals(called["cellassign_celltype"].map(terms)), called[ONTOLOGY_ID_KEY]
+    model = annotated.uns["cellassign"]["model"]  # 'Monocyte/Macrophage' is no key of the h5ad: a list by type
+    assert dict(zip(model["cell_types"], model["ontology"])) == terms
     summary = json.loads((outdir / f"{sample}.qc_summary.json").read_text())
     assert summary["counts"]["non_gene_features"] == {"Antibody Capture": 3}
     assert summary["counts"]["gene_index"] == "gene_ids"

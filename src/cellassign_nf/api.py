@@ -309,11 +309,12 @@ class CellAssign:
     def describe(self) -> dict[str, Any]:
         """Which model this is, as plain values (the annotated h5ad keeps them, the report shows
         them): its file and sha256 (when loaded from one), the version that wrote it, the panel,
-        the cell types and their Cell Ontology terms, the marker genes, the covariate columns and
-        the cells it was fitted on."""
+        the cell types and their Cell Ontology terms (``ontology``, in the order of ``cell_types``,
+        "" for a type without one: a list, as type names may hold characters that an h5ad's keys
+        cannot), the marker genes, the covariate columns and the cells it was fitted on."""
         info: dict[str, Any] = {"file": self.path.name if self.path else "", "sha256": "", "version": __version__,
                                 "panel": self.panel_name, "cell_types": self.cell_types,
-                                "ontology": {t: self.ontology[t] for t in self.cell_types if t in self.ontology},
+                                "ontology": [self.ontology.get(t, "") for t in self.cell_types],
                                 "marker_genes": len(self.genes), "covariates": self.design_columns,
                                 "fitted_cells": int(self.train_params.get("n_cells", 0) or 0)}
         if self.path is not None:

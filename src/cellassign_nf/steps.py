@@ -339,7 +339,7 @@ def annotate(input: str | Path, probabilities: str | Path, output: str | Path, p
     terms: dict[str, str] = {}
     if model_info_path is not None:
         info[MODEL_INFO_KEY] = _read_model_info(model_info_path)
-        terms = dict(info[MODEL_INFO_KEY].get("ontology") or {})
+        terms = terms_of(info[MODEL_INFO_KEY])
     labels = with_ontology(labels, terms)
     if terms:
         from .ontology import version
@@ -359,6 +359,12 @@ def annotate(input: str | Path, probabilities: str | Path, output: str | Path, p
     copy_h5ad_with(input, output, obs, obsm={PROBS_KEY: probs}, uns={UNS_KEY: info})
     write_table(pd.concat([labels, probs], axis=1), predictions)
     return ad.AnnData(obs=obs)
+
+
+def terms_of(description: dict) -> dict[str, str]:
+    """The Cell Ontology term of each type that has one, from a model's description (``CellAssign.describe``)."""
+    return {str(t): str(term) for t, term in zip(description.get("cell_types", []), description.get("ontology") or [])
+            if term}
 
 
 def _read_model_info(path: str | Path) -> dict:
