@@ -65,8 +65,8 @@ def read_markers(path: str | Path) -> pd.DataFrame:
     return read_panel(path).rho
 
 
-# `.txt`: 'type [CL:0000236]:gene,gene' gives the type a term
-_TXT_TYPE = re.compile(r"(?P<type>.*?)\s*\[\s*(?P<term>[A-Za-z]+:[^\]\s]*)\s*\]")
+# `.txt`: 'type [CL:0000236]:gene,gene' gives the type a term (a bracket without 'PREFIX:' is part of the name)
+_TXT_TYPED_LINE = re.compile(r"(?P<type>[^:\[]*?)\s*\[\s*(?P<term>[A-Za-z]+:[^\]\s]*)\s*\]\s*:(?P<genes>.*)")
 
 
 def read_panel(path: str | Path) -> Panel:
@@ -89,10 +89,11 @@ def read_panel(path: str | Path) -> Panel:
                     continue
                 if ":" not in line:
                     raise InputError(path, f"line {n} is not 'type:gene,gene,...'", "Use one line per cell type.")
-                cell_type, genes = _split_txt_line(line)
-                if (typed := _TXT_TYPE.fullmatch(cell_type)) is not None:
-                    cell_type = typed["type"]
+                if (typed := _TXT_TYPED_LINE.fullmatch(line.strip())) is not None:
+                    cell_type, genes = typed["type"], typed["genes"]
                     terms[cell_type] = typed["term"]
+                else:
+                    cell_type, genes = (part.strip() for part in line.split(":", 1))
                 lists[cell_type] = [g.strip() for g in genes.split(",") if g.strip()]
             rho = marker_list_to_matrix(lists)
         elif suffix in (".csv", ".tsv"):
@@ -111,13 +112,6 @@ def read_panel(path: str | Path) -> Panel:
         raise InputError(path, f"cannot be read as a marker file ({type(exc).__name__}: {exc})",
                          "Check its format.") from exc
     return Panel(validate_markers(rho, path), check_terms(terms, path))
-
-
-def _split_txt_line(line: str) -> tuple[str, str]:
-    """'type [CL:0000236]:genes' -> ('type [CL:0000236]', 'genes'): the colon of a term is not the separator."""
-    head = re.match(r"[^\[:]*\[[^\]]*\]\s*:", line)
-    cut = head.end() - 1 if head else line.index(":")
-    return line[:cut].strip(), line[cut + 1:]
 
 
 def _read_mapping(path: Path, suffix: str) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -432,18 +426,16 @@ def load_panel(markers: str | Path, data, data_path: str | Path | None = None, l
     rho = panel.rho
     if other and OTHER not in rho.columns:
         rho[OTHER] = 0
-    match = match_panel(rho, data, markers, data_path, layer)
-    match.ontology = panel.ontology
-    return match
+    return match_panel(rho, data, markers, data_path, layer, ontology=panel.ontology)
 
 
 def match_panel(rho: pd.DataFrame, data, markers_path: str | Path | None = None,
                 data_path: str | Path | None = None, layer: str | None = None,
-                quiet: bool = False) -> MarkerMatch:
+                quiet: bool = False, ontology: Mapping[str, str] | None = None) -> MarkerMatch:
     """Match a checked panel (:func:`validate_markers`) to the data, as :func:`match_markers`
     describes, and name the missing genes. A type left with no marker in the data keeps an empty
     column (the diagnostics report it; :meth:`MarkerMatch.require_every_type` refuses it);
-    ``quiet`` leaves the matching out of the log."""
+    ``quiet`` leaves the matching out of the log; ``ontology`` (the panel's terms) travels with the match."""
     from .io import looks_like_gene_ids
 
     adata, var_names, var = _data_genes(data)
@@ -466,4 +458,4 @@ def match_panel(rho: pd.DataFrame, data, markers_path: str | Path | None = None,
                          f"checking against {data_path or 'the counts file'}.")
     if not quiet:
         _log_matching(kind, source, len(chosen), len(panel), len(rho), missing, case_only, duplicated)
-    return MarkerMatch(_matched_rows(rho, chosen, var_names), rho, missing, markers_path)
+    return MarkerMatch(_matched_rows(rho, chosen, var_names), rho, missing, markers_path, dict(ontology or {}))

@@ -47,11 +47,7 @@ def version() -> str:
 
 
 def label(term: str) -> str:
-    """The ontology's label of a checked term (``unknown`` for ``unknown``)."""
-    if term == UNKNOWN:
-        return UNKNOWN
-    if term == CELL[0]:
-        return CELL[1]
+    """The ontology's label of a checked term."""
     return str(_parser().get_term_label(term))
 
 
