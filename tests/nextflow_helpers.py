@@ -146,7 +146,7 @@ def accuracy(annotated_h5ad: Path) -> float:
 def flat_config(profile: str, cwd: Path, nxf_home: Path) -> dict[str, str]:
     """`nextflow config -profile <profile> -o flat` of the pipeline, as {key: value as printed};
     a multi-line value (a closure) keeps its continuation lines."""
-    result = nextflow(["config", str(REPO), "-profile", profile, "-o", "flat"], cwd, nxf_home, timeout=300)
+    result = nextflow(["config", str(REPO), "-profile", profile, "-o", "flat"], cwd, nxf_home)
     assert result.returncode == 0, explain(result)
     config: dict[str, str] = {}
     key = None

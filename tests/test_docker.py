@@ -32,7 +32,7 @@ from nextflow_helpers import (COHORT_TASKS, DEMO_SAMPLES as SAMPLES, PER_SAMPLE_
 
 BUILD_IMAGES = REPO / "scripts" / "build-images"
 BUILD_TIMEOUT = 3600    # s; a cold build debootstraps the base and installs the pinned wheels
-DAEMON_START_S = 120    # s; how long dockerd may take to answer
+DAEMON_START_S = 300    # s; how long dockerd may take to answer (a hang guard, not a speed check)
 
 VERSION = re.search(r'^version\s*=\s*"([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
 IMAGE = f"cellassign-nf:{VERSION}"
@@ -208,15 +208,18 @@ def test_image_python_is_the_pinned_one_with_cuda_torch(built_image):
 
 def test_rebuild_is_a_cache_hit(built_image, client_dir):
     """A second build with nothing changed reuses every layer (CI's rebuilds after a code change
-    rerun only the last, package layer)."""
-    again, wall = _build_images(client_dir, 900)
+    rerun only the last, package layer): every step of the Dockerfile is a cache hit, whatever the
+    time the build takes on this machine."""
+    again, wall = _build_images(client_dir, BUILD_TIMEOUT)
+    print(f"scripts/build-images again: {wall:.0f} s wall")
     assert again.returncode == 0, explain(again)
     assert again.stdout.strip().splitlines()[-1] == built_image["result"].stdout.strip().splitlines()[-1]
-    for step in ("pip install -r requirements.txt", "pip install --no-deps ."):
-        number = re.search(rf"^(#\d+) \[.*{re.escape(step)}", again.stderr, re.M)
-        assert number and re.search(rf"^{number.group(1)} CACHED$", again.stderr, re.M), \
-            f"'{step}' was not a cache hit:\n{again.stderr[-4000:]}"
-    assert wall < 300, f"a rebuild with nothing changed took {wall:.0f} s"
+    steps = dict(re.findall(r"^(#\d+) \[(?:\S+ )?\d+/\d+\] ((?:RUN|COPY) .*)$", again.stderr, re.M))
+    assert any("pip install -r requirements.txt" in s for s in steps.values()) and \
+        any("pip install --no-deps ." in s for s in steps.values()), again.stderr[-4000:]
+    for number, text in steps.items():
+        assert re.search(rf"^{number} CACHED$", again.stderr, re.M), \
+            f"'{text}' was not a cache hit:\n{again.stderr[-4000:]}"
 
 
 # --------------------------------------------------------------------------------------
@@ -300,21 +303,20 @@ def test_docker_cohort_annotates_both_samples_from_one_model(docker_cohort):
 def test_docker_run_with_a_missing_image_stops_before_any_task(tmp_path, nxf_home, client_dir, docker):
     missing = "cellassign-nf:no-such-version"
     result = nextflow(["run", str(REPO), "-profile", "test,docker", "--container_image", missing,
-                       "--outdir", "results", "-w", "work"], tmp_path, nxf_env(nxf_home, extra_path=[client_dir]),
-                      timeout=600)
+                       "--outdir", "results", "-w", "work"], tmp_path, nxf_env(nxf_home, extra_path=[client_dir]))
     line = stopped_before_any_task(result, tmp_path / "work", missing)
     assert "Build it with: scripts/build-images" in line, line
 
 
 def test_apptainer_run_with_a_docker_name_stops_with_the_sif_recipe(tmp_path, nxf_home):
     result = nextflow(["run", str(REPO), "-profile", "test,apptainer", "--outdir", "results", "-w", "work"],
-                      tmp_path, nxf_home, timeout=600)
+                      tmp_path, nxf_home)
     line = stopped_before_any_task(result, tmp_path / "work", IMAGE)
     assert f"apptainer build cellassign-nf_{VERSION}.sif docker-daemon://{IMAGE}" in line, line
     assert "--container_image /path/to/" in line, line
     missing_sif = tmp_path / "missing" / f"cellassign-nf_{VERSION}.sif"
     result = nextflow(["run", str(REPO), "-profile", "test,singularity", "--container_image", str(missing_sif),
-                       "--outdir", "results", "-w", "work"], tmp_path, nxf_home, timeout=600)
+                       "--outdir", "results", "-w", "work"], tmp_path, nxf_home)
     line = stopped_before_any_task(result, tmp_path / "work", str(missing_sif))
     assert "does not exist" in line and f"singularity build cellassign-nf_{VERSION}.sif docker-daemon://" in line, line
 

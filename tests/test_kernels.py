@@ -178,15 +178,19 @@ def test_training_with_the_kernel_gives_it_the_threads_and_restores_torch(monkey
 
 def test_an_error_on_one_thread_waits_for_the_others():
     """The C code writes into buffers the calling frame owns: an error on the calling thread must
-    not return before the other threads are done with them."""
+    not return before the other threads are done with them. The other threads finish only after
+    the error was raised, however fast or slow this machine starts them."""
+    import threading
     import time
 
-    done = []
+    done, raised = [], threading.Event()
 
     def fn(i):
         if i == 0:
+            raised.set()
             raise RuntimeError("range 0 failed")
-        time.sleep(0.2)
+        assert raised.wait(timeout=300), "range 0 never ran"
+        time.sleep(0.5)  # while the error travels up: a _run that returns now leaves `done` empty
         done.append(i)
 
     with pytest.raises(RuntimeError, match="range 0 failed"):

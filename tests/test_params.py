@@ -104,7 +104,7 @@ def _groovy_value(text: str):
 
 @pytest.fixture(scope="module")
 def config_params(tmp_path_factory, nxf_home) -> dict[str, object]:
-    result = nextflow(["config", str(REPO), "-o", "flat"], tmp_path_factory.mktemp("config"), nxf_home, timeout=300)
+    result = nextflow(["config", str(REPO), "-o", "flat"], tmp_path_factory.mktemp("config"), nxf_home)
     assert result.returncode == 0, explain(result)
     return {m.group(1): _groovy_value(m.group(2)) for m in re.finditer(r"^params\.(\w+) = (.*)$", result.stdout, re.M)}
 

@@ -220,7 +220,7 @@ def test_bad_samplesheet_stops_before_any_task(tmp_path, nxf_home, case):
     sheet = tmp_path / f"{case}.csv"
     sheet.write_text(text)
     result = nextflow(["run", str(REPO), "--input", str(sheet), "--markers", str(REPO / "assets/demo/markers.csv"),
-                       "--outdir", "results", "-w", "work"], tmp_path, nxf_home, timeout=300)
+                       "--outdir", "results", "-w", "work"], tmp_path, nxf_home)
     message = stopped_before_any_task(result, tmp_path / "work", str(sheet))
     for fragment in expected:
         assert fragment in message, message
@@ -228,7 +228,7 @@ def test_bad_samplesheet_stops_before_any_task(tmp_path, nxf_home, case):
 
 def test_bad_parameter_stops_before_any_task(tmp_path, nxf_home):
     result = nextflow(["run", str(REPO), "-profile", "test", "--mode", "everything", "--outdir", "results",
-                       "-w", "work"], tmp_path, nxf_home, timeout=300)
+                       "-w", "work"], tmp_path, nxf_home)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert "Parameter --mode: 'everything' is not one of per_sample, cohort" in output, output
@@ -349,12 +349,12 @@ def test_profiles_use_the_images_of_this_version():
 
 def test_scripts_nextflow_uses_the_pinned_release_and_a_cached_classpath(tmp_path, nxf_home):
     env = nxf_env(nxf_home, CELLASSIGN_NXF_PINNED="1")
-    first = nextflow(["-version"], tmp_path, env, timeout=900)
+    first = nextflow(["-version"], tmp_path, env)
     assert first.returncode == 0, explain(first)
     pinned = re.search(r'^NXF_PINNED_VERSION="([^"]+)"', NEXTFLOW.read_text(), re.M).group(1)
     assert f"version {pinned}" in first.stdout
     classpath = REPO / ".nextflow-dist" / pinned / "classpath.txt"
     assert classpath.is_file()
-    second = nextflow(["-version"], tmp_path, env, timeout=300)
+    second = nextflow(["-version"], tmp_path, env)
     assert second.returncode == 0 and f"version {pinned}" in second.stdout
     assert "resolving" not in second.stderr  # the second start resolves nothing through Maven

@@ -93,7 +93,7 @@ def test_counts_folder_without_a_matrix_stops_before_any_task(tmp_path, nxf_home
     (tmp_path / "cellranger" / "S1" / "outs").mkdir(parents=True)
     (tmp_path / "sheet.csv").write_text("sample,counts\nS1,cellranger/S1\n")
     result = nextflow(["run", str(REPO), "--input", "sheet.csv", "--markers", "tme", "--outdir", "results",
-                       "-w", "work"], tmp_path, nxf_home, timeout=300)
+                       "-w", "work"], tmp_path, nxf_home)
     line = stopped_before_any_task(result, tmp_path / "work", "counts folder 'cellranger/S1'")
     assert ("line 2: counts folder 'cellranger/S1' of sample 'S1' holds no matrix.mtx(.gz) and no Cell Ranger/STARsolo "
             "filtered matrix") in line, line
@@ -101,7 +101,7 @@ def test_counts_folder_without_a_matrix_stops_before_any_task(tmp_path, nxf_home
 
 def test_unknown_marker_panel_name_stops_before_any_task(tmp_path, nxf_home):
     result = nextflow(["run", str(REPO), "-profile", "test", "--markers", "pbmc9", "--outdir", "results",
-                       "-w", "work"], tmp_path, nxf_home, timeout=300)
+                       "-w", "work"], tmp_path, nxf_home)
     line = stopped_before_any_task(result, tmp_path / "work", "Parameter --markers")
     assert "Parameter --markers: file" in line and "'pbmc9' is not a bundled panel (bone_marrow_human, " in line, line
     assert ", pbmc_human, pbmc_mouse, tme)" in line, line
@@ -112,7 +112,7 @@ def test_a_panel_with_a_bad_cell_ontology_term_stops_the_run_at_check_panel(tmp_
     no sample is trained (or set aside: the panel is the run's, not a sample's)."""
     (tmp_path / "bad.txt").write_text("T cell [CL:0000084]:CD3D,CD3E,CD2,IL7R\nB cell [CL:0000003]:CD79A,MS4A1,CD19\n")
     result = nextflow(["run", str(REPO), "-profile", "test", "--markers", "bad.txt", "--outdir", "results",
-                       "-w", "work"], tmp_path, nxf_home, timeout=600)
+                       "-w", "work"], tmp_path, nxf_home)
     assert result.returncode != 0
     line = ("error: bad.txt: Cell Ontology term refused ('B cell': CL:0000003 (obsolete native cell) is obsolete; "
             "its replacement is CL:0000000 (cell); checked against CL v2026-03-26")

@@ -15,7 +15,7 @@ CALLS = 300
 
 def test_run_command_returns_the_last_line_written_every_time(tmp_path, nxf_home):
     result = nextflow(["run", str(REPO / "tests" / "nf" / "run_command.nf"), "--times", str(CALLS)],
-                      tmp_path, nxf_home, timeout=300)
+                      tmp_path, nxf_home)
     assert result.returncode == 0, explain(result)
     assert f"DONE\t{CALLS}\t0" in result.stdout.splitlines(), explain(result)
     assert "Exception" not in result.stdout + result.stderr, explain(result)

@@ -61,7 +61,7 @@ def checked(tmp_path_factory, nxf_home):
         paths.append(folder / name)
     paths += [folder / "no_such_sheet.csv", folder / "tenx_dir"]
     result = nextflow(["run", str(REPO / "tests" / "nf" / "check_samplesheets.nf"),
-                       "--sheets", ",".join(map(str, paths))], folder, nxf_home, timeout=600)
+                       "--sheets", ",".join(map(str, paths))], folder, nxf_home)
     assert result.returncode == 0, _explain(result)
     lines = {}
     for line in result.stdout.splitlines():
@@ -156,7 +156,7 @@ def test_nextflow_config_of_each_profile(tmp_path, nxf_home, profile):
 
 
 def test_nextflow_config_without_profile_has_the_documented_defaults(tmp_path, nxf_home):
-    result = nextflow(["config", str(REPO), "-o", "flat"], tmp_path, nxf_home, timeout=300)
+    result = nextflow(["config", str(REPO), "-o", "flat"], tmp_path, nxf_home)
     assert result.returncode == 0, _explain(result)
     config = dict(re.findall(r"^([A-Za-z0-9_.'$:-]+) = (.*)$", result.stdout, re.M))
     assert config["params.max_epochs"] == "400" and config["params.n_restarts"] == "3"

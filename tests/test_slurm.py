@@ -12,6 +12,9 @@ Runs (each once per session):
              (GPU node without CUDA: TRAIN must fail in one line);
   * cohort:  `-profile test,slurm --mode cohort`, MERGE given 40 MB (killed, retried with more),
              interrupted while TRAIN runs, then -resume.
+A TRAIN job that a test acts on is held (HOLD_CONFIG): its `cellassign-nf train` waits, the first time
+only, until the test has acted or HOLD_S pass, so the job is certainly running when it is cancelled,
+however fast training is on this machine.
 What the tests read comes from SLURM's own records: `scontrol show job` for the trace's native ids
 and the job completion log (`sacct -c`).
 """
@@ -45,14 +48,38 @@ executor {
         exitReadTimeout   = '60 sec'
     }
 }
-// afterScript runs in the task's own shell, after the task, with the task's PATH
-process.afterScript = 'echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset} SLURM_JOB_PARTITION=${SLURM_JOB_PARTITION-unset} TOOL=$(command -v cellassign-nf)" > .task_env'
+// afterScript runs in the task's own shell, after the task, with the task's PATH (type -P: the file on PATH, not the
+// function that HOLD_CONFIG defines)
+process.afterScript = 'echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset} SLURM_JOB_PARTITION=${SLURM_JOB_PARTITION-unset} TOOL=$(type -P cellassign-nf)" > .task_env'
 """
 # A site config as docs/pipeline.md shows one: params read after the profiles
 SITE_CONFIG = """
 params {
     cpu_queue     = 'cpu'
     slurm_options = '--comment=cellassign-site'
+}
+"""
+# Test-only config: the first `cellassign-nf train` of the SLURM job named @JOB@ waits (in the background,
+# so that a signal ends it at once, as it ends a running training) until the job is cancelled or
+# HOLD_S pass, and marks the gate folder @GATE@ with `running` while it waits; every later attempt and
+# run finds the gate taken and goes straight on. The test's watcher acts on the job only once the
+# gate says running, so a fast machine cannot finish TRAIN before the test acts, and a slow one
+# cannot be caught before the training command has started.
+HOLD_S = 600
+HOLD_CONFIG = """
+process {
+    withName: 'TRAIN' {
+        beforeScript = '''
+cellassign-nf() {
+    if [ "${SLURM_JOB_NAME-}" = "@JOB@" ] && [ "${1-}" = train ] && mkdir "@GATE@" 2>/dev/null; then
+        touch "@GATE@/running"
+        sleep @HOLD_S@ & wait $!
+    fi
+    command cellassign-nf "$@"
+}
+export -f cellassign-nf
+'''
+    }
 }
 """
 TINY_MEMORY_CONFIG = """
@@ -144,20 +171,23 @@ def _squeue(conf: Path) -> list[tuple[str, str, str]]:
     return [tuple(line.split("|")) for line in out.stdout.splitlines() if line.count("|") == 2]  # type: ignore[misc]
 
 
-def _when_running(conf: Path, job_name: str, action, stop: threading.Event, after_s: float = 3.0) -> dict:
-    """Watch squeue; `after_s` seconds after the job `job_name` is RUNNING, call action(job_id) once."""
+def _hold_config(job_name: str, gate: Path) -> str:
+    """HOLD_CONFIG for the SLURM job `job_name`, with its gate folder `gate` (which must not exist yet)."""
+    return HOLD_CONFIG.replace("@JOB@", job_name).replace("@GATE@", str(gate)).replace("@HOLD_S@", str(HOLD_S))
+
+
+def _when_held(conf: Path, job_name: str, gate: Path, action, stop: threading.Event) -> dict:
+    """Watch squeue; as soon as the job `job_name` is RUNNING and held at its gate (_hold_config),
+    call action(job_id) once; what was seen: the job id, its state then, the action's result."""
     seen: dict = {}
 
     def watch():
-        running_since = None
         while not stop.is_set():
             jobs = [(i, s) for i, n, s in _squeue(conf) if n == job_name]
-            if jobs and jobs[0][1] == "RUNNING":
-                running_since = running_since or time.monotonic()
-                if time.monotonic() - running_since >= after_s:
-                    seen["job_id"] = jobs[0][0]
-                    seen["result"] = action(jobs[0][0])
-                    return
+            if jobs and jobs[0][1] == "RUNNING" and (gate / "running").exists():
+                seen["job_id"], seen["state"] = jobs[0]
+                seen["result"] = action(jobs[0][0])
+                return
             time.sleep(0.5)
 
     thread = threading.Thread(target=watch, daemon=True)
@@ -166,15 +196,17 @@ def _when_running(conf: Path, job_name: str, action, stop: threading.Event, afte
     return seen
 
 
-def _run_acting_on(job_name: str, action, args: list[str], cwd: Path, env: dict[str, str], conf: Path,
-                   after_s: float = 3.0) -> tuple[subprocess.CompletedProcess, dict]:
-    """A whole run during which action(job_id, nextflow_process) is called once, `after_s` seconds
-    after the SLURM job `job_name` is RUNNING (_when_running); the result (with `.wall_s`) and what
-    the watcher saw."""
+def _run_acting_on(job_name: str, action, args: list[str], cwd: Path, env: dict[str, str],
+                   conf: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """A whole run, its TRAIN job `job_name` held (cwd/hold.config, gate cwd/gate), during which
+    action(job_id, nextflow_process) is called once while that job waits at its gate; the result
+    (with `.wall_s`) and what the watcher saw (_when_held)."""
+    gate = cwd / "gate"
+    (cwd / "hold.config").write_text(_hold_config(job_name, gate))
     stop = threading.Event()
     start = time.monotonic()
-    proc = _start(args, cwd, env)
-    seen = _when_running(conf, job_name, lambda job_id: action(job_id, proc), stop, after_s=after_s)
+    proc = _start(["-c", "hold.config", *args], cwd, env)
+    seen = _when_held(conf, job_name, gate, lambda job_id: action(job_id, proc), stop)
     result = _finish(proc, cwd)
     stop.set()
     result.wall_s = time.monotonic() - start  # type: ignore[attr-defined]
@@ -266,7 +298,7 @@ def cohort_runs(tmp_path_factory, nxf_home, slurm, venv_ready):
     env = _env(nxf_home, conf)
     first, interrupted = _run_acting_on("nf-CELLASSIGN_TRAIN_(cohort)",
                                         lambda job_id, proc: os.killpg(proc.pid, signal.SIGINT),
-                                        args, launch, env, conf, after_s=2.0)
+                                        args, launch, env, conf)
     outdir = launch / "results"
     published_after_interrupt = _md5s(outdir) if outdir.exists() else {}
     queue_after_interrupt = _squeue(conf)
@@ -450,7 +482,8 @@ def test_slurm_outputs_equal_the_local_run(gpu_run, local_run):
 def test_scancel_of_a_running_train_job_is_retried(gpu_run):
     cancelled = gpu_run["cancelled"]
     assert cancelled.get("job_id"), "TRAIN (sample1) was never seen running, so it was not cancelled"
-    assert cancelled["result"] == 0, "scancel failed"
+    # scancel came while SLURM had the job RUNNING and its `cellassign-nf train` had started (held)
+    assert cancelled["state"] == "RUNNING" and cancelled["result"] == 0, cancelled
     rows = [r for r in trace(gpu_run["outdir"]) if step(r) == "TRAIN" and r["tag"] == "sample1"]
     by_attempt = {r["attempt"]: r for r in rows}
     assert set(by_attempt) == {"1", "2"}, rows
@@ -499,6 +532,7 @@ def test_tiny_memory_request_is_killed_and_retried_with_more(cohort_runs):
 def test_interrupted_cohort_run_publishes_nothing_half_written(cohort_runs):
     interrupted = cohort_runs["interrupted"]
     assert interrupted.get("job_id"), "the cohort TRAIN job was never seen running, so the run was not interrupted"
+    assert interrupted["state"] == "RUNNING", interrupted
     before = cohort_runs["published_after_interrupt"]
     assert not any(k.startswith("cohort/cohort.model") for k in before), before
     assert any(k.endswith(".qc_summary.json") for k in before), before

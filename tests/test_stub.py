@@ -46,7 +46,7 @@ def stub_run(request, tmp_path_factory, nxf_home):
     model = launch / "reference.model.pt"  # a stub does not read it
     model.write_bytes(b"stub")
     args = ["--model", str(model)] if mode == "model" else ["--mode", mode]
-    run = run_pipeline(launch, nxf_env(nxf_home, extra_path=[tools]), ["-profile", "test", *args, "-stub"], timeout=600)
+    run = run_pipeline(launch, nxf_env(nxf_home, extra_path=[tools]), ["-profile", "test", *args, "-stub"])
     print(f"-stub run, {mode}: {run['result'].wall_s:.1f} s wall")
     return {**run, "mode": mode}
 
