@@ -107,13 +107,15 @@ def run_ours(args, adata, markers, rec):
         _train_mod.marginal_log_likelihood = _stamped
     except (ImportError, AttributeError):
         pass
-    rec["lr"] = train_kw.get("lr", _default(model.train, "lr"))
+    from cellassign_nf.settings import TrainSettings
+
+    rec["lr"] = train_kw.get("lr", TrainSettings().lr)  # train(lr=None) keeps the default
     _sync(args.device)
     t1 = time.perf_counter()
     model.train(**train_kw)
     _sync(args.device)
     t_train = time.perf_counter() - t1
-    hist = model.history
+    hist = model.history_table  # every epoch of the restart (history: scvi-tools' per-key frames)
     rec["fused"] = bool(getattr(getattr(model, "module", None), "fused", False))
     rec["epochs_run"] = int(len(hist))
     rec["setup_s"] = t_setup

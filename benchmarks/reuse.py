@@ -43,7 +43,7 @@ def one_run(shift: float, seed: int, cells: int, markers: int, types: int) -> di
     fresh = accuracy(CellAssign(query, rho).train(progress=False).predict(), truth)
     t3 = time.perf_counter()
     return {"shift": shift, "seed": seed, "query_cells": query.n_obs, "as_saved": as_saved, "refit": refit,
-            "fresh_fit": fresh, "refit_epochs": int(refitted.history["epoch"].max()),
+            "fresh_fit": fresh, "refit_epochs": int(refitted.history_table["epoch"].max()),
             "predict_s": t1 - t0, "refit_s": t2 - t1, "fresh_fit_s": t3 - t2}
 
 

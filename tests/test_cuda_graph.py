@@ -24,7 +24,7 @@ def test_graphed_step_equals_eager_step():
                                                                                    early_stopping=False)
     for p, q in zip(graphed.module.parameters(), eager.module.parameters()):
         np.testing.assert_allclose(p.detach().cpu().numpy(), q.detach().cpu().numpy(), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(graphed.history["train_loglik"], eager.history["train_loglik"], rtol=1e-6)
+    np.testing.assert_allclose(graphed.history_table["train_loglik"], eager.history_table["train_loglik"], rtol=1e-6)
     np.testing.assert_allclose(graphed.predict().to_numpy(), eager.predict().to_numpy(), atol=1e-4)
 
 
@@ -32,5 +32,5 @@ def test_graphed_fit_follows_learning_rate_halving():
     # early stopping and ReduceLROnPlateau over a long fit: the graph must see every new learning rate
     adata = simulate(MARKERS, n_cells=1000, n_other_genes=20, batches=("b0", "b1"), seed=5)
     graphed, eager = _fit(adata, "auto", max_epochs=200, patience=3), _fit(adata, "off", max_epochs=200, patience=3)
-    assert len(graphed.history) == len(eager.history) < 200
-    np.testing.assert_allclose(graphed.history["val_loglik"], eager.history["val_loglik"], rtol=1e-5)
+    assert len(graphed.history_table) == len(eager.history_table) < 200
+    np.testing.assert_allclose(graphed.history_table["val_loglik"], eager.history_table["val_loglik"], rtol=1e-5)

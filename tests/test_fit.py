@@ -130,7 +130,7 @@ def test_save_load_roundtrip(tmp_path, simulated):
     loaded = CellAssign.load(tmp_path / "m.pt")
     pd.testing.assert_frame_equal(loaded.delta, model.delta)
     pd.testing.assert_frame_equal(loaded.predict(small), model.predict(), atol=1e-6, rtol=1e-5)
-    assert len(loaded.history) == len(model.history) and loaded.train_params["max_epochs"] == 20
+    assert len(loaded.history_table) == len(model.history_table) and loaded.train_params["max_epochs"] == 20
 
 
 def test_prediction_in_small_chunks_equals_one_chunk(simulated, monkeypatch):

@@ -123,7 +123,7 @@ def test_fit_with_fused_kernel_equals_plain_fit():
             .train(fuse=fuse, device="cpu", n_restarts=1, seed=2, batch_size=128, max_epochs=8, early_stopping=False,
                    progress=False) for fuse in ("on", "off")]
     assert fits[0].module.fused and not fits[1].module.fused
-    np.testing.assert_allclose(fits[0].history["train_loglik"], fits[1].history["train_loglik"], rtol=1e-5)
+    np.testing.assert_allclose(fits[0].history_table["train_loglik"], fits[1].history_table["train_loglik"], rtol=1e-5)
     np.testing.assert_allclose(fits[0].predict().to_numpy(), fits[1].predict().to_numpy(), atol=1e-4)
 
 

@@ -85,7 +85,7 @@ def test_api_takes_the_settings_or_their_fields():
     assert model.model_params == dataclasses.asdict(ModelSettings(min_delta=1.5))
     model.train(TrainSettings(max_epochs=2, n_restarts=1, progress=False), seed=4)
     assert model.train_params["max_epochs"] == 2 and model.train_params["seed"] == 4
-    assert model.history["epoch"].max() <= 2
+    assert model.history_table["epoch"].max() <= 2
     with pytest.raises(TypeError, match=r"unknown ModelSettings field\(s\): min_delt"):
         CellAssign(adata, rho, min_delt=1.5)
 

@@ -92,7 +92,7 @@ def test_kept_restart_has_the_best_likelihood(small):
     m = model.module
     value = marginal_log_likelihood(m, model._data) + float(m.log_prior().detach())
     assert value == pytest.approx(r["final_loglik"].max(), rel=1e-6)
-    h = model.history
+    h = model.history_table
     assert set(h.loc[h["selected"], "restart"]) == {int(r.loc[r["selected"], "restart"].item())}
 
 
@@ -100,7 +100,7 @@ def test_early_stopping_stops_and_restores_the_best_state(small):
     model = CellAssign(small, marker_list_to_matrix(MARKERS), size_factor_key="size_factor")
     patience = 3
     model.train(max_epochs=200, n_restarts=1, patience=patience, rel_tol=1e-3, progress=False, fuse="off")
-    h = model.history.reset_index(drop=True)
+    h = model.history_table.reset_index(drop=True)
     assert len(h) < 200, "patience did not stop training"
     best = len(h) - 1 - patience  # the last epoch that improved by rel_tol
     values = h["val_loglik"].to_numpy()
@@ -116,7 +116,7 @@ def test_without_early_stopping_all_epochs_run_and_the_last_state_is_kept(small)
     model = CellAssign(small, marker_list_to_matrix(MARKERS), size_factor_key="size_factor")
     model.train(max_epochs=12, n_restarts=1, patience=1, rel_tol=0.5, early_stopping=False, progress=False,
                 fuse="off")
-    h = model.history
+    h = model.history_table
     assert len(h) == 12
     _, val_idx = split_cells(small.n_obs, 0.1, 0)
     val = marginal_log_likelihood(model.module, model._data, torch.as_tensor(val_idx)) / len(val_idx)
@@ -156,6 +156,6 @@ def test_validation_likelihood_is_computed_on_the_cells_no_gradient_step_used(sm
     assert len(used) == 270 and len(held_out) == 30  # 10% of the 300 cells held out
     # one epoch without early stopping: the module is the state the validation value was computed from
     val = marginal_log_likelihood(model.module, model._data, torch.as_tensor(held_out)) / len(held_out)
-    assert model.history["val_loglik"].iloc[-1] == pytest.approx(val, rel=1e-6)
+    assert model.history_table["val_loglik"].iloc[-1] == pytest.approx(val, rel=1e-6)
     train = marginal_log_likelihood(model.module, model._data, torch.as_tensor(sorted(used))) / len(used)
     assert val != pytest.approx(train, rel=1e-4), "the held-out and the training cells are alike here"

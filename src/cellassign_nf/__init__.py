@@ -11,10 +11,13 @@ except PackageNotFoundError:  # running from a source tree without installation
 _EXPORTS = {"CellAssign": "api", "marker_list_to_matrix": "markers", "read_markers": "markers",
             "assign_labels": "labels", "filter_cells": "qc", "QCThresholds": "settings",
             "check_markers": "diagnostics", "diagnose": "diagnostics", "DiagnosticThresholds": "settings"}
-__all__ = [*_EXPORTS, "__version__"]
+_SUBMODULES = ("tl",)  # cellassign_nf.tl.cellassign(adata, markers): scanpy-style
+__all__ = [*_EXPORTS, *_SUBMODULES, "__version__"]
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    if name in _SUBMODULES:
+        return import_module(f".{name}", __name__)
     raise AttributeError(f"module 'cellassign_nf' has no attribute {name!r}")

@@ -1,6 +1,8 @@
 """The user-facing model: ``CellAssign(adata, markers).train().predict()``, in the scvi-tools style.
 
-The model, its fit and its initialisation are explained in docs/model.md.
+The model, its fit and its initialisation are explained in docs/model.md; scvi-tools' calling
+conventions (``setup_anndata``, its ``train`` arguments, ``history``, ``save(dir)``) are mapped in
+:mod:`.scvi_conventions` and listed in docs/api.md.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import __version__, kernels
+from . import __version__, kernels, scvi_conventions
 from .design import DesignSpec, apply_design, drop_redundant_columns, make_design
 from .errors import InputError, TooFewCellsError
 from .io import MAIN_MATRIX, as_count_matrix, atomic_path, dense_counts
@@ -32,6 +34,8 @@ from .train import FitResult, fit, resolve_device
 log = logging.getLogger(__name__)
 
 MODEL_FORMAT = "cellassign-nf-model/1"
+MODEL_FILE_NAME = "model.pt"  # save(dir): the model file in the folder (scvi-tools' name), after the prefix
+ADATA_FILE_NAME = "adata.h5ad"  # save(dir, save_anndata=True)
 
 
 def require_cells_to_fit(n_cells: int, settings: ModelSettings, source: str | Path | None = None) -> None:
@@ -60,6 +64,10 @@ class CellAssign:
     work, as too few cells cannot fit the model reliably. Fit more cells together (cohort mode),
     or lower ``min_cells_fit`` at your own risk.
 
+    The same in scvi-tools' way (docs/api.md): ``CellAssign.setup_anndata(adata, "size_factor",
+    batch_key=...)`` records those arguments on the AnnData, and ``CellAssign(adata, markers)``
+    takes them from there when none is given here.
+
     >>> model = CellAssign(adata, marker_gene_matrix, size_factor_key="size_factor")
     >>> model.train()
     >>> probabilities = model.predict()      # cells x types, rows sum to 1
@@ -79,13 +87,18 @@ class CellAssign:
         ontology: Mapping[str, str] | None = None,
         **model_options: Any,
     ) -> None:
+        setup = scvi_conventions.model_setup(adata, design is not None, size_factor_key=size_factor_key,
+                                             batch_key=batch_key, categorical_covariate_keys=categorical_covariate_keys,
+                                             continuous_covariate_keys=continuous_covariate_keys, layer=layer)
+        self.setup_args: dict[str, Any] = dict(setup)
+        size_factor_key, layer = setup["size_factor_key"], setup["layer"]
         self.size_factor_key = size_factor_key
         self.layer = layer
         self.settings = with_overrides(settings or ModelSettings(), model_options)
         if adata is not None:  # before any work (a loaded model, adata None, only predicts)
             require_cells_to_fit(adata.n_obs, self.settings)
         self.module: CellAssignModule | None = None
-        self.history = pd.DataFrame(columns=list(HISTORY_COLUMNS))
+        self.history_table = pd.DataFrame(columns=list(HISTORY_COLUMNS))  # every restart's epochs (history.tsv)
         self.restarts = pd.DataFrame()
         self.train_params: dict[str, Any] = {}
         self.design_spec = DesignSpec()
@@ -97,6 +110,7 @@ class CellAssign:
         self.path: Path | None = None  # the file it was loaded from (load)
         self.reference: dict[str, Any] | None = None  # the saved model it was refitted from (refit)
         self.ontology: dict[str, str] = check_terms(ontology) if ontology else {}
+        self.train_indices = self.validation_indices = np.array([], dtype=np.int64)  # rows of adata (train)
         if adata is None:  # filled in by load()
             self.rho = self.panel = marker_gene_matrix
             self.panel_name = ""
@@ -108,8 +122,7 @@ class CellAssign:
             self.ontology = dict(match.ontology)
         self.rho = match.require_every_type().rho.copy()
         self.rho.index.name, self.rho.columns.name = "gene", None
-        covariates = ([batch_key] if batch_key else []) + list(categorical_covariate_keys or [])
-        continuous = list(continuous_covariate_keys or [])
+        covariates, continuous = scvi_conventions.covariates(setup)
         if design is None and (covariates or continuous):
             obs = adata.obs.copy()
             for key in covariates:
@@ -131,6 +144,34 @@ class CellAssign:
         # (the mean over cells of x / s, as one matrix-vector product: no cells x genes temporary)
         x, n = self._data.x, max(self._data.n_cells, 1)
         self._beta0_init = torch.log(torch.mv(x.T, torch.exp(-self._data.log_s)) / n + 1e-2)
+
+    # --- scvi-tools' conventions (docs/api.md) ----------------------------------------------------------
+    @classmethod
+    def setup_anndata(cls, adata: ad.AnnData, size_factor_key: str | None = None, batch_key: str | None = None,
+                      categorical_covariate_keys: list[str] | None = None,
+                      continuous_covariate_keys: list[str] | None = None, layer: str | None = None) -> None:
+        """Record on ``adata`` (in ``uns``) which obs columns hold the size factors and the
+        covariates, and which layer the counts: ``CellAssign(adata, markers)`` then uses them.
+        Every name is checked against ``adata`` now. Without ``size_factor_key`` the size factors
+        are computed from all genes of the AnnData the model is given."""
+        scvi_conventions.register(adata, size_factor_key, batch_key, categorical_covariate_keys,
+                                  continuous_covariate_keys, layer)
+
+    def view_setup_args(self) -> dict[str, Any]:
+        """Print and return the setup the model was built with (``setup_anndata``'s arguments)."""
+        print("\n".join(f"{k}: {v}" for k, v in self.setup_args.items()))
+        return dict(self.setup_args)
+
+    @property
+    def is_trained(self) -> bool:
+        return self.module is not None
+
+    @property
+    def history(self) -> dict[str, pd.DataFrame]:
+        """The kept restart's training record, by epoch, in scvi-tools' names (``elbo_train``,
+        ``elbo_validation``, ``train_loss``, ``validation_loss``, ``reconstruction_loss_*``;
+        docs/model.md section 9). Every restart's epochs: :attr:`history_table`."""
+        return scvi_conventions.scvi_history(self.history_table)
 
     # --- data -------------------------------------------------------------------------------------
     @property
@@ -210,22 +251,38 @@ class CellAssign:
                                 shrinkage=p.shrinkage, beta0_init=self._beta0_init, generator=generator)
 
     # --- training and prediction ---------------------------------------------------------------
-    def train(self, settings: TrainSettings | None = None, **options: Any) -> CellAssign:
+    def train(self, max_epochs: int | None = None, lr: float | None = None, accelerator: str | None = None,
+              devices: int | str | list[int] | None = None, train_size: float | None = None,
+              validation_size: float | None = None, batch_size: int | None = None,
+              early_stopping: bool | None = None, plan_kwargs: dict[str, Any] | None = None, *,
+              settings: TrainSettings | None = None, **options: Any) -> CellAssign:
         """Fit by minibatch EM (Adam), keeping the best of ``n_restarts`` random starts.
 
         The options are the fields of :class:`~cellassign_nf.settings.TrainSettings`: give
-        ``settings`` or the fields as keyword arguments (``max_epochs=100, seed=1``)."""
-        if self.adata is None:
-            raise RuntimeError("this model was loaded from a file; create a new CellAssign to train")
-        settings = with_overrides(settings or TrainSettings(), options)
+        ``settings`` or the fields as keyword arguments (``max_epochs=100, seed=1``). scvi-tools'
+        arguments are taken too (``train_size``, ``accelerator``, ``early_stopping_patience``,
+        ``plan_kwargs={"lr": ...}``, ...): docs/api.md says what each becomes; one without a
+        meaning here is refused by name (ValueError). ``None`` keeps the default."""
+        if isinstance(max_epochs, TrainSettings):  # train(settings), as before the scvi-tools arguments
+            settings, max_epochs = max_epochs, None
+        if self.adata is None or self._loaded:
+            raise RuntimeError("this model was loaded from a file: it predicts, and refit(adata) refits it to a new "
+                               "batch; create a new CellAssign to train one")
+        mapped = scvi_conventions.train_options(max_epochs=max_epochs, lr=lr, accelerator=accelerator,
+                                                devices=devices, train_size=train_size,
+                                                validation_size=validation_size, batch_size=batch_size,
+                                                early_stopping=early_stopping, plan_kwargs=plan_kwargs, **options)
+        settings = with_overrides(settings or TrainSettings(), mapped)
         dev = resolve_device(settings.device)
         data = self._data.to(dev)
         log.info("training on %s: %d cells x %d marker genes x %d types, %d covariate columns",
                  dev, data.n_cells, len(self.genes), len(self.cell_types), len(self.design_columns))
         result: FitResult = fit(data, self._make_module, settings)
         self.module = result.module.cpu()
-        self.history, self.restarts = result.history, result.restarts
+        self.history_table, self.restarts = result.history, result.restarts
         self.train_params = {**result.settings, "device": str(dev), "n_cells": data.n_cells}
+        rows = self.adata.obs_names.get_indexer(self.data_cells)  # the data's cells as rows of adata
+        self.train_indices, self.validation_indices = rows[result.train_indices], rows[result.validation_indices]
         return self
 
     def _require_trained(self) -> CellAssignModule:
@@ -242,17 +299,84 @@ class CellAssign:
         or with ``unseen_levels="reference"`` one warning naming it, its cells scored at the
         reference level. To refit what belongs to a new batch first, see :meth:`refit`."""
         module = self._require_trained()
-        if adata is None or adata is self.adata:
-            if self._data is None:
-                raise RuntimeError("give the AnnData to predict on")
-            cells, data = self.data_cells, self._data
-        else:
-            cells, data = self._prepare(adata, design, unseen_levels)
+        cells, data = self._cells_and_data(adata, design, unseen_levels)
         dev = resolve_device(device)
         data = data.to(dev)
         gamma = predict_gamma(module.to(dev), data)
         module.cpu()
         return pd.DataFrame(gamma, index=cells, columns=self.cell_types)
+
+    def _cells_and_data(self, adata: ad.AnnData | None, design: pd.DataFrame | None = None,
+                        unseen_levels: str = "error") -> tuple[pd.Index, ModelData]:
+        """The cells and model data of ``adata``, or of the model's own AnnData (prepared once)."""
+        if adata is None or adata is self.adata:
+            if self._data is None:
+                if self.adata is None:
+                    raise RuntimeError("give the AnnData to predict on (or load the model with one)")
+                self.data_cells, self._data = self._prepare(self.adata, None, unseen_levels)
+            return self.data_cells, self._data
+        return self._prepare(adata, design, unseen_levels)
+
+    def get_normalized_expression(self, adata: ad.AnnData | None = None, indices: Any = None,
+                                  transform_batch: Any = None, gene_list: list[str] | None = None,
+                                  library_size: float | str = 1, n_samples: int = 1,
+                                  return_numpy: bool = False) -> pd.DataFrame | np.ndarray:
+        """The expected counts of the marker genes under the fitted model (cells x genes),
+        docs/model.md section 9: sum_c gamma[n,c] exp(beta0 + beta D[n] + delta rho) times the size
+        factor ``library_size`` (1: a cell of the average library; ``"latent"``: the cell's own).
+
+        ``transform_batch``: the batch level (or levels, averaged) every cell is given in place of
+        its own, as in scvi-tools; the batch is ``setup_anndata``'s ``batch_key``. ``indices``:
+        rows of the AnnData (default all); ``gene_list``: a subset of the marker genes. The
+        expectation is exact, so ``n_samples`` must be 1."""
+        module = self._require_trained()
+        if n_samples != 1:
+            raise ValueError(f"n_samples={n_samples}: the expected expression is computed exactly, not sampled; "
+                             "leave n_samples at 1")
+        if adata is None:
+            adata = self.adata
+        if adata is None:
+            raise RuntimeError("give the AnnData (or load the model with one)")
+        if indices is not None:
+            adata = adata[np.asarray(indices)]
+        cells, data = self._prepare(adata, None)
+        gamma = torch.as_tensor(predict_gamma(module, data), dtype=torch.float32)
+        if isinstance(library_size, str):
+            if library_size not in ("latent", "observed"):
+                raise ValueError(f"library_size={library_size!r}: give a number or 'latent' (each cell's size factor)")
+            log_s = data.log_s
+        else:
+            log_s = torch.full_like(data.log_s, float(np.log(library_size)))
+        designs = [data.D] if transform_batch is None else \
+            [self._batch_design(adata.obs.loc[cells], level) for level in np.atleast_1d(transform_batch)]
+        with torch.no_grad():
+            type_factor = gamma @ torch.exp(module.delta_matrix()).T  # N x G: sum_c gamma exp(delta rho)
+            mean = sum(torch.exp(module.gene_offset(log_s, D) + module.beta0) * type_factor for D in designs)
+        values = (mean / len(designs)).numpy().astype(np.float64)
+        out = pd.DataFrame(values, index=cells, columns=self.genes)
+        if gene_list is not None:
+            unknown = [g for g in gene_list if g not in out.columns]
+            if unknown:
+                raise InputError(None, f"gene_list names genes that are not marker genes of the model: "
+                                 f"{', '.join(map(str, unknown[:5]))}", "Give marker genes of the panel.")
+            out = out[list(gene_list)]
+        return out.to_numpy() if return_numpy else out
+
+    def _batch_design(self, obs: pd.DataFrame, level: Any) -> torch.Tensor | None:
+        """The design of ``obs`` with every cell given the batch ``level`` (transform_batch)."""
+        batch_key = self.setup_args.get("batch_key")
+        if not batch_key or batch_key not in self.design_spec.levels:
+            raise InputError(None, "transform_batch needs a batch covariate, and the model has none",
+                             "Set the batch with CellAssign.setup_anndata(adata, ..., batch_key=...) before "
+                             "creating the model.")
+        levels = self.design_spec.levels[batch_key]
+        if str(level) not in levels:
+            raise InputError(None, f"transform_batch: '{level}' is not a level of '{batch_key}' "
+                             f"({', '.join(levels[:10])})", "Give one of the batches the model was fitted on.")
+        obs = obs.copy()
+        obs[batch_key] = str(level)
+        design = apply_design(obs, self.design_spec)
+        return torch.as_tensor(design.to_numpy(dtype=np.float32)) if design.shape[1] else None
 
     def refit(self, adata: ad.AnnData, design: pd.DataFrame | None = None, size_factor_key: str | None = None,
               layer: str | None = None, settings: TrainSettings | None = None, **options: Any) -> CellAssign:
@@ -302,7 +426,7 @@ class CellAssign:
                  data.n_cells, len(new.genes), len(new.design_columns))
         result = fit(data, make_module, settings)
         new.module = result.module.cpu()
-        new.history, new.restarts = result.history, result.restarts
+        new.history_table, new.restarts = result.history, result.restarts
         new.train_params = {**result.settings, "device": str(dev), "n_cells": data.n_cells, "refit": "batch"}
         return new
 
@@ -347,8 +471,32 @@ class CellAssign:
         return self._require_trained().log_a.exp().detach().numpy()
 
     # --- persistence --------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Write the fitted model to one file (atomically)."""
+    def save(self, path: str | Path, overwrite: bool = False, save_anndata: bool = False,
+             prefix: str | None = None) -> None:
+        """Write the fitted model to one file (atomically): ``path`` itself when it ends in
+        ``.pt`` (the steps' model files; replaced when it exists), else, as scvi-tools does,
+        ``[prefix]model.pt`` in the folder ``path`` (with ``save_anndata`` also
+        ``[prefix]adata.h5ad``), which must not hold them already unless ``overwrite``."""
+        if Path(path).suffix == ".pt":
+            self._save_file(Path(path))
+            return
+        folder = Path(path)
+        files = [folder / f"{prefix or ''}{MODEL_FILE_NAME}"]
+        if save_anndata:
+            if self.adata is None:
+                raise RuntimeError("save_anndata=True, but the model has no AnnData")
+            files.append(folder / f"{prefix or ''}{ADATA_FILE_NAME}")
+        existing = [f for f in files if f.exists()]
+        if existing and not overwrite:
+            raise FileExistsError(f"{existing[0]} exists; pass overwrite=True to replace it, or another dir_path")
+        folder.mkdir(parents=True, exist_ok=True)
+        self._save_file(files[0])
+        if save_anndata:
+            from .io import write_h5ad
+
+            write_h5ad(self.adata, files[1])
+
+    def _save_file(self, path: Path) -> None:
         module = self._require_trained()
         payload = {
             "format": MODEL_FORMAT, "version": __version__,
@@ -356,21 +504,29 @@ class CellAssign:
             "model_params": self.model_params, "v": self.v, "b": self.b,
             "design_spec": self.design_spec.to_dict(), "design_columns": self.design_columns,
             "size_factor_key": self.size_factor_key, "layer": self.layer,
-            "state_dict": module.state_dict(), "history": self.history.to_dict(orient="list"),
+            "state_dict": module.state_dict(), "history": self.history_table.to_dict(orient="list"),
             "restarts": self.restarts.to_dict(orient="list"), "train_params": self.train_params,
             "panel": {"name": self.panel_name, "genes": [str(g) for g in self.panel.index],
                       "cell_types": [str(c) for c in self.panel.columns], "rho": self.panel.to_numpy().tolist(),
                       "ontology": self.ontology},
-            "reference": self.reference,
+            "reference": self.reference, "setup": {k: v for k, v in self.setup_args.items() if v is not None},
         }
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
         self.path, self._file_version = Path(path), __version__
 
     @classmethod
-    def load(cls, path: str | Path) -> CellAssign:
-        """Read a model written by :meth:`save`; it can predict on new data with the same genes."""
+    def load(cls, path: str | Path, adata: ad.AnnData | None = None, prefix: str | None = None) -> CellAssign:
+        """Read a model written by :meth:`save`; it can predict on new data with the same genes.
+
+        ``path``: the model file, or (scvi-tools) the folder ``save(dir_path)`` wrote. ``adata``
+        becomes the model's AnnData (``predict()``, ``get_normalized_expression()`` without
+        arguments); without it, the folder's saved AnnData when there is one."""
         path = Path(path)
+        if path.is_dir():
+            folder, path = path, path / f"{prefix or ''}{MODEL_FILE_NAME}"
+            if adata is None and (folder / f"{prefix or ''}{ADATA_FILE_NAME}").is_file():
+                adata = ad.read_h5ad(folder / f"{prefix or ''}{ADATA_FILE_NAME}")
         if not path.exists():
             raise InputError(path, "model file not found", "Give the model file written by 'cellassign-nf train'.")
         try:
@@ -390,7 +546,7 @@ class CellAssign:
         module = self._make_module()
         module.load_state_dict(payload["state_dict"])
         self.module = module
-        self.history = pd.DataFrame(payload["history"])
+        self.history_table = pd.DataFrame(payload["history"])
         self.restarts = pd.DataFrame(payload["restarts"])
         self.train_params = payload["train_params"]
         panel = payload.get("panel")  # files of 0.1.x have none: their panel is rho
@@ -400,12 +556,18 @@ class CellAssign:
             self.panel_name = panel["name"]
             self.ontology = dict(panel.get("ontology", {}))  # older files have none: no terms
         self.reference = payload.get("reference")
+        self._loaded = True
+        self.setup_args.update(payload.get("setup") or {})  # older files have none: the setup given at load
         self.path, self._file_version = path, str(payload.get("version", ""))
         # predict with the fused CPU kernel where it was built, unless the fit asked for the plain path
         module.fused = self.train_params.get("fuse") != "off" and kernels.unavailable_reason() is None
+        if adata is not None:
+            scvi_conventions.check_setup(adata, self.setup_args)
+            self.adata = adata
         return self
 
     _file_version = ""  # the version that wrote the file it was loaded from
+    _loaded = False  # read by load(): not trained again
 
     def __repr__(self) -> str:
         state = "trained" if self.module is not None else "not trained"

@@ -40,3 +40,8 @@ class TooFewCellsError(InputError, ValueError):
                                "reliably",
                          "Fit more cells (e.g. cohort mode), or lower --min-cells-fit / min_cells_fit at your own "
                          "risk.")
+
+
+class DuplicateMarkerError(InputError, AssertionError):
+    """A marker matrix lists a gene more than once. Also an AssertionError, the error scvi-tools'
+    CellAssign raises for it, so that code written for scvi-tools catches it unchanged."""

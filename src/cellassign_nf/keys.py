@@ -27,4 +27,7 @@ UNASSIGNED = "unassigned"  # the label of a cell below the probability threshold
 OTHER = "other"  # a type without markers (train --other)
 PANEL_ONTOLOGY_KEY = "ontology"  # a panel file's Cell Ontology term of a type (docs/inputs.md)
 
-HISTORY_COLUMNS = ("restart", "epoch", "train_loglik", "val_loglik", "selected")  # history.tsv
+# history.tsv: per restart and epoch, the marginal log likelihood per cell of the training and the
+# validation cells, and the log prior divided by the training cells (docs/model.md section 9)
+HISTORY_COLUMNS = ("restart", "epoch", "train_loglik", "val_loglik", "log_prior", "selected")
+SETUP_KEY = "_cellassign_nf_setup"  # uns: the arguments of CellAssign.setup_anndata (scvi_conventions.py)

@@ -34,6 +34,19 @@ def assign_labels(probabilities: pd.DataFrame, min_prob: float = AnnotateSetting
     return out if ontology is None else with_ontology(out, ontology)
 
 
+def label_cells(probabilities: pd.DataFrame, cells: pd.Index, min_prob: float = AnnotateSettings.min_prob,
+                ontology: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Labels of every cell of ``cells`` (the columns of :func:`assign_labels` with the ontology's)
+    and the probabilities in the order of ``cells``: a cell without probabilities (zero counts,
+    left out of the model) is ``unassigned``, with no probability. What ``annotate`` writes."""
+    probs = probabilities.reindex(cells)
+    labels = assign_labels(probs.fillna(0.0), min_prob)
+    no_probs = probs.isna().any(axis=1).to_numpy()
+    labels.loc[no_probs, CELLTYPE_KEY] = UNASSIGNED
+    labels.loc[no_probs, PROB_KEY] = np.nan
+    return with_ontology(labels, ontology or {}), probs
+
+
 def with_ontology(labels: pd.DataFrame, ontology: Mapping[str, str]) -> pd.DataFrame:
     """``labels`` with each cell's Cell Ontology term and label (categorical columns), by the
     conventions of :mod:`.ontology`: the type's term, ``unknown`` for ``unassigned`` and for a type

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import InputError
+from .errors import DuplicateMarkerError, InputError
 from .keys import LABEL_COLUMNS, OTHER, PANEL_ONTOLOGY_KEY, UNASSIGNED
 from .rules import MARKER_FILE_SUFFIXES
 
@@ -165,7 +165,8 @@ def validate_markers(rho: pd.DataFrame, path: str | Path | None = None) -> pd.Da
     rho.columns = rho.columns.astype(str)
     if rho.index.has_duplicates:
         dups = rho.index[rho.index.duplicated()].unique()[:5]
-        raise InputError(path, f"marker matrix lists genes more than once ({', '.join(dups)})", "List each gene once.")
+        raise DuplicateMarkerError(path, f"marker matrix lists genes more than once ({', '.join(dups)})",
+                                   "List each gene once.")
     if rho.columns.has_duplicates:
         raise InputError(path, "marker matrix has duplicate cell types", "Name each cell type once.")
     reserved = [c for c in rho.columns if c in (*LABEL_COLUMNS, UNASSIGNED)]

@@ -29,8 +29,8 @@ from .io import (
     read_h5ad_parts, read_obs, read_table, write_h5ad, write_table,
 )
 from .keys import (
-    CELLTYPE_KEY, INPUT_INFO_KEY, LABEL_COLUMNS, MODEL_INFO_KEY, ONTOLOGY_ID_KEY, ONTOLOGY_VERSION_KEY, PROB_KEY,
-    PROBS_KEY, QC_WARNINGS_KEY, SAMPLE_KEY, SIZE_FACTOR_KEY, UNASSIGNED, UNS_KEY,
+    CELLTYPE_KEY, INPUT_INFO_KEY, LABEL_COLUMNS, MODEL_INFO_KEY, ONTOLOGY_ID_KEY, ONTOLOGY_VERSION_KEY, PROBS_KEY,
+    QC_WARNINGS_KEY, SAMPLE_KEY, SIZE_FACTOR_KEY, UNS_KEY,
 )
 from .markers import MarkerMatch, Panel, load_panel, panel_differences, read_markers, write_panel
 from .progress import stage_progress
@@ -197,10 +197,10 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
         if exc.path is None:
             exc.path = f"{markers} vs {input}"
         raise
-    model.train(settings)
+    model.train(settings=settings)
     probabilities = model.predict(device=settings.device)
     model.save(model_out)
-    write_table(model.history, history_out, index_label=None)
+    write_table(model.history_table, history_out, index_label=None)
     write_table(probabilities, probabilities_out)
     if info_out is not None:
         write_json(model_info(model.describe(), None, model.train_params["n_cells"]), info_out)
@@ -270,7 +270,7 @@ def predict(input: str | Path, model: str | Path, model_out: str | Path, history
         design_matrix = read_design(design_path, adata.obs_names) if design_path else None
         used = saved.refit(adata, design=design_matrix, size_factor_key=size_factor_key, settings=settings)
         probabilities = used.predict(device=settings.device)
-        epochs = int(used.history["epoch"].max()) if len(used.history) else 0
+        epochs = int(used.history_table["epoch"].max()) if len(used.history_table) else 0
     else:
         if design_path:
             log.info("--refit none: the design is the model's own (%s), rebuilt from the cells' obs; %s is not used",
@@ -281,7 +281,7 @@ def predict(input: str | Path, model: str | Path, model_out: str | Path, history
         used.reference = saved.describe()  # its copy names the file it was copied from, as a refit does
     info = model_info(used.reference, mode, len(probabilities), epochs)  # the saved model's file
     used.save(model_out)
-    write_table(used.history, history_out, index_label=None)
+    write_table(used.history_table, history_out, index_label=None)
     write_table(probabilities, probabilities_out)
     if info_out is not None:
         write_json(info, info_out)
@@ -320,7 +320,7 @@ def annotate(input: str | Path, probabilities: str | Path, output: str | Path, p
     the input named like the ones written here are kept with the suffix ``_input``. The h5ad's
     matrices are copied as they are, never read. Returns the cells' annotations (an AnnData of
     ``obs`` only)."""
-    from .labels import assign_labels, with_ontology
+    from .labels import label_cells
 
     min_prob = (settings or AnnotateSettings()).min_prob
     obs = read_obs(input)
@@ -330,28 +330,14 @@ def annotate(input: str | Path, probabilities: str | Path, output: str | Path, p
         raise InputError(probabilities, f"shares no cell with {input}", "Give the probabilities computed for this data.")
     if len(missing):
         log.warning("%d cells have no probabilities (zero counts): labelled unassigned", len(missing))
-    probs = probs.reindex(obs.index)
-    labels = assign_labels(probs.fillna(0.0), min_prob)
-    no_probs = probs.isna().any(axis=1)
-    labels.loc[no_probs, CELLTYPE_KEY] = UNASSIGNED
-    labels.loc[no_probs, PROB_KEY] = np.nan
-    info = {"cell_types": list(probs.columns), "min_prob": float(min_prob)}
-    terms: dict[str, str] = {}
-    if model_info_path is not None:
-        info[MODEL_INFO_KEY] = _read_model_info(model_info_path)
-        terms = terms_of(info[MODEL_INFO_KEY])
-    labels = with_ontology(labels, terms)
-    if terms:
-        from .ontology import version
-
-        info[ONTOLOGY_VERSION_KEY] = version()
-    else:
+    description = _read_model_info(model_info_path) if model_info_path is not None else None
+    terms = terms_of(description) if description else {}
+    labels, probs = label_cells(probs, obs.index, min_prob, terms)
+    info = annotation_info(list(probs.columns), min_prob, description)
+    if not terms:
         log.info("no Cell Ontology terms (the panel gives none%s): %s is 'unknown' for every type",
                  "" if model_info_path else ", or no --model-info", ONTOLOGY_ID_KEY)
-    for key in LABEL_COLUMNS:
-        if key in obs:
-            log.warning("obs['%s'] of %s is kept as obs['%s_input']", key, input, key)
-            obs[f"{key}_input"] = obs.pop(key)
+    keep_input_columns(obs, LABEL_COLUMNS, input)
     if size_factors_path is not None:
         obs[SIZE_FACTOR_KEY] = read_size_factors(size_factors_path, obs.index, sample=sample)
     for key in LABEL_COLUMNS:
@@ -359,6 +345,27 @@ def annotate(input: str | Path, probabilities: str | Path, output: str | Path, p
     copy_h5ad_with(input, output, obs, obsm={PROBS_KEY: probs}, uns={UNS_KEY: info})
     write_table(pd.concat([labels, probs], axis=1), predictions)
     return ad.AnnData(obs=obs)
+
+
+def annotation_info(cell_types: list[str], min_prob: float, description: dict | None) -> dict:
+    """``uns[UNS_KEY]`` of annotated cells: the types, the threshold, the model's description
+    (``model_info``) and, when the model has Cell Ontology terms, the ontology's release."""
+    info: dict = {"cell_types": [str(t) for t in cell_types], "min_prob": float(min_prob)}
+    if description is not None:
+        info[MODEL_INFO_KEY] = description
+        if terms_of(description):
+            from .ontology import version
+
+            info[ONTOLOGY_VERSION_KEY] = version()
+    return info
+
+
+def keep_input_columns(obs: pd.DataFrame, keys: Sequence[str], source: str | Path) -> None:
+    """Columns of ``obs`` named like ``keys`` (about to be written) move to ``<key>_input``, with a warning."""
+    for key in keys:
+        if key in obs:
+            log.warning("obs['%s'] of %s is kept as obs['%s_input']", key, source, key)
+            obs[f"{key}_input"] = obs.pop(key)
 
 
 def terms_of(description: dict) -> dict[str, str]:

@@ -34,6 +34,8 @@ class FitResult:
     history: pd.DataFrame  # HISTORY_COLUMNS
     restarts: pd.DataFrame  # restart, epochs, final_loglik, seconds, selected
     settings: dict = field(default_factory=dict)
+    train_indices: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))  # rows of the data
+    validation_indices: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -122,7 +124,7 @@ def fit(data: ModelData, make_module: Callable[[torch.Generator], CellAssignModu
     history_df["selected"] = history_df["restart"] == selected
     restarts_df = pd.DataFrame(summaries)
     restarts_df["selected"] = restarts_df["restart"] == selected
-    return FitResult(best[1], history_df, restarts_df, asdict(settings))
+    return FitResult(best[1], history_df, restarts_df, asdict(settings), train_np, val_np)
 
 
 def _fit_one(module: CellAssignModule, data: ModelData, train_idx: torch.Tensor, val_idx: torch.Tensor,
@@ -152,7 +154,8 @@ def _fit_one(module: CellAssignModule, data: ModelData, train_idx: torch.Tensor,
             train_mean = float(train_ll) / n_train
             val_mean = (marginal_log_likelihood(module, data, val_idx) / val_idx.numel()
                         if val_idx.numel() else float("nan"))
-            history.append({"epoch": epoch, "train_loglik": train_mean, "val_loglik": val_mean})
+            log_prior = float(module.log_prior().detach()) / n_train  # the prior's share of each training cell
+            history.append({"epoch": epoch, "train_loglik": train_mean, "val_loglik": val_mean, "log_prior": log_prior})
             monitored = val_mean if val_idx.numel() else train_mean
             bar(epoch, train_mean, val_mean)
             log.debug("restart %d epoch %d: train %.4f validation %.4f", restart + 1, epoch, train_mean, val_mean)
