@@ -350,3 +350,24 @@ def test_out_of_memory_exits_137_so_the_pipeline_retries_with_more(counts, tmp_p
     assert [ln for ln in result.stderr.splitlines() if ln.startswith("error:")] == [
         "error: size-factors ran out of memory."]
     assert not (tmp_path / "sf.tsv").exists()
+
+
+# --- output cut short by its reader --------------------------------------------------------------------
+def test_output_cut_short_by_its_reader_ends_quietly(tmp_path):
+    """`cellassign-nf markers show pbmc_human | head -1`: the reader has gone when the command
+    writes (here before its first line, so that it is certain however fast either side is); the
+    command ends with 141 (128 + SIGPIPE), says nothing and writes no cellassign-nf.error.log."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone
+    try:
+        result = subprocess.run([sys.executable, "-c", "from cellassign_nf.cli import main; main()", "--quiet",
+                                 "markers", "show", "pbmc_human"], cwd=tmp_path, stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141 and result.stderr == "", (result.returncode, result.stderr)
+    assert not (tmp_path / "cellassign-nf.error.log").exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,13 +22,22 @@ log = logging.getLogger("cellassign_nf")
 OUT_OF_MEMORY = 137  # 128 + SIGKILL, as when the kernel or a scheduler kills a process for memory
 
 
+BROKEN_PIPE = 141  # 128 + SIGPIPE, as a command whose reader went away (`... | head`) ends
+
+
 class _Group(click.Group):
     """Turns a failure into one line on stderr and an exit status, instead of a stack trace: 2 bad
-    input, 3 a diverged fit, 137 out of memory, 1 anything unexpected (its traceback in a file)."""
+    input, 3 a diverged fit, 137 out of memory, 1 anything unexpected (its traceback in a file);
+    output cut short by its reader (``| head``) ends quietly with 141."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # the reader closed the pipe: nothing to report; stdout points at /dev/null so that
+            # Python's own flush at exit does not fail on the closed pipe again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(BROKEN_PIPE)
         except InputError as exc:
             click.echo(f"error: {exc.message}", err=True)
             sys.exit(exc.exit_code)
