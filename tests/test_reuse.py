@@ -199,8 +199,9 @@ def reuse_run(batches, tmp_path_factory, nxf_home):
     args = ["--input", str(sheet), "--model", str(batches["model"]), *RESOURCES]
     run = run_pipeline(launch, nxf_home, args)
     # the same query with the model as saved: -resume reuses QC, size factors and design
-    none = nextflow(["run", str(Path(__file__).resolve().parents[1]), *args, "--refit", "none", "-resume",
-                     "--outdir", "results_none", "-w", "work"], launch, nxf_home)
+    # (and --rollup false: the pipeline passes a flag that is on by default as --no-rollup)
+    none = nextflow(["run", str(Path(__file__).resolve().parents[1]), *args, "--refit", "none", "--rollup", "false",
+                     "-resume", "--outdir", "results_none", "-w", "work"], launch, nxf_home)
     assert none.returncode == 0, explain(none)
     return {**run, "none": launch / "results_none"}
 
@@ -227,3 +228,13 @@ def test_pipeline_refuses_a_missing_model_before_any_task(batches, tmp_path, nxf
                        str(tmp_path / "gone.model.pt"), "--outdir", "results", "-w", "work"], tmp_path, nxf_home)
     line = stopped_before_any_task(result, tmp_path / "work", "Parameter --model")
     assert "gone.model.pt does not exist" in line, line
+
+
+def test_pipeline_passes_rollup_to_annotate_both_ways(reuse_run):
+    """--rollup (on by default) reaches `cellassign-nf annotate` as --rollup, --rollup false as --no-rollup."""
+    for outdir, flag in ((reuse_run["outdir"], "--rollup"), (reuse_run["none"], "--no-rollup")):
+        rows = [r for r in trace(outdir) if r["process"].endswith(":ANNOTATE")]
+        assert len(rows) == 2 and all(r["status"] == "COMPLETED" for r in rows), rows
+        for row in rows:
+            script = (Path(row["workdir"]) / ".command.sh").read_text().split()
+            assert flag in script and ({"--rollup", "--no-rollup"} - {flag}).isdisjoint(script), script

@@ -14,7 +14,12 @@ PROBS_KEY = "cellassign_probabilities"  # obsm: cells x types probabilities
 # (ontology.py: which terms, and the schema's conventions for unassigned and other)
 ONTOLOGY_ID_KEY = "cell_type_ontology_term_id"
 ONTOLOGY_LABEL_KEY = "cell_type"
-LABEL_COLUMNS = (CELLTYPE_KEY, PROB_KEY, ONTOLOGY_ID_KEY, ONTOLOGY_LABEL_KEY)  # predictions.tsv, before the types
+# obs: at which level the cell's term was given (LEVELS) and the probability behind it: its type's,
+# or the summed probability of the panel's types under the ancestor term (labels.roll_up)
+LEVEL_KEY = "cellassign_level"
+LEVEL_PROB_KEY = "cellassign_level_prob"
+LEVELS = ("type", "ancestor", "none")
+LABEL_COLUMNS = (CELLTYPE_KEY, PROB_KEY, ONTOLOGY_ID_KEY, ONTOLOGY_LABEL_KEY, LEVEL_KEY, LEVEL_PROB_KEY)  # predictions.tsv
 UNS_KEY = "cellassign"  # uns: {"cell_types": [...], "min_prob": ..., "cell_ontology": ..., "model": {...}}
 ONTOLOGY_VERSION_KEY = "cell_ontology"  # uns[UNS_KEY]: the Cell Ontology release the terms were labelled from
 MODEL_INFO_KEY = "model"  # uns[UNS_KEY]: which model made the labels and how (api.model_info; model_info.json)

@@ -8,7 +8,9 @@ schema forbids those) is refused in one line naming the type.
 The annotation gives every cell a term and the term's label (``keys.ONTOLOGY_ID_KEY``,
 ``keys.ONTOLOGY_LABEL_KEY``) with the CELLxGENE schema's conventions: a type's own term;
 ``unknown`` for an unassigned cell and for a type the panel gives no term; ``CL:0000000``
-(``cell``) for ``other``, a cell that none of the panel's types explains.
+(``cell``) for ``other``, a cell that none of the panel's types explains. An unassigned cell may
+instead get a broader term that two or more types share (:func:`shared_ancestors`;
+``labels.roll_up``).
 """
 from __future__ import annotations
 
@@ -77,6 +79,20 @@ def check_terms(terms: Terms, path: str | Path | None = None) -> dict[str, str]:
                          f"checked against {version()})",
                          f"Give each type a current CL term (look it up at {LOOKUP_URL}), or none.")
     return dict(terms)
+
+
+def shared_ancestors(terms: Terms) -> dict[str, list[str]]:
+    """Each term that is an ancestor (or self) of the terms of two or more types, with those types,
+    most specific first (fewest types, then deepest); the root (``cell``) and the terms too general
+    for a cell type are left out."""
+    parser = _parser()
+    under: dict[str, list[str]] = {}
+    for cell_type, term in terms.items():
+        for ancestor in parser.get_term_ancestors(term, include_self=True):
+            under.setdefault(ancestor, []).append(cell_type)
+    shared = {a: types for a, types in under.items() if len(types) >= 2 and a != CELL[0] and a not in TOO_GENERAL}
+    depth = {a: len(parser.get_term_ancestors(a)) for a in shared}
+    return dict(sorted(shared.items(), key=lambda item: (len(item[1]), -depth[item[0]], item[0])))
 
 
 def cell_terms(cell_types: Iterable[str], terms: Terms) -> dict[str, tuple[str, str]]:

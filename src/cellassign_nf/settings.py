@@ -124,6 +124,9 @@ class AnnotateSettings:
     """How probabilities become labels."""
 
     min_prob: float = option(0.5, "Below this, a cell is 'unassigned'.", min=0, max=1)
+    rollup: bool = option(True, "Give a cell that no type reaches --min-prob the most specific Cell Ontology term "
+                                "shared by two or more types whose summed probability reaches it (--no-rollup: "
+                                "'unknown').")
 
 
 @dataclass

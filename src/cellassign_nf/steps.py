@@ -322,7 +322,8 @@ def annotate(input: str | Path, probabilities: str | Path, output: str | Path, p
     ``obs`` only)."""
     from .labels import label_cells
 
-    min_prob = (settings or AnnotateSettings()).min_prob
+    settings = settings or AnnotateSettings()
+    min_prob = settings.min_prob
     obs = read_obs(input)
     probs = _rows_of(read_table(probabilities), probabilities, sample, "probabilities")
     missing = obs.index.difference(probs.index)
@@ -332,7 +333,7 @@ def annotate(input: str | Path, probabilities: str | Path, output: str | Path, p
         log.warning("%d cells have no probabilities (zero counts): labelled unassigned", len(missing))
     description = _read_model_info(model_info_path) if model_info_path is not None else None
     terms = terms_of(description) if description else {}
-    labels, probs = label_cells(probs, obs.index, min_prob, terms)
+    labels, probs = label_cells(probs, obs.index, min_prob, terms, rollup=settings.rollup)
     info = annotation_info(list(probs.columns), min_prob, description)
     if not terms:
         log.info("no Cell Ontology terms (the panel gives none%s): %s is 'unknown' for every type",

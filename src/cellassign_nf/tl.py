@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import anndata as ad
 import pandas as pd
 
-from .keys import CELLTYPE_KEY, LABEL_COLUMNS, ONTOLOGY_ID_KEY, ONTOLOGY_LABEL_KEY, PROB_KEY, PROBS_KEY, UNS_KEY
+from .keys import LABEL_COLUMNS, ONTOLOGY_ID_KEY, ONTOLOGY_LABEL_KEY, PROBS_KEY, UNS_KEY
 from .settings import AnnotateSettings
 
 if TYPE_CHECKING:
@@ -27,16 +27,17 @@ def annotation_keys(key_added: str = UNS_KEY) -> dict[str, str]:
     ``<key_added>_cell_type``, ``obsm["<key_added>_probabilities"]``, ``uns[key_added]``)."""
     if key_added == UNS_KEY:
         return {key: key for key in (*LABEL_COLUMNS, PROBS_KEY, UNS_KEY)}
-    return {CELLTYPE_KEY: f"{key_added}{CELLTYPE_KEY.removeprefix(UNS_KEY)}",
-            PROB_KEY: f"{key_added}{PROB_KEY.removeprefix(UNS_KEY)}",
-            ONTOLOGY_ID_KEY: f"{key_added}_{ONTOLOGY_ID_KEY}", ONTOLOGY_LABEL_KEY: f"{key_added}_{ONTOLOGY_LABEL_KEY}",
-            PROBS_KEY: f"{key_added}{PROBS_KEY.removeprefix(UNS_KEY)}", UNS_KEY: key_added}
+    ours = {key: f"{key_added}{key.removeprefix(UNS_KEY)}" for key in (*LABEL_COLUMNS, PROBS_KEY)
+            if key.startswith(UNS_KEY)}  # cellassign_celltype -> <key_added>_celltype, ...
+    schema = {key: f"{key_added}_{key}" for key in (ONTOLOGY_ID_KEY, ONTOLOGY_LABEL_KEY)}  # CELLxGENE's names
+    return {**ours, **schema, UNS_KEY: key_added}
 
 
 def cellassign(adata: ad.AnnData, markers: pd.DataFrame | str | Path, *, size_factor_key: str | None = None,
                batch_key: str | None = None, categorical_covariate_keys: list[str] | None = None,
                continuous_covariate_keys: list[str] | None = None, layer: str | None = None,
-               min_prob: float = AnnotateSettings.min_prob, key_added: str = UNS_KEY, copy: bool = False,
+               min_prob: float = AnnotateSettings.min_prob, rollup: bool = AnnotateSettings.rollup,
+               key_added: str = UNS_KEY, copy: bool = False,
                model_kwargs: Mapping[str, Any] | None = None, **train_kwargs: Any) -> CellAssign:
     """Fit CellAssign to ``adata`` and write its labels into it; returns the fitted model.
 
@@ -48,7 +49,9 @@ def cellassign(adata: ad.AnnData, markers: pd.DataFrame | str | Path, *, size_fa
 
     Written (names of :func:`annotation_keys`; with ``copy``, into a copy, which is ``model.adata``):
     ``obs`` the assigned type (``unassigned`` below ``min_prob``), its probability, its Cell
-    Ontology term and label; ``obsm`` the cells x types probabilities; ``uns`` the types, the
+    Ontology term and label (with ``rollup``, an unassigned cell's broader term when the types
+    under it reach ``min_prob`` together), the level of that term and its probability; ``obsm``
+    the cells x types probabilities; ``uns`` the types, the
     threshold, the model's description and the ontology's release. Columns of these names that
     an earlier call did not write (e.g. a CELLxGENE ``cell_type``) are kept as ``<name>_input``.
 
@@ -64,18 +67,19 @@ def cellassign(adata: ad.AnnData, markers: pd.DataFrame | str | Path, *, size_fa
                        categorical_covariate_keys=categorical_covariate_keys,
                        continuous_covariate_keys=continuous_covariate_keys, layer=layer, **dict(model_kwargs or {}))
     model.train(**train_kwargs)
-    write_annotation(adata, model, model.predict(), min_prob, key_added)
+    write_annotation(adata, model, model.predict(), min_prob, key_added, rollup)
     return model
 
 
 def write_annotation(adata: ad.AnnData, model: CellAssign, probabilities: pd.DataFrame,
-                     min_prob: float = AnnotateSettings.min_prob, key_added: str = UNS_KEY) -> None:
+                     min_prob: float = AnnotateSettings.min_prob, key_added: str = UNS_KEY,
+                     rollup: bool = AnnotateSettings.rollup) -> None:
     """Write ``model``'s labels of ``adata`` from its ``probabilities`` as :func:`cellassign` says."""
     from .labels import label_cells
     from .steps import annotation_info, keep_input_columns, model_info
 
     keys = annotation_keys(key_added)
-    labels, probs = label_cells(probabilities, adata.obs_names, min_prob, model.ontology)
+    labels, probs = label_cells(probabilities, adata.obs_names, min_prob, model.ontology, rollup)
     if keys[UNS_KEY] not in adata.uns:  # not an earlier annotation of ours: keep what the input had
         keep_input_columns(adata.obs, [keys[k] for k in LABEL_COLUMNS], "the AnnData")
     for key in LABEL_COLUMNS:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..io import display_names, relabel_genes
-from ..labels import ontology_by_type
+from ..labels import ontology_by_type, rolled_up
 from .base import (
     CELLTYPE_KEY, PROB_KEY, SIZE_FACTOR_KEY, UMAP_MIN_CELLS, ModelLike, QCSummary, ReportFigure, SampleSummary, flatten,
     write_bytes,
@@ -140,6 +140,15 @@ def celltypes_section(inp: ReportInputs, sink: FigureSink) -> _Section:
                            rows))
     if not terms:
         s.notes.append("The annotated data have no Cell Ontology columns (annotated before they existed).")
+    ancestors = rolled_up(inp.adata.obs)
+    if len(ancestors):
+        s.notes.append(f"{int(ancestors['cells'].sum())} unassigned cells were labelled at a broader Cell Ontology "
+                       "term: no single type reached the threshold, but the types under that term together did "
+                       "(their summed probability; --no-rollup turns this off).")
+        s.tables.append(_table(list(ancestors.columns),
+                               [[term, name, int(n), round(float(median), 3)]
+                                for term, name, n, median in ancestors.itertuples(index=False, name=None)],
+                               "Labelled at an ancestor term"))
     sink.add(s, "celltype_counts", "Cell-type counts", lambda: plot_celltype_counts(counts),
              "Number (and share) of cells assigned to each type.")
     return s
