@@ -68,7 +68,7 @@ def roll_up(labels: pd.DataFrame, probabilities: pd.DataFrame, ontology: Mapping
     level = np.where(assigned, LEVELS[0], LEVELS[2]).astype(object)
     level_prob = np.where(assigned, out[PROB_KEY].to_numpy(dtype=float), np.nan)
     terms = {t: term for t, term in ontology.items() if t in probabilities.columns}
-    candidates = {} if min_prob is None or assigned.all() else shared_ancestors(terms)
+    candidates = {} if min_prob is None or assigned.all() or len(terms) < 2 else shared_ancestors(terms)
     if candidates:
         member = np.array([[t in types for types in candidates.values()] for t in probabilities.columns], dtype=float)
         sums = np.nan_to_num(probabilities.to_numpy(dtype=float)) @ member  # cells x candidates
@@ -86,7 +86,6 @@ def roll_up(labels: pd.DataFrame, probabilities: pd.DataFrame, ontology: Mapping
     out[LEVEL_KEY] = pd.Categorical(level, categories=list(LEVELS))
     out[LEVEL_PROB_KEY] = level_prob
     return out
-
 
 
 def with_ontology(labels: pd.DataFrame, ontology: Mapping[str, str]) -> pd.DataFrame:
