@@ -23,12 +23,12 @@ SORTED = {"CD4+/CD45RA+/CD25- Naive T": "T", "CD4+/CD45RO+ Memory": "T", "CD4+/C
 
 def lineage(term: str) -> str | None:
     """The one lineage of LINEAGES whose term is an ancestor (or self) of ``term``, else None."""
-    from cellassign_nf.ontology import TERM_PATTERN, _parser
+    from cellassign_nf.ontology import TERM_PATTERN, ancestors
 
     if not TERM_PATTERN.fullmatch(term):
         return None
-    ancestors = set(_parser().get_term_ancestors(term, include_self=True))
-    hits = [name for name, lineage_term in LINEAGES.items() if lineage_term in ancestors]
+    kinds = set(ancestors(term))
+    hits = [name for name, lineage_term in LINEAGES.items() if lineage_term in kinds]
     return hits[0] if len(hits) == 1 else None
 
 

@@ -339,7 +339,7 @@ class CellAssign:
             raise RuntimeError("give the AnnData (or load the model with one)")
         if indices is not None:
             adata = adata[np.asarray(indices)]
-        cells, data = self._prepare(adata, None)
+        cells, data = self._cells_and_data(adata)  # the model's own cells: prepared once
         gamma = torch.as_tensor(predict_gamma(module, data), dtype=torch.float32)
         if isinstance(library_size, str):
             if library_size not in ("latent", "observed"):

@@ -75,12 +75,11 @@ def roll_up(labels: pd.DataFrame, probabilities: pd.DataFrame, ontology: Mapping
         reach = (sums >= min_prob) & ~assigned[:, None] & ~probabilities.isna().any(axis=1).to_numpy()[:, None]
         rolled = reach.any(axis=1)
         first = reach.argmax(axis=1)  # candidates are most specific first
-        names = list(candidates)
+        chosen = np.asarray(list(candidates), dtype=object)[first[rolled]]
         ids = out[ONTOLOGY_ID_KEY].astype(str).to_numpy(dtype=object)
         texts = out[ONTOLOGY_LABEL_KEY].astype(str).to_numpy(dtype=object)
-        for row in np.flatnonzero(rolled):
-            ids[row] = names[first[row]]
-            texts[row] = label(names[first[row]])
+        names = {term: label(term) for term in set(chosen)}  # each term's label looked up once
+        ids[rolled], texts[rolled] = chosen, [names[term] for term in chosen]
         level[rolled], level_prob[rolled] = LEVELS[1], sums[rolled, first[rolled]]
         out[ONTOLOGY_ID_KEY], out[ONTOLOGY_LABEL_KEY] = pd.Categorical(ids), pd.Categorical(texts)
     out[LEVEL_KEY] = pd.Categorical(level, categories=list(LEVELS))

@@ -81,17 +81,21 @@ def check_terms(terms: Terms, path: str | Path | None = None) -> dict[str, str]:
     return dict(terms)
 
 
+def ancestors(term: str, include_self: bool = True) -> list[str]:
+    """The terms ``term`` is a kind of in the Cell Ontology (with ``term`` itself)."""
+    return list(_parser().get_term_ancestors(term, include_self=include_self))
+
+
 def shared_ancestors(terms: Terms) -> dict[str, list[str]]:
     """Each term that is an ancestor (or self) of the terms of two or more types, with those types,
     most specific first (fewest types, then deepest); the root (``cell``) and the terms too general
     for a cell type are left out."""
-    parser = _parser()
     under: dict[str, list[str]] = {}
     for cell_type, term in terms.items():
-        for ancestor in parser.get_term_ancestors(term, include_self=True):
+        for ancestor in ancestors(term):
             under.setdefault(ancestor, []).append(cell_type)
     shared = {a: types for a, types in under.items() if len(types) >= 2 and a != CELL[0] and a not in TOO_GENERAL}
-    depth = {a: len(parser.get_term_ancestors(a)) for a in shared}
+    depth = {a: len(ancestors(a, include_self=False)) for a in shared}
     return dict(sorted(shared.items(), key=lambda item: (len(item[1]), -depth[item[0]], item[0])))
 
 
