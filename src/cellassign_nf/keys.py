@@ -27,6 +27,7 @@ INPUT_INFO_KEY = "cellassign_input"  # uns: what read_counts found (source file,
 QC_WARNINGS_KEY = "warnings"  # qc_summary.json: sample-level QC warnings, one sentence each (qc.qc_warnings)
 TOTALS_KEY = "cellassign_total_counts"  # obs, in memory: total counts over all genes (io.read_h5ad of some genes)
 TRUE_CELLTYPE_KEY = "true_celltype"  # obs of simulated data: the type a cell was drawn from
+TRUE_DOUBLET_KEY = "true_doublet"  # obs of simulate_library: "" for a singlet, "A+B" for a doublet
 
 UNASSIGNED = "unassigned"  # the label of a cell below the probability threshold
 OTHER = "other"  # a type without markers (train --other)

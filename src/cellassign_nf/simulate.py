@@ -1,5 +1,8 @@
-"""Counts simulated from the CellAssign model with known cell types: the one simulator of the
-project (tests, demo data, benchmarks).
+"""Counts with known cell types: the project's simulators (tests, demo data, benchmarks).
+
+:func:`simulate` draws from the CellAssign model itself; :func:`simulate_library` draws a
+library that is *not* the model (see its docstring), with doublets if asked, to check what the
+model cannot check on its own data: doublet detection, cells of types the panel lacks.
 
 The generative model of docs/model.md (section 2), per cell n, gene g, type c and batch
 b (the first batch is the reference):
@@ -28,7 +31,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .keys import SIZE_FACTOR_KEY, TRUE_CELLTYPE_KEY
+from .keys import SIZE_FACTOR_KEY, TRUE_CELLTYPE_KEY, TRUE_DOUBLET_KEY
 from .markers import marker_list_to_matrix
 
 _CHUNK_VALUES = 2_000_000  # cells x genes drawn at once: bounds the float64 temporaries
@@ -177,3 +180,76 @@ def _counts(s, beta0, beta, batch, delta, z, phi, rng, sparse: bool):
         else:
             dense[lo:hi] = x
     return sp.vstack(parts, format="csr") if sparse else dense
+
+
+def simulate_library(
+    markers: Mapping[str, Sequence[str]] | pd.DataFrame,
+    n_cells: int = 6000,
+    n_other_genes: int = 2000,
+    proportions: Sequence[float] | None = None,
+    doublet_rate: float = 0.0,
+    seed: int = 0,
+    *,
+    library_mean: float = 3000.0,
+    library_sd: float = 0.5,
+    marker_fold: float = 4.0,
+    de_fraction: float = 0.1,
+    de_sd: float = 1.0,
+    bcv: float = 0.3,
+    dropout_midpoint: float = -1.0,
+    dropout_slope: float = 1.5,
+) -> ad.AnnData:
+    """A droplet library in the manner of Splatter (Zappia et al. 2017), not the CellAssign model.
+
+    Genes get a base share of the library, Gamma-distributed (shape 0.6); each type multiplies
+    its own markers by a log-normal fold around ``marker_fold`` (spread 0.3) and a random
+    ``de_fraction`` of the other genes by a log-normal fold (``de_sd``, up or down), so types
+    differ beyond the panel. A cell's library size is log-normal (median ``library_mean``,
+    ``library_sd``); its mean per gene is the library times the type's shares. Counts are
+    Poisson of a Gamma draw with biological coefficient of variation ``bcv``, then a logistic
+    dropout on the log mean (half the counts lost at ``exp(dropout_midpoint)``).
+
+    Doublets: a share ``doublet_rate`` of the ``n_cells`` droplets holds two cells, drawn like
+    any other and summed count by count. ``obs["true_celltype"]`` is the first cell's type,
+    ``obs["true_doublet"]`` is "" for a singlet and "A+B" (types in panel order) for a doublet.
+    Genes: the markers (rows of ``markers``), then ``GENE0000``...; ``X`` is CSR float32 counts.
+    """
+    rng = np.random.default_rng(seed)
+    rho = markers if isinstance(markers, pd.DataFrame) else marker_list_to_matrix(markers)
+    types, G = list(rho.columns), len(rho)
+    genes = list(rho.index) + [f"GENE{i:04d}" for i in range(n_other_genes)]
+    shares = np.tile(rng.gamma(0.6, 1.0, len(genes)), (len(types), 1))       # types x genes
+    shares[:, :G] *= np.exp(np.log(marker_fold) + 0.3 * rng.standard_normal((len(types), G))) ** rho.to_numpy().T
+    de = rng.random((len(types), n_other_genes)) < de_fraction
+    shares[:, G:] *= np.where(de, np.exp(de_sd * rng.standard_normal(de.shape)), 1.0)
+    shares /= shares.sum(axis=1, keepdims=True)
+
+    n_doublets = int(round(doublet_rate * n_cells))
+    pi = _proportions(len(types), proportions, None, rng)
+    z = rng.choice(len(types), size=n_cells + n_doublets, p=pi)
+    library = library_mean * np.exp(library_sd * rng.standard_normal(z.size))
+    rows = []
+    for lo in range(0, z.size, max(1, _CHUNK_VALUES // len(genes))):
+        hi = min(z.size, lo + max(1, _CHUNK_VALUES // len(genes)))
+        mu = library[lo:hi, None] * shares[z[lo:hi]]
+        lam = rng.gamma(1.0 / bcv**2, bcv**2 * mu)
+        x = rng.poisson(lam)
+        x[rng.random(x.shape) < 1.0 / (1.0 + np.exp(-dropout_slope * (dropout_midpoint - np.log(mu))))] = 0
+        rows.append(sp.csr_matrix(x.astype(np.float32)))
+    X = sp.vstack(rows, format="csr")
+
+    # the last n_doublets cells join the first n_doublets droplets chosen at random
+    hosts = rng.choice(n_cells, size=n_doublets, replace=False)
+    guests = np.arange(n_cells, n_cells + n_doublets)
+    join = sp.csr_matrix((np.ones(n_doublets, dtype=np.float32), (hosts, guests)), shape=(n_cells, z.size))
+    X = (X[:n_cells] + join @ X).tocsr()
+    doublet = np.full(n_cells, "", dtype=object)
+    pair = np.sort(np.stack([z[hosts], z[guests]]), axis=0)
+    doublet[hosts] = [f"{types[a]}+{types[b]}" for a, b in pair.T]
+
+    adata = ad.AnnData(X)
+    adata.obs_names = [f"cell{i:06d}" for i in range(n_cells)]
+    adata.var_names = genes
+    adata.obs[TRUE_CELLTYPE_KEY] = pd.Categorical(np.asarray(types)[z[:n_cells]], categories=types)
+    adata.obs[TRUE_DOUBLET_KEY] = doublet.astype(str)
+    return adata
