@@ -23,10 +23,10 @@ RUN_TIMEOUT = 1800  # seconds: the limit of one whole pipeline run
 
 # The samples of -profile test (assets/demo), and the tasks of one run of it in each mode
 DEMO_SAMPLES = ("sample1", "sample2")
-PER_SAMPLE_TASKS = {"QC": 2, "SIZE_FACTORS": 2, "DESIGN": 2, "CHECK_PANEL": 1, "TRAIN": 2, "ANNOTATE": 2,
+PER_SAMPLE_TASKS = {"QC": 2, "DOUBLETS": 2, "SIZE_FACTORS": 2, "DESIGN": 2, "CHECK_PANEL": 1, "TRAIN": 2, "ANNOTATE": 2,
                     "DIAGNOSE": 2, "REPORT": 2, "CELLTYPE_COUNTS": 1, "MULTIQC": 1}
 COHORT_ARGS = ("--mode", "cohort", "--layer", "X")  # the cohort runs of the tests (--layer X: the main matrix, named)
-COHORT_TASKS = {"QC": 2, "MERGE": 1, "SIZE_FACTORS": 1, "DESIGN": 1, "CHECK_PANEL": 1, "TRAIN": 1, "ANNOTATE": 2,
+COHORT_TASKS = {"QC": 2, "DOUBLETS": 2, "MERGE": 1, "SIZE_FACTORS": 1, "DESIGN": 1, "CHECK_PANEL": 1, "TRAIN": 1, "ANNOTATE": 2,
                 "DIAGNOSE": 2, "REPORT": 2, "CELLTYPE_COUNTS": 1, "MULTIQC": 1}
 # per-sample mode with --model: the model checked once (CHECK_MODEL instead of CHECK_PANEL), PREDICT instead of TRAIN
 MODEL_TASKS = {**{k: v for k, v in PER_SAMPLE_TASKS.items() if k not in ("CHECK_PANEL", "TRAIN")}, "CHECK_MODEL": 1,

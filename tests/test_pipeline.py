@@ -77,6 +77,37 @@ def test_marker_diagnostics_reach_every_sample_report_and_multiqc(per_sample_run
         sorted(float(row.split("\t")[column]) for row in stats[1:]) == [0.0, 0.0], stats
 
 
+def test_doublets_of_each_sample_reach_train_annotate_reports_and_the_status(per_sample_run):
+    """DOUBLETS per sample: its table and summary are published, TRAIN leaves the predicted doublets
+    out, ANNOTATE labels them, and the rate reaches the terminal, samples.tsv and MultiQC."""
+    import csv
+    import json
+
+    import anndata as ad
+    import pandas as pd
+
+    from cellassign_nf.keys import CELLTYPE_KEY, DOUBLET, PREDICTED_DOUBLET_KEY
+
+    out = per_sample_run["outdir"]
+    rows = trace(out)
+    with open(out / "pipeline_info" / "samples.tsv", newline="") as fh:
+        status = {row["sample"]: row for row in csv.DictReader(fh, delimiter="\t")}
+    for s in SAMPLES:
+        summary = json.loads((out / s / f"{s}.doublet_summary.json").read_text())
+        table = pd.read_csv(out / s / f"{s}.doublets.tsv", sep="\t", index_col=0)
+        assert summary["method"] == "scrublet" and summary["n_doublets"] == table[PREDICTED_DOUBLET_KEY].sum()
+        train = next(r for r in rows if r["process"].endswith(":TRAIN") and r["tag"] == s)
+        assert f"--doublet-table doublets/{s}.doublets.tsv" in (Path(train["workdir"]) / ".command.sh").read_text()
+        obs = ad.read_h5ad(out / s / f"{s}.annotated.h5ad", backed="r").obs
+        assert obs[PREDICTED_DOUBLET_KEY].tolist() == table.loc[obs.index, PREDICTED_DOUBLET_KEY].tolist()
+        assert ((obs[CELLTYPE_KEY].astype(str) == DOUBLET) == obs[PREDICTED_DOUBLET_KEY]).all()
+        assert status[s]["doublets"] == summary["rate_text"]
+        assert f"{s}: doublets: {summary['note']}" in per_sample_run["result"].stdout
+        assert 'id="doublets"' in (out / s / "report" / f"{s}.report.html").read_text()
+    stats = (out / "multiqc" / "multiqc_data" / "multiqc_general_stats.txt").read_text().splitlines()
+    assert any("pct_doublets" in c for c in stats[0].split("\t")), stats[0]
+
+
 def test_per_sample_run_carries_the_panels_cell_ontology_terms(per_sample_run):
     """CHECK_PANEL publishes the panel with its terms; every sample's outputs carry each cell's term."""
     import anndata as ad
@@ -193,10 +224,14 @@ def test_cohort_run_annotates_each_sample_from_the_cohort_model(cohort_run):
     assert "--layer 'X'" in (Path(qc[0]["workdir"]) / ".command.sh").read_text()
     train = [r for r in trace(out) if r["process"].endswith(":TRAIN")]
     assert "--layer" not in (Path(train[0]["workdir"]) / ".command.sh").read_text()  # QC moved the counts to X
+    train_script = (Path(train[0]["workdir"]) / ".command.sh").read_text()
+    # every sample's doublets, found in that sample alone before the merge
+    assert all(f"--doublet-table doublets/{s}.doublets.tsv" in train_script for s in SAMPLES), train_script
     annotate = [r for r in trace(out) if r["process"].endswith(":ANNOTATE")]
     for row in annotate:
         script = (Path(row["workdir"]) / ".command.sh").read_text()
         assert f"--sample {row['tag']}" in script and "cohort.probabilities.tsv" in script, script
+        assert f"--doublet-table {row['tag']}.doublets.tsv" in script, script
     for s in SAMPLES:
         agree = accuracy(out / s / f"{s}.annotated.h5ad")
         assert agree >= 0.90, f"cohort mode, {s}: {agree:.3f} agree with obs['true_celltype']"

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from cellassign_nf.cli_report import cohort_table_command, report_command
 from cellassign_nf.errors import InputError
+from cellassign_nf.keys import DOUBLET
 from cellassign_nf.report import (
     UNASSIGNED,
     cohort_table,
@@ -342,8 +343,10 @@ def test_multiqc_files(report: Path, pipeline: dict[str, Path]) -> None:
     assert gs["plot_type"] == "generalstats"
     assert row["cells_after_qc"] == adata.n_obs
     labels = adata.obs["cellassign_celltype"].astype(str)
-    assert row["pct_assigned"] == pytest.approx(100 * (labels != UNASSIGNED).mean(), abs=0.01)
-    assert row["top_celltype"] == labels[labels != UNASSIGNED].value_counts().idxmax()
+    typed = ~labels.isin([UNASSIGNED, DOUBLET])
+    assert row["pct_assigned"] == pytest.approx(100 * typed.mean(), abs=0.01)
+    assert row["pct_doublets"] == pytest.approx(100 * (labels == DOUBLET).mean(), abs=0.01)
+    assert row["top_celltype"] == labels[typed].value_counts().idxmax()
     hist = load_history(pipeline["history"])
     assert row["final_val_loglik"] == pytest.approx(hist[hist.selected]["val_loglik"].iloc[-1], abs=1e-3)
     curve = yaml.safe_load((report / "sample1_cellassign_training_mqc.yaml").read_text())

@@ -210,6 +210,8 @@ def test_pipeline_annotates_new_batches_with_the_saved_model(reuse_run, batches)
     out = reuse_run["outdir"]
     counts = process_counts(trace(out))
     assert "TRAIN" not in counts and counts["PREDICT"] == 2 and counts["CHECK_MODEL"] == 1, counts
+    for row in (r for r in trace(out) if r["process"].endswith(":PREDICT")):  # the refit leaves doublets out
+        assert f"--doublet-table doublets/{row['tag']}.doublets.tsv" in (Path(row["workdir"]) / ".command.sh").read_text()
     sha = hashlib.sha256(batches["model"].read_bytes()).hexdigest()
     for s in ("q1", "q2"):
         refit, as_saved = accuracy(out / s / f"{s}.annotated.h5ad"), accuracy(reuse_run["none"] / s / f"{s}.annotated.h5ad")

@@ -153,11 +153,11 @@ def test_resume_after_fixing_a_file_reruns_only_that_sample_and_the_still_failin
         if r["tag"] in DEMO_SAMPLES:
             assert r["status"] == "CACHED", r
     fixed = {step(r): r["status"] for r in per_sample if r["tag"] == "truncated"}
-    assert fixed == dict.fromkeys(["QC", "SIZE_FACTORS", "DESIGN", "TRAIN", "ANNOTATE", "DIAGNOSE", "REPORT"],
-                                  "COMPLETED")
+    assert fixed == dict.fromkeys(["QC", "DOUBLETS", "SIZE_FACTORS", "DESIGN", "TRAIN", "ANNOTATE", "DIAGNOSE",
+                                   "REPORT"], "COMPLETED")
     for s in ("renamed", "damaged"):  # their finished steps are reused, the failed one runs again
         assert {step(r): r["status"] for r in per_sample if r["tag"] == s} == {
-            "QC": "CACHED", "SIZE_FACTORS": "CACHED", "DESIGN": "CACHED", "TRAIN": "FAILED"}
+            "QC": "CACHED", "DOUBLETS": "CACHED", "SIZE_FACTORS": "CACHED", "DESIGN": "CACHED", "TRAIN": "FAILED"}
     status = mixed["resumed_status"]
     assert status["truncated"]["status"] == "annotated"
     assert [s for s, row in status.items() if row["status"] == "set aside"] == ["renamed", "damaged"]

@@ -36,7 +36,7 @@ from nextflow_helpers import (DEMO_SAMPLES as SAMPLES, NEXTFLOW, REPO, RUN_TIMEO
                               step, trace)
 
 LOCAL_SLURM = REPO / "scripts" / "local-slurm"
-CPU_STEPS_PER_SAMPLE = ["QC", "SIZE_FACTORS", "DESIGN", "ANNOTATE", "DIAGNOSE", "REPORT"]
+CPU_STEPS_PER_SAMPLE = ["QC", "DOUBLETS", "SIZE_FACTORS", "DESIGN", "ANNOTATE", "DIAGNOSE", "REPORT"]
 
 # Test-only settings: poll SLURM every second instead of every 30 s, and record what each task saw.
 FAST_CONFIG = """
@@ -506,7 +506,7 @@ def test_gpu_node_without_cuda_fails_train_in_one_line(no_cuda_run):
     assert len(rows) == 2 and all(r["status"] == "FAILED" and r["exit"] == "2" and r["attempt"] == "1"
                                   for r in rows), rows
     train = rows
-    assert {r["status"] for r in tasks if step(r) in ("QC", "SIZE_FACTORS", "DESIGN")} == {"CACHED"}
+    assert {r["status"] for r in tasks if step(r) in ("QC", "DOUBLETS", "SIZE_FACTORS", "DESIGN")} == {"CACHED"}
     err = (Path(train[0]["workdir"]) / ".command.err").read_text().strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --device cuda: a GPU was requested but CUDA is not usable"), err
     assert "CUDA_VISIBLE_DEVICES='0'" in err[0] and "--device cpu" in err[0], err[0]
@@ -549,7 +549,7 @@ def test_resume_after_interruption_reuses_finished_tasks(cohort_runs):
     status = {}
     for row in trace(cohort_runs["outdir"]):
         status.setdefault(step(row), set()).add(row["status"])
-    for name in ("QC", "MERGE", "SIZE_FACTORS", "DESIGN"):
+    for name in ("QC", "DOUBLETS", "MERGE", "SIZE_FACTORS", "DESIGN"):
         assert status[name] == {"CACHED"}, (name, status)
     for name in ("TRAIN", "ANNOTATE", "DIAGNOSE", "REPORT", "CELLTYPE_COUNTS", "MULTIQC"):
         assert status[name] == {"COMPLETED"}, (name, status)

@@ -1,5 +1,5 @@
 /*
- * CELLASSIGN: QC -> size factors -> design -> train -> annotate -> diagnose -> report -> MultiQC.
+ * CELLASSIGN: QC -> doublets -> size factors -> design -> train -> annotate -> diagnose -> report -> MultiQC.
  *
  * The panel (--markers) is checked once by CHECK_PANEL, its Cell Ontology terms included; the
  * steps that read it wait for that check, and a panel it refuses stops the run.
@@ -14,12 +14,17 @@
  *                  with `sample` in the design, then every sample is annotated from
  *                  the cohort probabilities (annotate --sample NAME) and reported.
  *
+ * Doublets are found in each sample on its own (DOUBLETS, before any merge: they exist only
+ * within one library); their per-cell tables go to TRAIN / PREDICT (not fitted) and ANNOTATE
+ * (labelled 'doublet').
+ *
  * A sample whose step fails on its data is set aside (lib/SetAside.groovy): its later steps do
  * not run (in cohort mode, a sample set aside by QC is left out of the merge) and the others go
  * on. pipeline_info/samples.tsv and the MultiQC report list every sample's status.
  */
 
 include { QC              } from '../modules/local/qc/main'
+include { DOUBLETS        } from '../modules/local/doublets/main'
 include { MERGE           } from '../modules/local/merge/main'
 include { SIZE_FACTORS    } from '../modules/local/size_factors/main'
 include { DESIGN          } from '../modules/local/design/main'
@@ -84,6 +89,13 @@ def qcWarnings(summary) {
     return (new groovy.json.JsonSlurper().parse(summary.toFile())['warnings'] ?: [])*.toString()
 }
 
+// The doublet summary (cellassign_nf.doublets): [rate text for samples.tsv, note for the terminal, warnings]
+def doubletSummary(summary) {
+    def parsed = new groovy.json.JsonSlurper().parse(summary.toFile())
+    return [rate: parsed['rate_text']?.toString() ?: '', note: parsed['note']?.toString() ?: '',
+            warnings: (parsed['warnings'] ?: [])*.toString()]
+}
+
 // A table cell: one line, no tabs
 def cell(value) {
     return (value ?: '').toString().replaceAll(/[\t\r\n]+/, ' ').trim()
@@ -91,10 +103,10 @@ def cell(value) {
 
 /*
  * Every sample's status, once all its steps have ended: `annotated` (it has a report) or `set
- * aside` (the step and the command's one-line reason), with its QC warnings.
+ * aside` (the step and the command's one-line reason), with its doublet rate and its QC warnings.
  * Rows: maps with SetAside.COLUMNS as keys, in samplesheet order.
  */
-def sampleStatus(List<String> samples, List<String> annotated, Map<String, List<String>> warnings) {
+def sampleStatus(List<String> samples, List<String> annotated, Map<String, List<String>> warnings, Map<String, String> doublets) {
     def setAside = SetAside.records().collectEntries { [it.sample, it] }
     return samples.collect { String sample ->
         def record = setAside[sample]
@@ -103,6 +115,7 @@ def sampleStatus(List<String> samples, List<String> annotated, Map<String, List<
             status     : record ? SetAside.SET_ASIDE : sample in annotated ? SetAside.DONE : SetAside.NOT_FINISHED,
             step       : record?.step ?: '',
             reason     : record?.reason ?: '',
+            doublets   : doublets[sample] ?: '',
             qc_warnings: (warnings[sample] ?: []).join(' | '),
         ]
     }
@@ -141,21 +154,32 @@ workflow CELLASSIGN {
 
     QC(ch_samples)
     ch_versions = ch_versions.mix(QC.out.versions)
-    // [sample, its QC warnings], each summary read once: one terminal line per warning, and samples.tsv
+    // doublets of each sample on its own, before any merge
+    DOUBLETS(QC.out.h5ad)
+    ch_versions = ch_versions.mix(DOUBLETS.out.versions)
+    ch_doublets = DOUBLETS.out.summary.map { meta, summary -> [meta.id, doubletSummary(summary)] }
+    ch_doublets.subscribe { sample, d -> log.info "${sample}: doublets: ${d.note}" }
+
+    // [sample, its QC and doublet warnings], each summary read once: one terminal line per warning, and samples.tsv
     ch_qc_warnings = QC.out.summary.map { meta, summary -> [meta.id, qcWarnings(summary)] }
+        .join(ch_doublets)
+        .map { sample, warnings, d -> [sample, warnings + d.warnings] }
     ch_qc_warnings.subscribe { sample, warnings -> warnings.each { log.warn "${sample}: QC: ${it}" } }
 
     if (params.mode == 'cohort') {
-        // one model over all samples
-        ch_cohort = QC.out.h5ad
-            .map { _meta, h5ad -> h5ad }
-            .collect(sort: { a, b -> a.name <=> b.name })
-            .map { h5ads -> [[id: 'cohort', cohort: true], h5ads] }
-        MERGE(ch_cohort)
+        // one model over all samples whose doublets are known, their doublet tables beside it
+        ch_cohort_parts = QC.out.h5ad.join(DOUBLETS.out.tsv, failOnDuplicate: true)
+            .map { _meta, h5ad, doublets -> [h5ad, doublets] }
+            .toSortedList { a, b -> a[0].name <=> b[0].name }
+            .filter { parts -> parts }
+        def cohortMeta = [id: 'cohort', cohort: true]
+        MERGE(ch_cohort_parts.map { parts -> [cohortMeta, parts.collect { it[0] }] })
         ch_versions = ch_versions.mix(MERGE.out.versions)
         ch_model_input = MERGE.out.h5ad
+        ch_model_doublets = ch_cohort_parts.map { parts -> [cohortMeta, parts.collect { it[1] }] }
     } else {
         ch_model_input = QC.out.h5ad
+        ch_model_doublets = DOUBLETS.out.tsv
     }
 
     // size factors and the design are small tables beside the counts, which no step copies
@@ -169,6 +193,7 @@ workflow CELLASSIGN {
     ch_fit_input = ch_model_input
         .join(SIZE_FACTORS.out.tsv, failOnDuplicate: true)
         .join(DESIGN.out.design, failOnDuplicate: true)
+        .join(ch_model_doublets, failOnDuplicate: true)
     def fitted  // TRAIN.out or PREDICT.out: the same outputs
     if (params.model) {
         // a saved model: checked once; its panel is what the diagnostics and reports read
@@ -197,12 +222,16 @@ workflow CELLASSIGN {
             .map { _meta, size_factors, probabilities, info, history, model -> [size_factors, probabilities, info, history, model] }
         ch_per_sample = QC.out.h5ad.combine(ch_cohort_fit)
         ch_annotate_input = ch_per_sample.map { meta, h5ad, size_factors, probabilities, info, _history, _model -> [meta, h5ad, size_factors, probabilities, info] }
+            .join(DOUBLETS.out.tsv, failOnDuplicate: true)
+            .join(DOUBLETS.out.summary, failOnDuplicate: true)
         ch_fit = ch_per_sample.map { meta, _h5ad, _size_factors, _probabilities, _info, history, model -> [meta, history, model] }
     } else {
         ch_annotate_input = QC.out.h5ad
             .join(SIZE_FACTORS.out.tsv, failOnDuplicate: true)
             .join(fitted.probabilities, failOnDuplicate: true)
             .join(fitted.info, failOnDuplicate: true)
+            .join(DOUBLETS.out.tsv, failOnDuplicate: true)
+            .join(DOUBLETS.out.summary, failOnDuplicate: true)
         ch_fit = fitted.history.join(fitted.model, failOnDuplicate: true)
     }
 
@@ -235,7 +264,8 @@ workflow CELLASSIGN {
         .map { ids -> [samples: ids] }
         .combine(REPORT.out.report.map { meta, _dir -> meta.id }.toList().map { ids -> [annotated: ids] })
         .combine(ch_qc_warnings.toList().map { pairs -> [warnings: pairs.collectEntries()] })
-        .map { a, b, c -> sampleStatus(a.samples, b.annotated, c.warnings) }
+        .combine(ch_doublets.toList().map { pairs -> [doublets: pairs.collectEntries { sample, d -> [sample, d.rate] }] })
+        .map { a, b, c, d -> sampleStatus(a.samples, b.annotated, c.warnings, d.doublets) }
     ch_status.map { rows -> sampleStatusTsv(rows) }
         .collectFile(name: 'samples.tsv', storeDir: "${params.outdir}/pipeline_info")
 

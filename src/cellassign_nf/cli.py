@@ -14,7 +14,7 @@ from .cli_diagnostics import diagnostic_options, echo_summary, thresholds_of
 from .errors import InputError
 from .cli_options import options_of, settings_of
 from .keys import OTHER, SIZE_FACTOR_KEY
-from .settings import AnnotateSettings, ModelSettings, QCThresholds, RefitSettings, TrainSettings
+from .settings import AnnotateSettings, DoubletSettings, ModelSettings, QCThresholds, RefitSettings, TrainSettings
 
 log = logging.getLogger("cellassign_nf")
 
@@ -141,6 +141,12 @@ def train_options(f):
     return f
 
 
+doublet_table_option = click.option(
+    "--doublet-table", "doublet_tables", multiple=True, type=click.Path(),
+    help="Doublet table of `cellassign-nf doublets` (one per sample; repeat for a cohort): predicted doublets are "
+         "left out of the fit and still get probabilities.")
+
+
 def _settings(ctx: click.Context, kw: dict) -> TrainSettings:
     if kw["device"] == "cuda":  # a GPU was asked for: fail in one line before reading any data
         from .train import resolve_device
@@ -225,6 +231,28 @@ def size_factors_cmd(input, output, key):
 
 @main.command()
 @click.argument("input", type=click.Path())
+@click.option("--output", "-o", required=True, type=click.Path(),
+              help="Doublet table TSV (cell, doublet_score, predicted_doublet, sample).")
+@click.option("--summary", required=True, type=click.Path(),
+              help="Summary JSON (threshold, rate, score histograms, warnings).")
+@options_of(DoubletSettings)
+@click.option("--seed", default=0, help="Random seed of the simulated doublets.")
+def doublets(input, output, summary, seed, **kw):
+    """Find doublets (droplets holding two cells) in one sample with Scrublet (scanpy).
+
+    Run it on each sample after QC, before any merge: doublets exist only within one library.
+
+    \b
+    Example:
+      cellassign-nf doublets s1.qc.h5ad -o s1.doublets.tsv --summary s1.doublet_summary.json
+    """
+    from . import steps
+
+    steps.doublets(input, output, summary, settings_of(DoubletSettings, kw), seed=seed)
+
+
+@main.command()
+@click.argument("input", type=click.Path())
 @click.option("--output", "-o", required=True, type=click.Path(), help="Design matrix TSV.")
 @click.option("--covariates", default=None, help="Comma-separated obs columns, e.g. batch,donor.")
 @click.option("--formula", default=None, help="A formula instead, e.g. '~ batch + donor'.")
@@ -252,9 +280,10 @@ def design(input, output, covariates, formula):
 @click.option("--layer", default=None, help="Layer holding raw counts; X (the default) is the main matrix.")
 @click.option("--model-info", "info_out", default=None, type=click.Path(),
               help="Write the model's description (file, sha256, panel, types) as JSON, for `annotate --model-info`.")
+@doublet_table_option
 @click.pass_context
 def train(ctx, input, markers, output, history, probabilities, design_path, size_factors_path, size_factor_key,
-          layer, other, info_out, **kw):
+          layer, other, info_out, doublet_tables, **kw):
     """Fit CellAssign by minibatch EM (CPU or GPU).
 
     \b
@@ -266,7 +295,8 @@ def train(ctx, input, markers, output, history, probabilities, design_path, size
 
     steps.train(input, markers, output, history, probabilities, design_path=design_path,
                 size_factors_path=size_factors_path, size_factor_key=size_factor_key, layer=layer, other=other,
-                model_settings=settings_of(ModelSettings, kw), settings=_settings(ctx, kw), info_out=info_out)
+                model_settings=settings_of(ModelSettings, kw), settings=_settings(ctx, kw), info_out=info_out,
+                doublets_paths=doublet_tables)
 
 
 @main.command()
@@ -286,11 +316,12 @@ def train(ctx, input, markers, output, history, probabilities, design_path, size
 @click.option("--size-factors", "size_factors_path", default=None, type=click.Path(),
               help="Size factors TSV of `cellassign-nf size-factors` (default: the obs column, else from all genes).")
 @click.option("--size-factor-key", default=SIZE_FACTOR_KEY, help="obs column with size factors.")
+@doublet_table_option
 @threads_option
 @options_of(ModelSettings, TrainSettings, exclude=("min_delta", "n_restarts"))
 @click.pass_context
 def predict(ctx, input, model_path, markers, output, history, probabilities, info_out, design_path,
-            size_factors_path, size_factor_key, **kw):
+            size_factors_path, size_factor_key, doublet_tables, **kw):
     """Annotate new cells with a saved model: the same cell types, batch after batch.
 
     By default (--refit batch) what defines the types is kept (the over-expression delta, the
@@ -308,7 +339,7 @@ def predict(ctx, input, model_path, markers, output, history, probabilities, inf
     steps.predict(input, model_path, output, history, probabilities, info_out=info_out, design_path=design_path,
                   size_factors_path=size_factors_path, size_factor_key=size_factor_key, markers=markers,
                   refit=settings_of(RefitSettings, kw), model_settings=settings_of(ModelSettings, kw),
-                  settings=_settings(ctx, kw))
+                  settings=_settings(ctx, kw), doublets_paths=doublet_tables)
 
 
 @main.command("check-model")
@@ -338,9 +369,15 @@ def check_model_cmd(model, markers, panel_out):
               help=f"Size factors TSV of `cellassign-nf size-factors`, kept in obs['{SIZE_FACTOR_KEY}'].")
 @click.option("--model-info", "model_info_path", default=None, type=click.Path(),
               help="The model's description of `train` or `predict` (--model-info), kept in uns.")
+@click.option("--doublet-table", "doublet_table", default=None, type=click.Path(),
+              help="Doublet table of `cellassign-nf doublets` for these cells: adds doublet_score and "
+                   "predicted_doublet; predicted doublets are labelled 'doublet'.")
+@click.option("--doublet-summary", default=None, type=click.Path(),
+              help="Its summary JSON (`doublets --summary`), kept in uns['scrublet'] for the report.")
 @options_of(AnnotateSettings)
 @click.option("--sample", default=None, help="Take rows SAMPLE:BARCODE of cohort probabilities and size factors.")
-def annotate(input, probabilities, output, predictions, size_factors_path, model_info_path, sample, **kw):
+def annotate(input, probabilities, output, predictions, size_factors_path, model_info_path, doublet_table,
+             doublet_summary, sample, **kw):
     """Add cell types and probabilities to an h5ad (a copy of INPUT with new obs columns).
 
     \b
@@ -351,7 +388,8 @@ def annotate(input, probabilities, output, predictions, size_factors_path, model
     from . import steps
 
     adata = steps.annotate(input, probabilities, output, predictions, settings_of(AnnotateSettings, kw), sample=sample,
-                           size_factors_path=size_factors_path, model_info_path=model_info_path)
+                           size_factors_path=size_factors_path, model_info_path=model_info_path,
+                           doublets_path=doublet_table, doublet_summary_path=doublet_summary)
     _print_summary(adata, [output, predictions])
 
 
@@ -363,6 +401,7 @@ def annotate(input, probabilities, output, predictions, size_factors_path, model
 @click.option("--sample", default=None, help="Sample name (default: file name).")
 @click.option("--covariates", default=None, help="Comma-separated obs columns for the design.")
 @click.option("--formula", default=None, help="Design formula, e.g. '~ batch'.")
+@options_of(DoubletSettings)
 @options_of(AnnotateSettings)
 @click.option("--no-umap", is_flag=True, help="Skip the UMAP of the report (large samples).")
 @click.option("--no-report", is_flag=True, help="Skip the HTML report.")
@@ -370,11 +409,12 @@ def annotate(input, probabilities, output, predictions, size_factors_path, model
 @click.pass_context
 def run(ctx, input, markers, outdir, sample, covariates, formula, size_factor_key, layer, other, no_umap,
         no_report, **kw):
-    """All steps for one input: QC, size factors, design, train, annotate, marker diagnostics, report.
+    """All steps for one input: QC, doublets, size factors, design, train, annotate, marker diagnostics, report.
 
     Writes what the pipeline writes for one sample: in OUTDIR, NAME.annotated.h5ad,
     NAME.predictions.tsv, NAME.model.pt, NAME.model_info.json, NAME.history.tsv, NAME.probabilities.tsv,
-    NAME.design.tsv, NAME.qc_metrics.tsv, NAME.qc_summary.json, NAME.marker_diagnostics.tsv,
+    NAME.design.tsv, NAME.qc_metrics.tsv, NAME.qc_summary.json, NAME.doublets.tsv,
+    NAME.doublet_summary.json, NAME.marker_diagnostics.tsv,
     NAME.marker_specificity.tsv, and the report in OUTDIR/report/ (NAME.report.html, figures,
     MultiQC files; --no-report skips it).
 
@@ -395,27 +435,32 @@ def run(ctx, input, markers, outdir, sample, covariates, formula, size_factor_ke
         "summary": out / f"{sample}.qc_summary.json", "sf": out / f"{sample}.size_factors.tsv",
         "design": out / f"{sample}.design.tsv", "model": out / f"{sample}.model.pt",
         "history": out / f"{sample}.history.tsv", "probabilities": out / f"{sample}.probabilities.tsv",
-        "info": out / f"{sample}.model_info.json",
+        "info": out / f"{sample}.model_info.json", "doublets": out / f"{sample}.doublets.tsv",
+        "doublet_summary": out / f"{sample}.doublet_summary.json",
         "annotated": out / f"{sample}.annotated.h5ad", "predictions": out / f"{sample}.predictions.tsv",
         "diagnostics": out / f"{sample}.marker_diagnostics.tsv",
         "specificity": out / f"{sample}.marker_specificity.tsv",
     }
     steps.qc(input, paths["qc"], paths["metrics"], paths["summary"], sample=sample, layer=layer,
              thresholds=settings_of(QCThresholds, kw))
+    steps.doublets(paths["qc"], paths["doublets"], paths["doublet_summary"], settings_of(DoubletSettings, kw),
+                   seed=settings.seed)
     steps.size_factors(paths["qc"], paths["sf"], size_factor_key)
     steps.design(paths["qc"], paths["design"], _covariates(covariates), formula)
     steps.train(paths["qc"], markers, paths["model"], paths["history"], paths["probabilities"],
                 design_path=paths["design"], size_factors_path=paths["sf"], size_factor_key=size_factor_key,
-                other=other, model_settings=settings_of(ModelSettings, kw), settings=settings, info_out=paths["info"])
+                other=other, model_settings=settings_of(ModelSettings, kw), settings=settings, info_out=paths["info"],
+                doublets_paths=[paths["doublets"]])
     adata = steps.annotate(paths["qc"], paths["probabilities"], paths["annotated"], paths["predictions"],
                            settings_of(AnnotateSettings, kw), size_factors_path=paths["sf"],
-                           model_info_path=paths["info"])
+                           model_info_path=paths["info"], doublets_path=paths["doublets"],
+                           doublet_summary_path=paths["doublet_summary"])
     diagnostics = steps.diagnose(paths["annotated"], markers, paths["diagnostics"], paths["specificity"],
                                  thresholds=thresholds_of(kw))
     for tmp in ("qc", "sf"):
         paths[tmp].unlink()
     outputs = [paths[k] for k in ("annotated", "predictions", "model", "info", "history", "probabilities", "design",
-                                  "metrics", "summary", "diagnostics", "specificity")]
+                                  "metrics", "summary", "doublets", "doublet_summary", "diagnostics", "specificity")]
     if not no_report:
         from .report import make_report
 

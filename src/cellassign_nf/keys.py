@@ -29,6 +29,11 @@ TOTALS_KEY = "cellassign_total_counts"  # obs, in memory: total counts over all 
 TRUE_CELLTYPE_KEY = "true_celltype"  # obs of simulated data: the type a cell was drawn from
 TRUE_DOUBLET_KEY = "true_doublet"  # obs of simulate_library: "" for a singlet, "A+B" for a doublet
 
+DOUBLET_SCORE_KEY = "doublet_score"  # obs: Scrublet's doublet score (scanpy's name)
+PREDICTED_DOUBLET_KEY = "predicted_doublet"  # obs: the cell is a predicted doublet (scanpy's name)
+DOUBLET_COLUMNS = (DOUBLET_SCORE_KEY, PREDICTED_DOUBLET_KEY)  # the doublet table; predictions.tsv after LABEL_COLUMNS
+SCRUBLET_KEY = "scrublet"  # uns: the doublet step's summary (scanpy's key; doublets.find_doublets)
+DOUBLET = "doublet"  # the label of a predicted doublet
 UNASSIGNED = "unassigned"  # the label of a cell below the probability threshold
 OTHER = "other"  # a type without markers (train --other)
 PANEL_ONTOLOGY_KEY = "ontology"  # a panel file's Cell Ontology term of a type (docs/inputs.md)

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from .keys import (CELLTYPE_KEY, LEVEL_KEY, LEVEL_PROB_KEY, LEVELS, ONTOLOGY_ID_KEY, ONTOLOGY_LABEL_KEY, PROB_KEY,
-                   UNASSIGNED)
+from .keys import (CELLTYPE_KEY, DOUBLET, LEVEL_KEY, LEVEL_PROB_KEY, LEVELS, ONTOLOGY_ID_KEY, ONTOLOGY_LABEL_KEY,
+                   PROB_KEY, UNASSIGNED)
 from .settings import AnnotateSettings
 
 
@@ -84,6 +84,31 @@ def roll_up(labels: pd.DataFrame, probabilities: pd.DataFrame, ontology: Mapping
         out[ONTOLOGY_ID_KEY], out[ONTOLOGY_LABEL_KEY] = pd.Categorical(ids), pd.Categorical(texts)
     out[LEVEL_KEY] = pd.Categorical(level, categories=list(LEVELS))
     out[LEVEL_PROB_KEY] = level_prob
+    return out
+
+
+def mark_doublets(labels: pd.DataFrame, predicted: pd.Series) -> pd.DataFrame:
+    """``labels`` (of :func:`label_cells`) with the predicted doublets labelled ``doublet``: no
+    type probability, level ``none``, Cell Ontology ``unknown`` (CELLxGENE's term for a cell
+    that is not one type). Their probabilities stay where they are written (obsm, predictions)."""
+    from .ontology import UNKNOWN
+
+    out = labels.copy()
+    doublet = predicted.reindex(out.index).fillna(False).to_numpy(dtype=bool)
+    if not doublet.any():
+        return out
+    for key, value in ((CELLTYPE_KEY, DOUBLET), (ONTOLOGY_ID_KEY, UNKNOWN), (ONTOLOGY_LABEL_KEY, UNKNOWN),
+                       (LEVEL_KEY, LEVELS[2])):
+        if key in out:
+            column = out[key]
+            if hasattr(column, "cat") and value not in column.cat.categories:
+                column = column.cat.add_categories([value])
+            column = column.copy()
+            column[doublet] = value
+            out[key] = column
+    out.loc[doublet, PROB_KEY] = np.nan
+    if LEVEL_PROB_KEY in out:
+        out.loc[doublet, LEVEL_PROB_KEY] = np.nan
     return out
 
 

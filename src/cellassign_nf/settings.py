@@ -67,6 +67,29 @@ class QCThresholds:
 
 
 @dataclass
+class DoubletSettings:
+    """Whether and how doublets are found (``cellassign_nf.doublets``, docs/steps.md)."""
+
+    doublets: str = option("scrublet", "scrublet: find droplets holding two cells with Scrublet (scanpy), leave them "
+                                       "out of the fit and label them 'doublet'; none: no doublet detection.",
+                           choices=("scrublet", "none"))
+    expected_doublet_rate: float = option(0.05, "Expected share of doublets among the cells (Scrublet's prior, as "
+                                                "scanpy's default; 10x: about 0.8% per 1,000 cells recovered).",
+                                          min=0, max=1, min_open=True, max_open=True)
+    doublet_min_cells: int = option(100, "Samples with fewer cells after QC are not checked for doublets (a note "
+                                         "says so).", min=1)
+    doublet_min_share: float = option(0.9, "A cell is a doublet only when at least this share of its nearest "
+                                           "neighbours are simulated doublets, whatever Otsu's threshold of the "
+                                           "simulated doublets' scores (a sample whose doublets do not stand apart "
+                                           "is not split at a low score).", min=0, max=1)
+    doublet_chunk_cells: int = option(10_000, "Scrublet runs on random parts of at most this many cells of a larger "
+                                              "sample (doublets simulated within each part; time and memory grow "
+                                              "linearly, not quadratically, with the cells).", min=100)
+    warn_doublet_factor: float = option(2.0, "Warn (QC) when the predicted doublet rate is above this many times "
+                                             "--expected-doublet-rate.", min=1)
+
+
+@dataclass
 class ModelSettings:
     """Options of the model itself (docs/model.md)."""
 

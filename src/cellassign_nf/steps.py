@@ -29,14 +29,15 @@ from .io import (
     read_h5ad_parts, read_obs, read_table, write_h5ad, write_table,
 )
 from .keys import (
-    CELLTYPE_KEY, INPUT_INFO_KEY, LABEL_COLUMNS, MODEL_INFO_KEY, ONTOLOGY_ID_KEY, ONTOLOGY_VERSION_KEY, PROBS_KEY,
-    QC_WARNINGS_KEY, SAMPLE_KEY, SIZE_FACTOR_KEY, UNS_KEY,
+    CELLTYPE_KEY, DOUBLET_COLUMNS, INPUT_INFO_KEY, LABEL_COLUMNS, MODEL_INFO_KEY, ONTOLOGY_ID_KEY,
+    ONTOLOGY_VERSION_KEY, PREDICTED_DOUBLET_KEY, PROBS_KEY, QC_WARNINGS_KEY, SAMPLE_KEY, SCRUBLET_KEY,
+    SIZE_FACTOR_KEY, UNS_KEY,
 )
 from .markers import MarkerMatch, Panel, load_panel, panel_differences, read_markers, write_panel
 from .progress import stage_progress
 from .qc import filter_cells, metrics_table
 from .settings import (
-    AnnotateSettings, DiagnosticThresholds, ModelSettings, QCThresholds, RefitSettings, TrainSettings,
+    AnnotateSettings, DiagnosticThresholds, DoubletSettings, ModelSettings, QCThresholds, RefitSettings, TrainSettings,
 )
 from .size_factors import compute_size_factors, warn_zero
 
@@ -111,6 +112,42 @@ def merge(inputs: Sequence[str | Path], output: str | Path) -> tuple[int, int]:
     return n_obs, n_vars
 
 
+def doublets(input: str | Path, output: str | Path, summary: str | Path,
+             settings: DoubletSettings | None = None, seed: int = 0) -> dict:
+    """Find the doublets of one sample (``doublets.find_doublets``); write the per-cell table
+    (``cell``, ``DOUBLET_COLUMNS``, and the cells' sample) and the summary JSON. Reads all genes
+    with Scrublet on; only ``obs`` with ``--doublets none`` or a sample too small. Returns the summary."""
+    from .doublets import find_doublets
+
+    settings = settings or DoubletSettings()
+    obs = read_obs(input)
+    if settings.doublets == "none" or len(obs) < settings.doublet_min_cells:
+        cells = ad.AnnData(obs=obs)
+    else:
+        cells = read_h5ad(input)
+    table, result = find_doublets(cells, settings, seed=seed)
+    if SAMPLE_KEY in obs:
+        table[SAMPLE_KEY] = obs[SAMPLE_KEY].astype(str).to_numpy()
+    write_table(table, output)
+    write_json(result, summary)
+    (log.warning if result[QC_WARNINGS_KEY] else log.info)("doublets: %s", result["note"])
+    for warning in result[QC_WARNINGS_KEY]:
+        log.warning("doublets: %s", warning)
+    return result
+
+
+def singlets(cells: pd.Index, doublets_paths: Sequence[str | Path]) -> np.ndarray:
+    """Which of ``cells`` the model is fitted on: all but the predicted doublets of the tables (all
+    cells without tables)."""
+    if not doublets_paths:
+        return np.ones(len(cells), dtype=bool)
+    from .doublets import read_doublets
+
+    keep = ~read_doublets(doublets_paths, cells)[PREDICTED_DOUBLET_KEY].to_numpy()
+    log.info("%d predicted doublets are left out of the fit (%d cells fitted)", int((~keep).sum()), int(keep.sum()))
+    return keep
+
+
 def size_factors(input: str | Path, output: str | Path, key: str = SIZE_FACTOR_KEY) -> pd.DataFrame:
     """Size factors from all genes (total counts / their mean), read block by block; written as
     the table ``cell, <key>``."""
@@ -164,9 +201,13 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
           probabilities_out: str | Path, design_path: str | Path | None = None,
           size_factor_key: str = SIZE_FACTOR_KEY, layer: str | None = None, other: bool = False,
           model_settings: ModelSettings | None = None, settings: TrainSettings | None = None,
-          size_factors_path: str | Path | None = None, info_out: str | Path | None = None) -> CellAssign:
+          size_factors_path: str | Path | None = None, info_out: str | Path | None = None,
+          doublets_paths: Sequence[str | Path] = ()) -> CellAssign:
     """Fit CellAssign; write the model file, training history and probabilities (and, with
     ``info_out``, the model's description for ``annotate``). Returns the model.
+
+    With ``doublets_paths`` (the tables of ``doublets``, one per sample), the predicted doublets
+    are left out of the fit; every cell, doublets included, gets its probabilities.
 
     Only the marker genes are read (the main matrix, block by block; all of a ``layer``). Size
     factors: the table ``size_factors_path``, else ``obs[size_factor_key]``, else computed from
@@ -190,15 +231,19 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
     key = size_factor_key if size_factor_key in adata.obs else None
     design_matrix = read_design(design_path, adata.obs_names) if design_path else None
     settings = settings or TrainSettings()
+    keep = singlets(adata.obs_names, doublets_paths)
+    fitted = adata if keep.all() else adata[keep].copy()
     try:
-        model = CellAssign(adata, match, size_factor_key=key, layer=layer, design=design_matrix,
+        model = CellAssign(fitted, match, size_factor_key=key, layer=layer,
+                           design=None if design_matrix is None else design_matrix.loc[fitted.obs_names],
                            settings=model_settings)
     except InputError as exc:  # name both files in errors about the data the model was given
         if exc.path is None:
             exc.path = f"{markers} vs {input}"
         raise
     model.train(settings=settings)
-    probabilities = model.predict(device=settings.device)
+    probabilities = (model.predict(device=settings.device) if fitted is adata
+                     else model.predict(adata, design=design_matrix, device=settings.device))
     model.save(model_out)
     write_table(model.history_table, history_out, index_label=None)
     write_table(probabilities, probabilities_out)
@@ -247,11 +292,13 @@ def predict(input: str | Path, model: str | Path, model_out: str | Path, history
             probabilities_out: str | Path, info_out: str | Path | None = None, design_path: str | Path | None = None,
             size_factors_path: str | Path | None = None, size_factor_key: str = SIZE_FACTOR_KEY,
             markers: str | Path | None = None, refit: RefitSettings | None = None,
-            model_settings: ModelSettings | None = None, settings: TrainSettings | None = None) -> CellAssign:
+            model_settings: ModelSettings | None = None, settings: TrainSettings | None = None,
+            doublets_paths: Sequence[str | Path] = ()) -> CellAssign:
     """Annotate with a saved model (docs/model.md section 8): refit the batch (beta0, beta, pi;
     delta and the dispersion fixed) or, with ``refit="none"``, predict as saved. Writes what
     ``train`` writes: the model used (refitted, or the saved one), its history, the probabilities
-    and the model's description. Reads only the marker genes."""
+    and the model's description. Reads only the marker genes. The refit leaves out the predicted
+    doublets of ``doublets_paths``; every cell gets its probabilities."""
     mode = (refit or RefitSettings()).refit
     saved = load_model(model, markers)
     backed = open_h5ad(input)
@@ -268,8 +315,12 @@ def predict(input: str | Path, model: str | Path, model_out: str | Path, history
     settings = settings or TrainSettings()
     if mode == "batch":
         design_matrix = read_design(design_path, adata.obs_names) if design_path else None
-        used = saved.refit(adata, design=design_matrix, size_factor_key=size_factor_key, settings=settings)
-        probabilities = used.predict(device=settings.device)
+        keep = singlets(adata.obs_names, doublets_paths)
+        fitted = adata if keep.all() else adata[keep].copy()
+        used = saved.refit(fitted, design=None if design_matrix is None else design_matrix.loc[fitted.obs_names],
+                           size_factor_key=size_factor_key, settings=settings)
+        probabilities = (used.predict(device=settings.device) if fitted is adata
+                         else used.predict(adata, design=design_matrix, device=settings.device))
         epochs = int(used.history_table["epoch"].max()) if len(used.history_table) else 0
     else:
         if design_path:
@@ -313,14 +364,17 @@ def _check_before_training(adata: ad.AnnData, match: MarkerMatch) -> None:
 
 def annotate(input: str | Path, probabilities: str | Path, output: str | Path, predictions: str | Path,
              settings: AnnotateSettings | None = None, sample: str | None = None,
-             size_factors_path: str | Path | None = None, model_info_path: str | Path | None = None) -> ad.AnnData:
+             size_factors_path: str | Path | None = None, model_info_path: str | Path | None = None,
+             doublets_path: str | Path | None = None, doublet_summary_path: str | Path | None = None) -> ad.AnnData:
     """Add labels, their Cell Ontology terms and probabilities (and size factors, and the model's
     description of ``train`` or ``predict``, when given) to the h5ad; write it and a predictions
-    TSV. The terms are the model's (its description's ``ontology``; none without one). Columns of
-    the input named like the ones written here are kept with the suffix ``_input``. The h5ad's
+    TSV. The terms are the model's (its description's ``ontology``; none without one). With the
+    doublet table of ``doublets`` (and its summary, kept in ``uns["scrublet"]``), each cell's
+    ``DOUBLET_COLUMNS`` are added and a predicted doublet is labelled ``doublet``. Columns of the
+    input named like the ones written here are kept with the suffix ``_input``. The h5ad's
     matrices are copied as they are, never read. Returns the cells' annotations (an AnnData of
     ``obs`` only)."""
-    from .labels import label_cells
+    from .labels import label_cells, mark_doublets
 
     settings = settings or AnnotateSettings()
     min_prob = settings.min_prob
@@ -334,18 +388,39 @@ def annotate(input: str | Path, probabilities: str | Path, output: str | Path, p
     description = _read_model_info(model_info_path) if model_info_path is not None else None
     terms = terms_of(description) if description else {}
     labels, probs = label_cells(probs, obs.index, min_prob, terms, rollup=settings.rollup)
+    columns, uns = list(LABEL_COLUMNS), {}
+    if doublets_path is not None:
+        from .doublets import read_doublets
+
+        calls = read_doublets([doublets_path], obs.index)
+        labels = pd.concat([mark_doublets(labels, calls[PREDICTED_DOUBLET_KEY]), calls], axis=1)
+        columns += DOUBLET_COLUMNS
+        if doublet_summary_path is not None:
+            uns[SCRUBLET_KEY] = read_doublet_summary(doublet_summary_path)
     info = annotation_info(list(probs.columns), min_prob, description)
     if not terms:
         log.info("no Cell Ontology terms (the panel gives none%s): %s is 'unknown' for every type",
                  "" if model_info_path else ", or no --model-info", ONTOLOGY_ID_KEY)
-    keep_input_columns(obs, LABEL_COLUMNS, input)
+    keep_input_columns(obs, columns, input)
     if size_factors_path is not None:
         obs[SIZE_FACTOR_KEY] = read_size_factors(size_factors_path, obs.index, sample=sample)
-    for key in LABEL_COLUMNS:
+    for key in columns:
         obs[key] = labels[key]
-    copy_h5ad_with(input, output, obs, obsm={PROBS_KEY: probs}, uns={UNS_KEY: info})
-    write_table(pd.concat([labels, probs], axis=1), predictions)
-    return ad.AnnData(obs=obs)
+    copy_h5ad_with(input, output, obs, obsm={PROBS_KEY: probs}, uns={UNS_KEY: info, **uns})
+    write_table(pd.concat([labels[columns], probs], axis=1), predictions)
+    return ad.AnnData(obs=obs, uns=uns)
+
+
+def read_doublet_summary(path: str | Path) -> dict:
+    """The summary JSON of ``doublets``, without its empty values (as ``uns`` can hold it)."""
+    try:
+        summary = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"cannot be read as a doublet summary ({type(exc).__name__})",
+                         "Give the --summary JSON written by 'cellassign-nf doublets'.") from exc
+    if not isinstance(summary, dict) or "method" not in summary:
+        raise InputError(path, "is not a doublet summary", "Give the --summary JSON written by 'cellassign-nf doublets'.")
+    return {k: v for k, v in summary.items() if v is not None and v != []}
 
 
 def annotation_info(cell_types: list[str], min_prob: float, description: dict | None) -> dict:

@@ -4,7 +4,7 @@ process ANNOTATE {
     errorStrategy { SetAside.strategy(task, meta) }  // lib/SetAside.groovy
 
     input:
-    tuple val(meta), path(h5ad, stageAs: 'input/*'), path(size_factors), path(probabilities), path(model_info)
+    tuple val(meta), path(h5ad, stageAs: 'input/*'), path(size_factors), path(probabilities), path(model_info), path(doublets), path(doublet_summary)
 
     output:
     tuple val(meta), path("${prefix}.annotated.h5ad") , emit: h5ad
@@ -24,6 +24,8 @@ process ANNOTATE {
         --probabilities ${probabilities} \\
         --size-factors ${size_factors} \\
         --model-info ${model_info} \\
+        --doublet-table ${doublets} \\
+        --doublet-summary ${doublet_summary} \\
         -o ${prefix}.annotated.h5ad \\
         --predictions ${prefix}.predictions.tsv \\
         ${args}

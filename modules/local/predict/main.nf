@@ -5,7 +5,7 @@ process PREDICT {
     errorStrategy { SetAside.strategy(task, meta) }  // lib/SetAside.groovy
 
     input:
-    tuple val(meta), path(h5ad), path(size_factors), path(design)
+    tuple val(meta), path(h5ad), path(size_factors), path(design), path(doublets, stageAs: 'doublets/*')
     path model, stageAs: 'saved/*'  // the --model file, checked once by CHECK_MODEL
 
     output:
@@ -21,6 +21,8 @@ process PREDICT {
     script:
     // --refit, --device, --max-epochs, ... come from conf/modules.config (ext.args)
     def args = task.ext.args ?: ''
+    // one doublet table per sample (several in cohort mode): their predicted doublets are not refitted
+    def doubletTables = [doublets].flatten().collect { "--doublet-table ${it}" }.join(' ')
     prefix = task.ext.prefix ?: "${meta.id}"
     """
     export OMP_NUM_THREADS=${task.cpus} MKL_NUM_THREADS=${task.cpus} OPENBLAS_NUM_THREADS=${task.cpus}
@@ -35,6 +37,7 @@ process PREDICT {
         --probabilities ${prefix}.probabilities.tsv \\
         --model-info ${prefix}.model_info.json \\
         --threads ${task.cpus} \\
+        ${doubletTables} \\
         ${args}
 
     cat <<-END_VERSIONS > versions.yml

@@ -16,7 +16,8 @@ import pandas as pd
 from ..errors import InputError
 from ..io import atomic_path
 from ..keys import (  # noqa: F401
-    CELLTYPE_KEY, HISTORY_COLUMNS, PROB_KEY, PROBS_KEY, QC_WARNINGS_KEY, SIZE_FACTOR_KEY, UNASSIGNED,
+    CELLTYPE_KEY, DOUBLET, HISTORY_COLUMNS, PROB_KEY, PROBS_KEY, QC_WARNINGS_KEY, SCRUBLET_KEY, SIZE_FACTOR_KEY,
+    UNASSIGNED,
 )
 from ..rules import SAMPLE_NAME_RE  # noqa: F401 - re-exported for the report package
 from ..settings import ReportSettings
@@ -84,6 +85,7 @@ class SampleSummary:
     n_epochs: int | None
     val_curve: pd.Series  # validation log likelihood by epoch, selected restart
     marker_warnings: int | None = None  # warnings of the marker diagnostics, when given
+    doublets: dict[str, Any] | None = None  # the doublet step's summary (uns["scrublet"]), when it ran
 
     @property
     def n_cells(self) -> int:
@@ -94,8 +96,16 @@ class SampleSummary:
         return int(self.counts.get(UNASSIGNED, 0))
 
     @property
+    def n_doublets(self) -> int:
+        return int(self.counts.get(DOUBLET, 0))
+
+    @property
     def n_assigned(self) -> int:
-        return self.n_cells - self.n_unassigned
+        return self.n_cells - self.n_unassigned - self.n_doublets
+
+    @property
+    def doublet_warnings(self) -> list[str]:
+        return [str(w) for w in np.asarray((self.doublets or {}).get(QC_WARNINGS_KEY, []), dtype=object).ravel()]
 
     @property
     def pct_assigned(self) -> float:
@@ -103,7 +113,7 @@ class SampleSummary:
 
     @property
     def top_type(self) -> str | None:
-        assigned = self.counts.drop(UNASSIGNED, errors="ignore")
+        assigned = self.counts.drop([UNASSIGNED, DOUBLET], errors="ignore")
         if assigned.empty or assigned.max() == 0:
             return None
         return str(assigned.idxmax())

@@ -277,6 +277,27 @@ def plot_size_factors(size_factors: np.ndarray | pd.Series) -> Figure:
     return fig
 
 
+def plot_doublet_scores(histogram: dict, threshold: float | None) -> Figure:
+    """Histograms of the doublet scores of the cells and of Scrublet's simulated doublets (each as
+    a share of its own total), with the threshold line."""
+    edges = np.asarray(histogram["edges"], dtype=float)
+    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    for key, colour, name in (("simulated", "#c0392b", "simulated doublets"), ("observed", "#3b75af", "cells")):
+        counts = np.asarray(histogram[key], dtype=float)
+        ax.stairs(counts / max(counts.sum(), 1.0), edges, color=colour, linewidth=1.5, label=name,
+                  fill=key == "observed", alpha=0.6 if key == "observed" else 1.0)
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2, label=f"threshold {threshold:.3f}")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("doublet score (Scrublet)")
+    ax.set_ylabel("share of cells")
+    ax.set_title("Doublet scores")
+    ax.legend(frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
 def figure_png(fig: Figure) -> bytes:
     """Render a figure to PNG bytes and close it."""
     buf = io.BytesIO()

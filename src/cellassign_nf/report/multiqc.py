@@ -44,10 +44,12 @@ def general_stats(summary: SampleSummary) -> dict[str, Any]:
         "cells_in": summary.qc.cells_before,
         "cells_after_qc": summary.qc.cells_after,
         "pct_assigned": round(summary.pct_assigned, 2),
+        "pct_doublets": (round(100 * float(summary.doublets["rate"]), 2)
+                         if summary.doublets and summary.doublets.get("method") == "scrublet" else None),
         "top_celltype": summary.top_type,
         "final_val_loglik": None if summary.final_val_loglik is None else round(summary.final_val_loglik, 4),
         "marker_warnings": summary.marker_warnings,
-        "qc_warnings": None if summary.qc.warnings is None else len(summary.qc.warnings),
+        "qc_warnings": None if summary.qc.warnings is None else len(summary.qc.warnings) + len(summary.doublet_warnings),
     }
     gs_headers = [
         {"cells_in": {"title": "Cells in", "description": "Cells before QC filtering", "format": "{:,.0f}",
@@ -57,6 +59,9 @@ def general_stats(summary: SampleSummary) -> dict[str, Any]:
         {"pct_assigned": {"title": "% assigned", "description": "Cells with top probability at or above the "
                           "threshold (not 'unassigned')", "suffix": "%", "min": 0, "max": 100,
                           "scale": "RdYlGn", "format": "{:,.1f}"}},
+        {"pct_doublets": {"title": "% doublets", "description": "Cells predicted to be doublets (Scrublet), left "
+                          "out of the fit and labelled 'doublet'", "suffix": "%", "min": 0, "scale": "OrRd",
+                          "format": "{:,.1f}"}},
         {"top_celltype": {"title": "Top type", "description": "Most frequent assigned cell type"}},
         {"final_val_loglik": {"title": "Val. log lik.", "description": "Final validation log likelihood per "
                               "cell of the selected restart", "format": "{:,.3f}", "scale": "Purples"}},
@@ -64,8 +69,8 @@ def general_stats(summary: SampleSummary) -> dict[str, Any]:
                              "(see the sample's report and marker_diagnostics.tsv)", "format": "{:,.0f}",
                              "scale": "OrRd", "min": 0}},
         {"qc_warnings": {"title": "QC warnings", "description": "Sample-level QC warnings: most cells removed, or "
-                         "a high median % mitochondrial counts (a damaged library; the text is in the CellAssign: "
-                         "QC table and the sample's report)", "format": "{:,.0f}", "scale": "OrRd", "min": 0}},
+                         "a high median % mitochondrial counts (a damaged library), or far more doublets than expected (the "
+                         "text is in the CellAssign: QC table and the sample's report)", "format": "{:,.0f}", "scale": "OrRd", "min": 0}},
     ]
     gs_data = {k: v for k, v in gs_data.items() if v is not None}
     gs_headers = [h for h in gs_headers if next(iter(h)) in gs_data]
@@ -135,22 +140,26 @@ def qc_table(summary: SampleSummary) -> dict[str, Any]:
     for k, v in flatten(qc.thresholds).items():
         if _is_number(v) or isinstance(v, str):
             qc_row[k] = v
+    if summary.doublets is not None:
+        qc_row["doublets"] = summary.doublets.get("rate_text")
     if qc.warnings is not None:  # older QC summaries have none
-        qc_row["qc_warnings"] = " | ".join(qc.warnings) or "none"
+        qc_row["qc_warnings"] = " | ".join(qc.warnings + summary.doublet_warnings) or "none"
     qc_row = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in qc_row.items() if v is not None}
     headers: dict[str, dict[str, Any]] = {
         "cells_before": {"title": "Cells before", "format": "{:,.0f}"},
         "cells_after": {"title": "Cells after", "format": "{:,.0f}"},
         "genes_before": {"title": "Genes before", "format": "{:,.0f}"},
         "genes_after": {"title": "Genes after", "format": "{:,.0f}"},
-        "qc_warnings": {"title": "QC warnings", "description": "Sample-level QC warnings (a damaged library), "
-                        "separated by |"},
+        "doublets": {"title": "Doublets", "description": "Share of cells predicted to be doublets (Scrublet)"},
+        "qc_warnings": {"title": "QC warnings", "description": "Sample-level QC warnings (a damaged library, far "
+                        "more doublets than expected), separated by |"},
     }
     return {
         "id": "cellassign_qc",
         "section_name": "CellAssign: QC",
-        "description": "Cells and genes before and after QC filtering, the thresholds used, and the sample-level "
-                       "QC warnings (a library whose majority is damaged).",
+        "description": "Cells and genes before and after QC filtering, the thresholds used, the predicted doublets, "
+                       "and the sample-level QC warnings (a library whose majority is damaged, or far more doublets "
+                       "than expected).",
         "plot_type": "table",
         "pconfig": {"id": "cellassign_qc_table", "title": "CellAssign: QC summary", "col1_header": "Sample"},
         "headers": {k: headers.get(k, {"title": k}) for k in qc_row},

@@ -19,7 +19,7 @@ from .base import (
     write_bytes,
 )
 from .figures import (
-    compute_umap, figure_png, normalise, plot_celltype_counts, plot_delta, plot_marker_expression,
+    compute_umap, figure_png, normalise, plot_celltype_counts, plot_delta, plot_doublet_scores, plot_marker_expression,
     plot_probability_histogram, plot_size_factors, plot_specificity, plot_training_curves, plot_umap,
 )
 from .html import _Section, _table
@@ -89,15 +89,18 @@ def build_sections(inp: ReportInputs, sink: FigureSink, versions: Mapping[str, s
     """All sections of the page, in order."""
     sections = [celltypes_section(inp, sink), probability_section(inp, sink)]
     sections += [markers_section(inp, sink, normalise(inp.adata)), umap_section(inp, sink, umap, umap_max_cells)]
-    sections += [training_section(inp, sink), delta_section(inp, sink), qc_section(inp, sink),
-                 model_section(inp), parameters_section(inp), versions_section(versions)]
+    sections += [training_section(inp, sink), delta_section(inp, sink), qc_section(inp, sink)]
+    if inp.summary.doublets is not None:
+        sections.append(doublets_section(inp, sink))
+    sections += [model_section(inp), parameters_section(inp), versions_section(versions)]
     if inp.diagnostics is not None:  # first when it warns, else after the marker dot plot
         after_markers = [sec.id for sec in sections].index("markers") + 1
         sections.insert(0 if inp.summary.marker_warnings else after_markers, diagnostics_section(inp, sink))
-    if inp.qc.warnings:  # a damaged library: QC first, before everything fitted on it
-        qc = next(sec for sec in sections if sec.id == "qc")
-        sections.remove(qc)
-        sections.insert(0, qc)
+    for key, warns in (("doublets", inp.summary.doublet_warnings), ("qc", inp.qc.warnings)):
+        if warns:  # a damaged or overloaded library: its section first, before everything fitted on it
+            first = next(sec for sec in sections if sec.id == key)
+            sections.remove(first)
+            sections.insert(0, first)
     return sections
 
 
@@ -268,6 +271,36 @@ def qc_section(inp: ReportInputs, sink: FigureSink) -> _Section:
                  "Distribution of size factors (log scale); dotted line: median.")
     else:
         s.notes.append(f"obs['{SIZE_FACTOR_KEY}'] is not in the annotated data; no size-factor plot.")
+    return s
+
+
+def doublets_section(inp: ReportInputs, sink: FigureSink) -> _Section:
+    """The doublet step: what it found, its threshold, the score histograms; its warnings first."""
+    d = inp.summary.doublets or {}
+    s = _Section("doublets", "Doublets",
+                 "Droplets that held two cells, found by Scrublet (scanpy): it simulates doublets from pairs of "
+                 "this sample's cells and scores each cell by the share of simulated doublets among its nearest "
+                 "neighbours. Predicted doublets are left out of the fit and labelled 'doublet' (CELLxGENE: "
+                 "unknown); their probabilities are still written. Two cells of one type look like one cell and "
+                 "cannot be found this way (docs/steps.md).")
+    s.warnings += inp.summary.doublet_warnings
+    s.notes.append(str(d.get("note", "")) + ".")
+    threshold = d.get("threshold")
+    rows = [["method", d.get("method")], ["expected doublet rate", d.get("expected_rate")],
+            ["threshold", None if threshold is None else round(float(threshold), 4)],
+            ["predicted doublets", d.get("n_doublets")], ["% of cells", round(100 * float(d.get("rate", 0.0)), 2)]]
+    if "detectable" in d:
+        rows.append(["simulated doublets above the threshold (detectable share)", round(float(d["detectable"]), 3)])
+    if "parts" in d:
+        rows.append(["parts the sample was scored in", d["parts"]])
+    s.tables.append(_table(["", "value"], rows))
+    if "histogram" in d:
+        sink.add(s, "doublet_scores", "Doublet scores",
+                 lambda: plot_doublet_scores(d["histogram"], None if threshold is None else float(threshold)),
+                 "Doublet scores of the cells (filled) and of the simulated doublets (line), each as a share of "
+                 "its total; dashed line: the threshold (Otsu's threshold of the simulated doublets' scores, at "
+                 "least the score of a cell with --doublet-min-share of simulated doublets among its "
+                 "neighbours). Cells to its right are predicted doublets.")
     return s
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..keys import UNS_KEY
+from ..keys import SCRUBLET_KEY, UNS_KEY
 from .base import CELLTYPE_KEY, UNASSIGNED, QCSummary, SampleSummary
 
 if TYPE_CHECKING:
@@ -80,4 +80,5 @@ def summarise(sample: str, adata: ad.AnnData, history: pd.DataFrame, qc: QCSumma
         n_restarts=int(history["restart"].nunique()) if not history.empty else 0,
         n_epochs=n_epochs,
         val_curve=val_curve,
+        doublets=dict(adata.uns[SCRUBLET_KEY]) if SCRUBLET_KEY in adata.uns else None,
     )
