@@ -86,12 +86,12 @@ def logDiagnostics(String sample, tsv) {
 
 // The QC summary's warnings: the library as a whole looks damaged (key: cellassign_nf.keys.QC_WARNINGS_KEY)
 def qcWarnings(summary) {
-    return (new groovy.json.JsonSlurper().parse(summary.toFile())['warnings'] ?: [])*.toString()
+    return (new groovy.json.JsonSlurper().parseText(summary.text)['warnings'] ?: [])*.toString()
 }
 
 // The doublet summary (cellassign_nf.doublets): [rate text for samples.tsv, note for the terminal, warnings]
 def doubletSummary(summary) {
-    def parsed = new groovy.json.JsonSlurper().parse(summary.toFile())
+    def parsed = new groovy.json.JsonSlurper().parseText(summary.text)
     return [rate: parsed['rate_text']?.toString() ?: '', note: parsed['note']?.toString() ?: '',
             warnings: (parsed['warnings'] ?: [])*.toString()]
 }
