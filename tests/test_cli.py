@@ -249,6 +249,15 @@ def test_cell_type_without_marker_in_data_is_left_out_with_one_warning(tmp_path,
     assert list(pd.read_csv(tmp_path / "p.tsv", sep="\t", index_col=0).columns) == ["A", "B"]
     info = json.loads((tmp_path / "info.json").read_text())
     assert (info["left_out_types"], info["warnings"], info["cell_types"]) == (["C"], [warning], ["A", "B"])
+    # the saved model reused: its own types stand (its panel, C included, is still the panel it was given),
+    # and its description says what its fit left out
+    p = invoke("predict", path, "--model", tmp_path / "model.pt", "--markers", markers, "-o", tmp_path / "m2.pt",
+               "--history", tmp_path / "h2.tsv", "--probabilities", tmp_path / "p2.tsv",
+               "--model-info", tmp_path / "info2.json", "--max-epochs", "15")
+    assert p.exit_code == 0, p.output
+    assert list(pd.read_csv(tmp_path / "p2.tsv", sep="\t", index_col=0).columns) == ["A", "B"]
+    reused = json.loads((tmp_path / "info2.json").read_text())
+    assert (reused["refit"], reused["left_out_types"], reused["warnings"]) == ("batch", ["C"], [warning])
 
 
 def test_cell_type_without_marker_in_data_is_refused_with_require_every_type(tmp_path, counts):
