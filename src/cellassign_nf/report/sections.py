@@ -25,6 +25,7 @@ from .figures import (
 )
 from .html import _Section, _table
 from .load import qc_removed_rows
+from .summary import model_info_of
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -282,10 +283,8 @@ MODEL_ROWS = {"use": "how it made these labels", "file": "model file", "sha256":
 
 def model_section(inp: ReportInputs) -> _Section:
     """Which model made the labels (trained here, or a saved one reused) and how."""
-    from ..keys import MODEL_INFO_KEY, UNS_KEY
-
     s = _Section("model", "Model")
-    info = dict(inp.adata.uns.get(UNS_KEY, {}).get(MODEL_INFO_KEY, {}) or {})
+    info = model_info_of(inp.adata)
     if not info:
         s.notes.append("The annotated data do not say which model made the labels (annotate --model-info).")
         return s
