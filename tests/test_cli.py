@@ -9,6 +9,7 @@ import scipy.sparse as sp
 from click.testing import CliRunner
 
 from cellassign_nf.cli import main
+from cellassign_nf.markers import left_out_warning
 from cellassign_nf.simulate import simulate
 
 from conftest import DEMO
@@ -236,11 +237,36 @@ def test_some_marker_genes_missing_warns(tmp_path, counts):
     assert "1 of 5 marker genes are not in the data" in r.stderr and "NOTAGENE" in r.stderr
 
 
-def test_cell_type_without_marker_in_data(tmp_path, counts):
+def test_cell_type_without_marker_in_data_is_left_out_with_one_warning(tmp_path, counts):
     _, path = counts
     markers = tmp_path / "m.txt"
     markers.write_text("A:a1,a2\nB:b1\nC:XYZ1,XYZ2\n")
-    assert_error(_train(tmp_path, path, markers), "cell type(s) with no marker gene in the data: C")
+    r = _train(tmp_path, path, markers, "--model-info", tmp_path / "info.json")
+    assert r.exit_code == 0, r.output
+    log = " ".join(r.stderr.split())  # the log's lines joined: a long message wraps
+    warning = left_out_warning(["C"])
+    assert log.count("left out of the fit") == 1 and warning in log, log
+    assert list(pd.read_csv(tmp_path / "p.tsv", sep="\t", index_col=0).columns) == ["A", "B"]
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert (info["left_out_types"], info["warnings"], info["cell_types"]) == (["C"], [warning], ["A", "B"])
+    # the saved model reused: its own types stand (its panel, C included, is still the panel it was given),
+    # and its description says what its fit left out
+    p = invoke("predict", path, "--model", tmp_path / "model.pt", "--markers", markers, "-o", tmp_path / "m2.pt",
+               "--history", tmp_path / "h2.tsv", "--probabilities", tmp_path / "p2.tsv",
+               "--model-info", tmp_path / "info2.json", "--max-epochs", "15")
+    assert p.exit_code == 0, p.output
+    assert list(pd.read_csv(tmp_path / "p2.tsv", sep="\t", index_col=0).columns) == ["A", "B"]
+    reused = json.loads((tmp_path / "info2.json").read_text())
+    assert (reused["refit"], reused["left_out_types"], reused["warnings"]) == ("batch", ["C"], [warning])
+
+
+def test_cell_type_without_marker_in_data_is_refused_with_require_every_type(tmp_path, counts):
+    _, path = counts
+    markers = tmp_path / "m.txt"
+    markers.write_text("A:a1,a2\nB:b1\nC:XYZ1,XYZ2\n")
+    assert_error(_train(tmp_path, path, markers, "--require-every-type"),
+                 "cell type(s) with no marker gene in the data: C", "without --require-every-type", path=markers)
+    assert_no_outputs(tmp_path, "model.pt", "h.tsv", "p.tsv")
 
 
 def test_marker_type_with_no_genes(tmp_path, counts):

@@ -139,6 +139,56 @@ def test_blood_panel_on_real_pbmcs():
     assert set(zip(t_cells[ONTOLOGY_ID_KEY], t_cells[ONTOLOGY_LABEL_KEY])) == {("CL:0000084", "T cell")}
 
 
+@pytest.fixture(scope="module")
+def fine_pbmc_run(tmp_path_factory) -> dict:
+    """`cellassign-nf run` of the fine blood panel on the 700 real PBMCs, whose 765 genes hold none
+    of the platelet markers."""
+    from cellassign_nf.datasets import pbmc68k_counts
+
+    folder = tmp_path_factory.mktemp("fine_pbmc")
+    pbmc68k_counts().write_h5ad(folder / "pbmc68k.h5ad")
+    result = CliRunner().invoke(main, ["run", str(folder / "pbmc68k.h5ad"), "--markers", "pbmc_fine_human",
+                                       "--outdir", str(folder / "out"), "--no-umap"])
+    return {"folder": folder, "out": folder / "out", "result": result}
+
+
+def test_fine_blood_panel_on_real_pbmcs_leaves_platelets_out_with_one_warning(fine_pbmc_run):
+    """The run goes on without the platelet type: one warning naming it in the log, the model's
+    description, the report and MultiQC; no cell is labelled platelet, every other type is fitted."""
+    from cellassign_nf.markers import left_out_warning
+
+    result, out = fine_pbmc_run["result"], fine_pbmc_run["out"]
+    assert result.exit_code == 0, result.output
+    warning = left_out_warning(["platelet"])
+    log = " ".join(result.stderr.split())  # the log's lines joined: a long message wraps
+    assert log.count("left out of the fit") == 1 and warning in log, log
+    predictions = pd.read_csv(out / "pbmc68k.predictions.tsv", sep="\t", index_col=0)
+    assert "platelet" not in set(predictions["cellassign_celltype"]) and "platelet" not in predictions.columns
+    fitted = [t for t in read_panel("pbmc_fine_human").rho.columns if t != "platelet"]
+    assert [c for c in predictions.columns if c in fitted] == fitted  # a probability for every other type
+    info = json.loads((out / "pbmc68k.model_info.json").read_text())
+    assert (info["left_out_types"], info["warnings"]) == (["platelet"], [warning])
+    annotated = ad.read_h5ad(out / "pbmc68k.annotated.h5ad", backed="r")
+    assert list(annotated.uns[UNS_KEY]["model"]["warnings"]) == [warning]
+    html = (out / "report" / "pbmc68k.report.html").read_text()
+    assert html.count(f"Warning: {warning}") == 1  # in the cell-type section
+    assert "types left out of the fit" in html and "panel types left out (no marker gene in the data)" in html
+    stats = (out / "report" / "pbmc68k_cellassign_general_stats_mqc.yaml").read_text()
+    assert "types_left_out: platelet" in stats and "title: Types left out" in stats
+
+
+def test_fine_blood_panel_on_real_pbmcs_is_refused_with_require_every_type(fine_pbmc_run):
+    folder = fine_pbmc_run["folder"]
+    result = CliRunner().invoke(main, ["--quiet", "run", str(folder / "pbmc68k.h5ad"), "--markers",
+                                       "pbmc_fine_human", "--outdir", str(folder / "strict"), "--no-umap",
+                                       "--require-every-type"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: pbmc_fine_human: cell type(s) with no marker gene in the data: platelet. "), result.stderr
+    assert not (folder / "strict" / "pbmc68k.model.pt").exists()
+
+
 # --- terms in the panel formats -----------------------------------------------------------------------
 def test_every_panel_format_gives_types_their_terms(tmp_path):
     expected = {"T cell": "CL:0000084", "B cell": "CL:0000236"}

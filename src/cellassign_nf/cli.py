@@ -286,6 +286,9 @@ def train(ctx, input, markers, output, history, probabilities, design_path, size
           layer, other, info_out, doublet_tables, **kw):
     """Fit CellAssign by minibatch EM (CPU or GPU).
 
+    A cell type of the panel none of whose marker genes the data measure is left out of the fit,
+    with one warning naming it (also in --model-info); --require-every-type stops instead.
+
     \b
     Example:
       cellassign-nf train s1.qc.h5ad --markers markers.csv --size-factors s1.size_factors.tsv \\
@@ -318,7 +321,7 @@ def train(ctx, input, markers, output, history, probabilities, design_path, size
 @click.option("--size-factor-key", default=SIZE_FACTOR_KEY, help="obs column with size factors.")
 @doublet_table_option
 @threads_option
-@options_of(ModelSettings, TrainSettings, exclude=("min_delta", "n_restarts"))
+@options_of(ModelSettings, TrainSettings, exclude=("min_delta", "n_restarts", "require_every_type"))
 @click.pass_context
 def predict(ctx, input, model_path, markers, output, history, probabilities, info_out, design_path,
             size_factors_path, size_factor_key, doublet_tables, **kw):

@@ -96,6 +96,9 @@ class ModelSettings:
     min_delta: float = option(2.0, "Minimum log fold change of a marker.", min=0)
     min_cells_fit: int = option(50, "Fit only samples with at least this many cells (after QC); fewer is an error "
                                     "(the pipeline sets such a sample aside).", min=1)
+    require_every_type: bool = option(False, "Stop with an error when a cell type of the panel has no marker gene "
+                                             "in the data (by default such a type is left out of the fit, with one "
+                                             "warning naming it).")
     shrinkage: bool = option(True, "Hierarchical prior on delta (as the original).", cli=False)
     dirichlet_concentration: float = option(1e-2, "Dirichlet prior on the type proportions.", cli=False)
     n_centres: int = option(N_CENTRES, "Radial basis functions of the inverse dispersion.", cli=False)

@@ -29,11 +29,11 @@ from .io import (
     read_h5ad_parts, read_obs, read_table, write_h5ad, write_table,
 )
 from .keys import (
-    CELLTYPE_KEY, DOUBLET_COLUMNS, INPUT_INFO_KEY, LABEL_COLUMNS, MODEL_INFO_KEY, ONTOLOGY_ID_KEY,
-    ONTOLOGY_VERSION_KEY, PREDICTED_DOUBLET_KEY, PROBS_KEY, QC_WARNINGS_KEY, SAMPLE_KEY, SCRUBLET_KEY,
-    SIZE_FACTOR_KEY, UNS_KEY,
+    CELLTYPE_KEY, DOUBLET_COLUMNS, INPUT_INFO_KEY, LABEL_COLUMNS, LEFT_OUT_TYPES_KEY, MODEL_INFO_KEY,
+    MODEL_WARNINGS_KEY, ONTOLOGY_ID_KEY, ONTOLOGY_VERSION_KEY, PREDICTED_DOUBLET_KEY, PROBS_KEY, QC_WARNINGS_KEY,
+    SAMPLE_KEY, SCRUBLET_KEY, SIZE_FACTOR_KEY, UNS_KEY,
 )
-from .markers import MarkerMatch, Panel, load_panel, panel_differences, read_markers, write_panel
+from .markers import MarkerMatch, Panel, left_out_warning, load_panel, panel_differences, read_markers, write_panel
 from .progress import stage_progress
 from .qc import filter_cells, metrics_table
 from .settings import (
@@ -212,7 +212,9 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
     Only the marker genes are read (the main matrix, block by block; all of a ``layer``). Size
     factors: the table ``size_factors_path``, else ``obs[size_factor_key]``, else computed from
     all genes. The panel is read, checked and matched to the data's genes once; the marker check
-    before training and the model use that one match. Fewer cells than ``min_cells_fit`` fail
+    before training and the model use that one match. A type of the panel with no marker gene in
+    the data is left out of the fit with one warning (kept in ``info_out``: :func:`model_info`), or
+    refused with ``model_settings.require_every_type``. Fewer cells than ``min_cells_fit`` fail
     first (``TooFewCellsError``), before the panel is read."""
     from .api import CellAssign, require_cells_to_fit
 
@@ -254,13 +256,22 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
 
 def model_info(description: dict, refit: str | None, n_cells: int, epochs: int | None = None) -> dict:
     """Which model made the labels and how (``uns[UNS_KEY][MODEL_INFO_KEY]`` of the annotated h5ad):
-    the model's ``CellAssign.describe()`` (file, sha256, version, panel, types) and ``use``: trained
-    on these cells (``refit`` None), or a saved model reused with ``refit`` batch or none."""
+    the model's ``CellAssign.describe()`` (file, sha256, version, panel, types, the panel's types it
+    left out) and ``use``: trained on these cells (``refit`` None), or a saved model reused with
+    ``refit`` batch or none; and the fit's warnings (:func:`model_warnings`), which the pipeline puts
+    in pipeline_info/samples.tsv."""
     use = {None: f"trained on these {n_cells} cells",
            "batch": f"saved model reused: baseline beta0, covariate effects beta and proportions pi refitted on these "
                     f"{n_cells} cells ({epochs} epochs); delta and the dispersion as saved",
            "none": f"saved model reused as saved (--refit none) on these {n_cells} cells"}[refit]
-    return {**description, "use": use, "refit": refit or ""}
+    return {**description, "use": use, "refit": refit or "", MODEL_WARNINGS_KEY: model_warnings(description)}
+
+
+def model_warnings(description: dict) -> list[str]:
+    """The warnings of a model's fit, one sentence each, from its ``CellAssign.describe()``: the
+    panel's types it left out for want of a marker gene in the data (none in older descriptions)."""
+    left_out = [str(t) for t in description.get(LEFT_OUT_TYPES_KEY, [])]
+    return [left_out_warning(left_out)] if left_out else []
 
 
 def load_model(path: str | Path, markers: str | Path | None = None) -> CellAssign:

@@ -86,6 +86,9 @@ class SampleSummary:
     val_curve: pd.Series  # validation log likelihood by epoch, selected restart
     marker_warnings: int | None = None  # warnings of the marker diagnostics, when given
     doublets: dict[str, Any] | None = None  # the doublet step's summary (uns["scrublet"]), when it ran
+    # the fit's warnings (model_info.json's, kept in the annotated h5ad) and the panel's types it left out
+    model_warnings: list[str] = field(default_factory=list)
+    left_out_types: list[str] = field(default_factory=list)
 
     @property
     def n_cells(self) -> int:
