@@ -136,16 +136,27 @@ def doublets(input: str | Path, output: str | Path, summary: str | Path,
     return result
 
 
-def singlets(cells: pd.Index, doublets_paths: Sequence[str | Path]) -> np.ndarray:
-    """Which of ``cells`` the model is fitted on: all but the predicted doublets of the tables (all
-    cells without tables)."""
+def singlets(adata: ad.AnnData, design: pd.DataFrame | None,
+             doublets_paths: Sequence[str | Path]) -> tuple[ad.AnnData, pd.DataFrame | None]:
+    """The cells a model is fitted on, and their rows of the design: all but the predicted
+    doublets of the tables (``adata`` itself when none is left out)."""
     if not doublets_paths:
-        return np.ones(len(cells), dtype=bool)
+        return adata, design
     from .doublets import read_doublets
 
-    keep = ~read_doublets(doublets_paths, cells)[PREDICTED_DOUBLET_KEY].to_numpy()
+    keep = ~read_doublets(doublets_paths, adata.obs_names)[PREDICTED_DOUBLET_KEY].to_numpy()
     log.info("%d predicted doublets are left out of the fit (%d cells fitted)", int((~keep).sum()), int(keep.sum()))
-    return keep
+    if keep.all():
+        return adata, design
+    fitted = adata[keep].copy()
+    return fitted, None if design is None else design.loc[fitted.obs_names]
+
+
+def probabilities_of(model: CellAssign, adata: ad.AnnData, fitted: ad.AnnData, design: pd.DataFrame | None,
+                     device: str) -> pd.DataFrame:
+    """Every cell's probabilities: the fitted cells' as prepared, or all of ``adata`` when the fit
+    left some (the doublets) out."""
+    return model.predict(device=device) if fitted is adata else model.predict(adata, design=design, device=device)
 
 
 def size_factors(input: str | Path, output: str | Path, key: str = SIZE_FACTOR_KEY) -> pd.DataFrame:
@@ -233,19 +244,16 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
     key = size_factor_key if size_factor_key in adata.obs else None
     design_matrix = read_design(design_path, adata.obs_names) if design_path else None
     settings = settings or TrainSettings()
-    keep = singlets(adata.obs_names, doublets_paths)
-    fitted = adata if keep.all() else adata[keep].copy()
+    fitted, fitted_design = singlets(adata, design_matrix, doublets_paths)
     try:
-        model = CellAssign(fitted, match, size_factor_key=key, layer=layer,
-                           design=None if design_matrix is None else design_matrix.loc[fitted.obs_names],
+        model = CellAssign(fitted, match, size_factor_key=key, layer=layer, design=fitted_design,
                            settings=model_settings)
     except InputError as exc:  # name both files in errors about the data the model was given
         if exc.path is None:
             exc.path = f"{markers} vs {input}"
         raise
     model.train(settings=settings)
-    probabilities = (model.predict(device=settings.device) if fitted is adata
-                     else model.predict(adata, design=design_matrix, device=settings.device))
+    probabilities = probabilities_of(model, adata, fitted, design_matrix, settings.device)
     model.save(model_out)
     write_table(model.history_table, history_out, index_label=None)
     write_table(probabilities, probabilities_out)
@@ -326,12 +334,9 @@ def predict(input: str | Path, model: str | Path, model_out: str | Path, history
     settings = settings or TrainSettings()
     if mode == "batch":
         design_matrix = read_design(design_path, adata.obs_names) if design_path else None
-        keep = singlets(adata.obs_names, doublets_paths)
-        fitted = adata if keep.all() else adata[keep].copy()
-        used = saved.refit(fitted, design=None if design_matrix is None else design_matrix.loc[fitted.obs_names],
-                           size_factor_key=size_factor_key, settings=settings)
-        probabilities = (used.predict(device=settings.device) if fitted is adata
-                         else used.predict(adata, design=design_matrix, device=settings.device))
+        fitted, fitted_design = singlets(adata, design_matrix, doublets_paths)
+        used = saved.refit(fitted, design=fitted_design, size_factor_key=size_factor_key, settings=settings)
+        probabilities = probabilities_of(used, adata, fitted, design_matrix, settings.device)
         epochs = int(used.history_table["epoch"].max()) if len(used.history_table) else 0
     else:
         if design_path:

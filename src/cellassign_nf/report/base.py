@@ -16,8 +16,7 @@ import pandas as pd
 from ..errors import InputError
 from ..io import atomic_path
 from ..keys import (  # noqa: F401
-    CELLTYPE_KEY, DOUBLET, HISTORY_COLUMNS, PROB_KEY, PROBS_KEY, QC_WARNINGS_KEY, SCRUBLET_KEY, SIZE_FACTOR_KEY,
-    UNASSIGNED,
+    CELLTYPE_KEY, DOUBLET, HISTORY_COLUMNS, PROB_KEY, PROBS_KEY, QC_WARNINGS_KEY, SIZE_FACTOR_KEY, UNASSIGNED,
 )
 from ..rules import SAMPLE_NAME_RE  # noqa: F401 - re-exported for the report package
 from ..settings import ReportSettings
