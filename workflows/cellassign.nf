@@ -245,7 +245,7 @@ workflow CELLASSIGN {
     }
 
     // [sample, the warnings of the fit that labelled it] (cohort mode: the cohort model's, for every sample)
-    ch_model_warnings = ch_annotate_input.map { meta, _h5ad, _size_factors, _probabilities, info -> [meta.id, jsonWarnings(info)] }
+    ch_model_warnings = ch_annotate_input.map { meta, _h5ad, _size_factors, _probabilities, info, _doublets, _summary -> [meta.id, jsonWarnings(info)] }
 
     ANNOTATE(ch_annotate_input)
     ch_versions = ch_versions.mix(ANNOTATE.out.versions)

@@ -82,6 +82,9 @@ class DoubletSettings:
                                            "neighbours are simulated doublets, whatever Otsu's threshold of the "
                                            "simulated doublets' scores (a sample whose doublets do not stand apart "
                                            "is not split at a low score).", min=0, max=1)
+    doublet_genes: int = option(2_000, "Scrublet sees at most this many of the sample's most variable genes "
+                                       "(scanpy's highly_variable_genes on one random part of the cells; 0: all "
+                                       "genes).", min=0)
     doublet_chunk_cells: int = option(10_000, "Scrublet runs on random parts of at most this many cells of a larger "
                                               "sample (doublets simulated within each part; time and memory grow "
                                               "linearly, not quadratically, with the cells).", min=100)

@@ -145,7 +145,7 @@ def singlets(adata: ad.AnnData, design: pd.DataFrame | None,
     from .doublets import read_doublets
 
     keep = ~read_doublets(doublets_paths, adata.obs_names)[PREDICTED_DOUBLET_KEY].to_numpy()
-    log.info("%d predicted doublets are left out of the fit (%d cells fitted)", int((~keep).sum()), int(keep.sum()))
+    log.info("%d predicted doublets are not fitted (%d cells are)", int((~keep).sum()), int(keep.sum()))
     if keep.all():
         return adata, design
     fitted = adata[keep].copy()
