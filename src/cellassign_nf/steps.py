@@ -36,7 +36,7 @@ from .markers import MarkerMatch, Panel, load_panel, panel_differences, read_mar
 from .progress import stage_progress
 from .qc import filter_cells, metrics_table
 from .settings import (
-    AnnotateSettings, DiagnosticThresholds, ModelSettings, QCThresholds, RefitSettings, TrainSettings,
+    AnnotateSettings, DiagnosticThresholds, ModelSettings, PanelSettings, QCThresholds, RefitSettings, TrainSettings,
 )
 from .size_factors import compute_size_factors, warn_zero
 
@@ -162,11 +162,15 @@ def design(input: str | Path, output: str | Path, covariates: Sequence[str] = ()
 
 def train(input: str | Path, markers: str | Path, model_out: str | Path, history_out: str | Path,
           probabilities_out: str | Path, design_path: str | Path | None = None,
-          size_factor_key: str = SIZE_FACTOR_KEY, layer: str | None = None, other: bool = False,
-          model_settings: ModelSettings | None = None, settings: TrainSettings | None = None,
+          size_factor_key: str = SIZE_FACTOR_KEY, layer: str | None = None,
+          other: bool = PanelSettings.other, model_settings: ModelSettings | None = None, settings: TrainSettings | None = None,
           size_factors_path: str | Path | None = None, info_out: str | Path | None = None) -> CellAssign:
     """Fit CellAssign; write the model file, training history and probabilities (and, with
     ``info_out``, the model's description for ``annotate``). Returns the model.
+
+    With ``other`` (the default, as the CLI's) the model has an extra type ``other`` without
+    markers, unless the panel names one: a cell that none of the panel's types explains better
+    than a cell with no marker up is labelled ``other``, not forced into the nearest type.
 
     Only the marker genes are read (the main matrix, block by block; all of a ``layer``). Size
     factors: the table ``size_factors_path``, else ``obs[size_factor_key]``, else computed from
