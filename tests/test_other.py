@@ -39,8 +39,9 @@ def _labels(library, name: str, *options: str) -> tuple[pd.DataFrame, pd.DataFra
                                       "--probabilities", str(d / f"{name}.probs.tsv"), "--n-restarts", "1",
                                       "--model-info", str(d / f"{name}.info.json"), *options])
     assert train.exit_code == 0, train.output
-    annotate = CliRunner().invoke(main, ["--quiet", "annotate", str(library["data"]), "-p", str(d / f"{name}.probs.tsv"),
-                                         "-o", str(d / f"{name}.h5ad"), "--predictions", str(d / f"{name}.pred.tsv"),
+    annotate = CliRunner().invoke(main, ["--quiet", "annotate", str(library["data"]),
+                                         "-p", str(d / f"{name}.probs.tsv"), "-o", str(d / f"{name}.h5ad"),
+                                         "--predictions", str(d / f"{name}.pred.tsv"),
                                          "--model-info", str(d / f"{name}.info.json")])
     assert annotate.exit_code == 0, annotate.output
     obs = ad.read_h5ad(d / f"{name}.h5ad").obs

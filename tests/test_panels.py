@@ -305,7 +305,8 @@ def test_type_names_with_a_slash_keep_their_terms_in_the_h5ad(tmp_path):
     assert r.exit_code == 0, r.output
     annotated = ad.read_h5ad(tmp_path / "sample1.annotated.h5ad")
     info = annotated.uns[UNS_KEY]["model"]
-    assert dict(zip(info["cell_types"], info["ontology"])) == {**read_panel(tmp_path / "p.txt").ontology, OTHER: ""}
+    terms = read_panel(tmp_path / "p.txt").ontology
+    assert dict(zip(info["cell_types"], info["ontology"])) == {**terms, OTHER: ""}  # 'other': no term
     mono = annotated.obs["cellassign_celltype"] == "Monocyte/Macrophage"
     assert mono.sum() > 50 and set(annotated.obs.loc[mono, ONTOLOGY_LABEL_KEY].astype(str)) == {"mononuclear phagocyte"}
 

@@ -162,8 +162,8 @@ def design(input: str | Path, output: str | Path, covariates: Sequence[str] = ()
 
 def train(input: str | Path, markers: str | Path, model_out: str | Path, history_out: str | Path,
           probabilities_out: str | Path, design_path: str | Path | None = None,
-          size_factor_key: str = SIZE_FACTOR_KEY, layer: str | None = None,
-          other: bool = PanelSettings.other, model_settings: ModelSettings | None = None, settings: TrainSettings | None = None,
+          size_factor_key: str = SIZE_FACTOR_KEY, layer: str | None = None, other: bool = PanelSettings.other,
+          model_settings: ModelSettings | None = None, settings: TrainSettings | None = None,
           size_factors_path: str | Path | None = None, info_out: str | Path | None = None) -> CellAssign:
     """Fit CellAssign; write the model file, training history and probabilities (and, with
     ``info_out``, the model's description for ``annotate``). Returns the model.
