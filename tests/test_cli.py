@@ -80,7 +80,9 @@ def test_run_demo_end_to_end(tmp_path):
     truth = annotated.obs["true_celltype"].astype(str)
     assert (annotated.obs["cellassign_celltype"].astype(str) == truth).mean() >= 0.95
     probs = annotated.obsm["cellassign_probabilities"]
-    assert list(probs.columns) == ["T cell", "B cell", "Monocyte", "NK cell"]
+    # 'other' (no markers) is a type by default: the demo holds only the panel's types, so it stays small
+    assert list(probs.columns) == ["T cell", "B cell", "Monocyte", "NK cell", "other"]
+    assert (annotated.obs["cellassign_celltype"].astype(str) == "other").mean() < 0.03
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
     predictions = pd.read_csv(out / "sample1.predictions.tsv", sep="\t", index_col=0)
     assert (predictions["cellassign_celltype"] == annotated.obs["cellassign_celltype"].astype(str)).all()

@@ -133,7 +133,7 @@ def annotated(tmp_path_factory, library):
     steps.doublets(d / "lib.h5ad", d / "lib.doublets.tsv", d / "lib.doublet_summary.json")
     torch.manual_seed(0)
     model = steps.train(d / "lib.h5ad", d / "panel.json", d / "m.pt", d / "h.tsv", d / "p.tsv",
-                        info_out=d / "info.json", doublets_paths=[d / "lib.doublets.tsv"],
+                        info_out=d / "info.json", doublets_paths=[d / "lib.doublets.tsv"], other=False,
                         model_settings=ModelSettings(), settings=TrainSettings(n_restarts=1, progress=False))
     out = steps.annotate(d / "lib.h5ad", d / "p.tsv", d / "lib.annotated.h5ad", d / "lib.predictions.tsv",
                          model_info_path=d / "info.json", doublets_path=d / "lib.doublets.tsv",

@@ -298,11 +298,12 @@ def test_every_output_carries_each_cells_term(demo_run):
     html = (out / "report" / "s1.report.html").read_text()
     assert "Cell Ontology term" in html and "CL:0000623" in html and "natural killer cell" in html
     info = json.loads((out / "s1.model_info.json").read_text())
-    assert info["ontology"] == [panel.ontology[t] for t in info["cell_types"]]
+    assert info["cell_types"] == [*panel.rho.columns, OTHER]  # run adds 'other' by default; it has no term
+    assert info["ontology"] == [panel.ontology.get(t, "") for t in info["cell_types"]]
     r = CliRunner().invoke(main, ["cohort-table", str(out / "s1.predictions.tsv"), "-o", str(out / "c.tsv")])
     assert r.exit_code == 0, r.output
     doublets = [DOUBLET] if (obs["cellassign_celltype"].astype(str) == DOUBLET).any() else []  # a label, not a type
-    assert pd.read_csv(out / "c.tsv", sep="\t").columns.tolist() == ["sample", *panel.rho.columns, *doublets,
+    assert pd.read_csv(out / "c.tsv", sep="\t").columns.tolist() == ["sample", *panel.rho.columns, OTHER, *doublets,
                                                                      UNASSIGNED]
 
 
@@ -333,7 +334,15 @@ def test_a_panel_without_terms_labels_every_type_unknown(tmp_path):
                                   "--outdir", str(tmp_path), "--max-epochs", "30", "--n-restarts", "1", "--no-report"])
     assert r.exit_code == 0, r.output
     obs = ad.read_h5ad(tmp_path / "sample1.annotated.h5ad").obs
-    assert set(obs[ONTOLOGY_ID_KEY].astype(str)) == {"unknown"} and set(obs[ONTOLOGY_LABEL_KEY].astype(str)) == {"unknown"}
+    # the demo's monocytes and NK cells, which this panel lacks, are 'other' (CL:0000000, cell, by
+    # the schema's convention); every other cell is unknown
+    other = (obs["cellassign_celltype"] == OTHER).to_numpy()
+    lacking = obs["true_celltype"].isin(["Monocyte", "NK cell"]).to_numpy()
+    assert (other & lacking).sum() >= 0.9 * lacking.sum() and (other & ~lacking).sum() <= 0.02 * (~lacking).sum()
+    assert set(obs.loc[other, ONTOLOGY_ID_KEY].astype(str)) == {"CL:0000000"}
+    assert set(obs.loc[other, ONTOLOGY_LABEL_KEY].astype(str)) == {"cell"}
+    assert set(obs.loc[~other, ONTOLOGY_ID_KEY].astype(str)) == {"unknown"}
+    assert set(obs.loc[~other, ONTOLOGY_LABEL_KEY].astype(str)) == {"unknown"}
     assert "no Cell Ontology terms (the panel gives none)" in " ".join(r.stderr.split())
     assert "cell_ontology" not in ad.read_h5ad(tmp_path / "sample1.annotated.h5ad").uns[UNS_KEY]
 
@@ -348,7 +357,8 @@ def test_type_names_with_a_slash_keep_their_terms_in_the_h5ad(tmp_path):
     assert r.exit_code == 0, r.output
     annotated = ad.read_h5ad(tmp_path / "sample1.annotated.h5ad")
     info = annotated.uns[UNS_KEY]["model"]
-    assert dict(zip(info["cell_types"], info["ontology"])) == read_panel(tmp_path / "p.txt").ontology
+    terms = read_panel(tmp_path / "p.txt").ontology
+    assert dict(zip(info["cell_types"], info["ontology"])) == {**terms, OTHER: ""}  # 'other': no term
     mono = annotated.obs["cellassign_celltype"] == "Monocyte/Macrophage"
     assert mono.sum() > 50 and set(annotated.obs.loc[mono, ONTOLOGY_LABEL_KEY].astype(str)) == {"mononuclear phagocyte"}
 

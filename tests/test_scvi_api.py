@@ -450,8 +450,9 @@ def test_train_and_predict_steps_take_size_factors_from_all_genes(unproportional
     from cellassign_nf.settings import RefitSettings, TrainSettings
 
     settings = TrainSettings(max_epochs=3, n_restarts=1, seed=2, progress=False)
+    # other=False: the step fits the panel's types, as the API's CellAssign it is compared with
     steps.train(tmp_path / "cells.h5ad", tmp_path / "markers.csv", tmp_path / "m.pt", tmp_path / "h.tsv",
-                tmp_path / "p.tsv", settings=settings)
+                tmp_path / "p.tsv", other=False, settings=settings)
     explicit = data["adata"].copy()
     fits = {}
     for name in ("all_genes", "markers_only"):

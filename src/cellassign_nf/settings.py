@@ -108,6 +108,18 @@ class ModelSettings:
 
 
 @dataclass
+class PanelSettings:
+    """The model's types beyond the panel's, when ``train`` (CLI and pipeline) fits a new model; a
+    saved model's types stand (``predict``). The Python API (``CellAssign(adata, markers)``) fits
+    the panel's types only, as scvi-tools does: give it ``marker_list_to_matrix(...,
+    include_other=True)`` or ``load_panel(..., other=True)`` for an ``other`` type."""
+
+    other: bool = option(True, "Add an 'other' type without markers, for cells that none of the panel's types "
+                               "explains (a type the panel does not list); --no-other: every cell gets its nearest "
+                               "panel type.")
+
+
+@dataclass
 class TrainSettings:
     """Options of the fit (``cellassign_nf.train.fit``)."""
 

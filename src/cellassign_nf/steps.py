@@ -37,7 +37,8 @@ from .markers import MarkerMatch, Panel, left_out_warning, load_panel, panel_dif
 from .progress import stage_progress
 from .qc import filter_cells, metrics_table
 from .settings import (
-    AnnotateSettings, DiagnosticThresholds, DoubletSettings, ModelSettings, QCThresholds, RefitSettings, TrainSettings,
+    AnnotateSettings, DiagnosticThresholds, DoubletSettings, ModelSettings, PanelSettings, QCThresholds, RefitSettings,
+    TrainSettings,
 )
 from .size_factors import compute_size_factors, warn_zero
 
@@ -210,12 +211,16 @@ def design(input: str | Path, output: str | Path, covariates: Sequence[str] = ()
 
 def train(input: str | Path, markers: str | Path, model_out: str | Path, history_out: str | Path,
           probabilities_out: str | Path, design_path: str | Path | None = None,
-          size_factor_key: str = SIZE_FACTOR_KEY, layer: str | None = None, other: bool = False,
+          size_factor_key: str = SIZE_FACTOR_KEY, layer: str | None = None, other: bool = PanelSettings.other,
           model_settings: ModelSettings | None = None, settings: TrainSettings | None = None,
           size_factors_path: str | Path | None = None, info_out: str | Path | None = None,
           doublets_paths: Sequence[str | Path] = ()) -> CellAssign:
     """Fit CellAssign; write the model file, training history and probabilities (and, with
     ``info_out``, the model's description for ``annotate``). Returns the model.
+
+    With ``other`` (the default, as the CLI's) the model has an extra type ``other`` without
+    markers, unless the panel names one: a cell that none of the panel's types explains better
+    than a cell with no marker up is labelled ``other``, not forced into the nearest type.
 
     With ``doublets_paths`` (the tables of ``doublets``, one per sample), the predicted doublets
     are left out of the fit; every cell, doublets included, gets its probabilities.

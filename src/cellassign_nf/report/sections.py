@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..io import display_names, relabel_genes
-from ..keys import LEFT_OUT_TYPES_KEY
+from ..keys import LEFT_OUT_TYPES_KEY, OTHER
 from ..labels import ontology_by_type, rolled_up
 from .base import (
     CELLTYPE_KEY, PROB_KEY, SIZE_FACTOR_KEY, UMAP_MIN_CELLS, ModelLike, QCSummary, ReportFigure, SampleSummary, flatten,
@@ -146,6 +146,8 @@ def celltypes_section(inp: ReportInputs, sink: FigureSink) -> _Section:
                            rows))
     if not terms:
         s.notes.append("The annotated data have no Cell Ontology columns (annotated before they existed).")
+    if OTHER in counts.index:
+        s.notes.append(other_note(int(counts[OTHER]), summary.n_cells))
     ancestors = rolled_up(inp.adata.obs)
     if len(ancestors):
         s.notes.append(f"{int(ancestors['cells'].sum())} unassigned cells were labelled at a broader Cell Ontology "
@@ -158,6 +160,14 @@ def celltypes_section(inp: ReportInputs, sink: FigureSink) -> _Section:
     sink.add(s, "celltype_counts", "Cell-type counts", lambda: plot_celltype_counts(counts),
              "Number (and share) of cells assigned to each type.")
     return s
+
+
+def other_note(n_other: int, n_cells: int) -> str:
+    """One sentence: how many cells went to the model's ``other`` type, and why."""
+    return (f"{n_other:,} of {n_cells:,} cells ({100 * n_other / max(n_cells, 1):.1f}%) are '{OTHER}': their "
+            "markers fit none of the panel's types better than a cell with no marker up (a type the panel does "
+            "not list, or a panel type whose markers these cells barely express); --no-other gives each its "
+            "nearest panel type instead.")
 
 
 def probability_section(inp: ReportInputs, sink: FigureSink) -> _Section:
