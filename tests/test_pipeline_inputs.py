@@ -19,9 +19,9 @@ import anndata as ad
 import pandas as pd
 import pytest
 
-from cellassign_nf.keys import ONTOLOGY_ID_KEY, OTHER, UNASSIGNED
+from cellassign_nf.keys import DOUBLET, ONTOLOGY_ID_KEY, OTHER, UNASSIGNED
 from cellassign_nf.markers import left_out_warning, read_markers, read_panel
-from cellassign_nf.ontology import CELL
+from cellassign_nf.ontology import CELL, UNKNOWN
 from cellassign_nf.simulate import simulate
 
 from tenx_files import ADT, tenx_sample, write_cellranger_h5, write_mtx_folder
@@ -87,8 +87,9 @@ def test_outputs_keep_barcodes_and_gene_ids_and_annotate_correctly(facility_run,
     assert accuracy > 0.85, accuracy
     terms = read_panel("tme").ontology  # the bundled panel's Cell Ontology terms, by its name
     called = predictions[predictions["cellassign_celltype"] != UNASSIGNED]
-    # 'other' (added by default, no term of its own): CL:0000000, cell, the schema's convention
-    expected = called["cellassign_celltype"].map({**terms, OTHER: CELL[0]})
+    # 'other' (added by default, no term of its own): CL:0000000, cell, the schema's convention; a
+    # predicted doublet is no cell type: unknown
+    expected = called["cellassign_celltype"].map({**terms, OTHER: CELL[0], DOUBLET: UNKNOWN})
     assert called[ONTOLOGY_ID_KEY].equals(expected), called[ONTOLOGY_ID_KEY]
     model = annotated.uns["cellassign"]["model"]  # 'Monocyte/Macrophage' is no key of the h5ad: a list by type
     fitted = {t: term for t, term in terms.items() if sample == "PBMC_1" or t != LEFT_OUT}
