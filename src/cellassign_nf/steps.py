@@ -434,14 +434,20 @@ def annotate(input: str | Path, probabilities: str | Path, output: str | Path, p
 
 def read_doublet_summary(path: str | Path) -> dict:
     """The summary JSON of ``doublets``, without its empty values (as ``uns`` can hold it)."""
-    try:
-        summary = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"cannot be read as a doublet summary ({type(exc).__name__})",
-                         "Give the --summary JSON written by 'cellassign-nf doublets'.") from exc
-    if not isinstance(summary, dict) or "method" not in summary:
-        raise InputError(path, "is not a doublet summary", "Give the --summary JSON written by 'cellassign-nf doublets'.")
+    summary = _read_step_json(path, "a doublet summary", "method",
+                              "Give the --summary JSON written by 'cellassign-nf doublets'.")
     return {k: v for k, v in summary.items() if v is not None and v != []}
+
+
+def _read_step_json(path: str | Path, what: str, key: str, fix: str) -> dict:
+    """The JSON object an earlier step wrote (one that has ``key``), or one clear error."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"cannot be read as {what} ({type(exc).__name__})", fix) from exc
+    if not isinstance(data, dict) or key not in data:
+        raise InputError(path, f"is not {what}", fix)
+    return data
 
 
 def annotation_info(cell_types: list[str], min_prob: float, description: dict | None) -> dict:
@@ -472,15 +478,8 @@ def terms_of(description: dict) -> dict[str, str]:
 
 
 def _read_model_info(path: str | Path) -> dict:
-    try:
-        info = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"cannot be read as a model description ({type(exc).__name__})",
-                         "Give the --model-info JSON written by 'cellassign-nf train' or 'predict'.") from exc
-    if not isinstance(info, dict) or "sha256" not in info:
-        raise InputError(path, "is not a model description", "Give the --model-info JSON written by "
-                         "'cellassign-nf train' or 'predict'.")
-    return info
+    return _read_step_json(path, "a model description", "sha256",
+                           "Give the --model-info JSON written by 'cellassign-nf train' or 'predict'.")
 
 
 def celltype_summary(adata: ad.AnnData) -> pd.DataFrame:
