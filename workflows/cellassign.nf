@@ -88,12 +88,12 @@ def logDiagnostics(String sample, tsv) {
 // as a whole looks damaged; cellassign_nf.keys.QC_WARNINGS_KEY) and the model description's of TRAIN or
 // PREDICT (a type of the panel left out of the fit; cellassign_nf.keys.MODEL_WARNINGS_KEY)
 def jsonWarnings(json) {
-    return (new groovy.json.JsonSlurper().parse(json.toFile())['warnings'] ?: [])*.toString()
+    return (new groovy.json.JsonSlurper().parseText(json.text)['warnings'] ?: [])*.toString()
 }
 
 // The doublet summary (cellassign_nf.doublets): [rate text for samples.tsv, note for the terminal, warnings]
 def doubletSummary(summary) {
-    def parsed = new groovy.json.JsonSlurper().parse(summary.toFile())
+    def parsed = new groovy.json.JsonSlurper().parseText(summary.text)
     return [rate: parsed['rate_text']?.toString() ?: '', note: parsed['note']?.toString() ?: '',
             warnings: (parsed['warnings'] ?: [])*.toString()]
 }
