@@ -9,6 +9,7 @@ import scipy.sparse as sp
 from click.testing import CliRunner
 
 from cellassign_nf.cli import main
+from cellassign_nf.keys import OTHER
 from cellassign_nf.markers import left_out_warning
 from cellassign_nf.simulate import simulate
 
@@ -248,16 +249,17 @@ def test_cell_type_without_marker_in_data_is_left_out_with_one_warning(tmp_path,
     log = " ".join(r.stderr.split())  # the log's lines joined: a long message wraps
     warning = left_out_warning(["C"])
     assert log.count("left out of the fit") == 1 and warning in log, log
-    assert list(pd.read_csv(tmp_path / "p.tsv", sep="\t", index_col=0).columns) == ["A", "B"]
+    fitted = ["A", "B", OTHER]  # C left out; 'other' added by default
+    assert list(pd.read_csv(tmp_path / "p.tsv", sep="\t", index_col=0).columns) == fitted
     info = json.loads((tmp_path / "info.json").read_text())
-    assert (info["left_out_types"], info["warnings"], info["cell_types"]) == (["C"], [warning], ["A", "B"])
+    assert (info["left_out_types"], info["warnings"], info["cell_types"]) == (["C"], [warning], fitted)
     # the saved model reused: its own types stand (its panel, C included, is still the panel it was given),
     # and its description says what its fit left out
     p = invoke("predict", path, "--model", tmp_path / "model.pt", "--markers", markers, "-o", tmp_path / "m2.pt",
                "--history", tmp_path / "h2.tsv", "--probabilities", tmp_path / "p2.tsv",
                "--model-info", tmp_path / "info2.json", "--max-epochs", "15")
     assert p.exit_code == 0, p.output
-    assert list(pd.read_csv(tmp_path / "p2.tsv", sep="\t", index_col=0).columns) == ["A", "B"]
+    assert list(pd.read_csv(tmp_path / "p2.tsv", sep="\t", index_col=0).columns) == fitted
     reused = json.loads((tmp_path / "info2.json").read_text())
     assert (reused["refit"], reused["left_out_types"], reused["warnings"]) == ("batch", ["C"], [warning])
 
