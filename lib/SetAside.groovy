@@ -20,7 +20,7 @@ class SetAside {
     static final List<Integer> KILLED = [137, 139, 140, 143]
     static final List<Integer> DATA = [1, 2, 3]
     // the columns of pipeline_info/samples.tsv, in order
-    static final List<String> COLUMNS = ['sample', 'status', 'step', 'reason', 'doublets', 'qc_warnings']
+    static final List<String> COLUMNS = ['sample', 'status', 'step', 'reason', 'doublets', 'qc_warnings', 'model_warnings']
     // a sample's status in that table
     static final String DONE = 'annotated'
     static final String SET_ASIDE = 'set aside'

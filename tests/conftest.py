@@ -28,7 +28,7 @@ def per_sample_run(tmp_path_factory, nxf_home):
 
 @pytest.fixture(scope="session")
 def cohort_run(tmp_path_factory, nxf_home):
-    """One real run of `-profile test` in cohort mode."""
+    """One real run of `-profile test` in cohort mode (without the 'other' type: COHORT_ARGS)."""
     return run_pipeline(tmp_path_factory.mktemp("cohort"), nxf_home, ["-profile", "test", *COHORT_ARGS])
 
 

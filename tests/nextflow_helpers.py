@@ -25,9 +25,11 @@ RUN_TIMEOUT = 1800  # seconds: the limit of one whole pipeline run
 DEMO_SAMPLES = ("sample1", "sample2")
 PER_SAMPLE_TASKS = {"QC": 2, "DOUBLETS": 2, "SIZE_FACTORS": 2, "DESIGN": 2, "CHECK_PANEL": 1, "TRAIN": 2, "ANNOTATE": 2,
                     "DIAGNOSE": 2, "REPORT": 2, "CELLTYPE_COUNTS": 1, "MULTIQC": 1}
-COHORT_ARGS = ("--mode", "cohort", "--layer", "X")  # the cohort runs of the tests (--layer X: the main matrix, named)
-COHORT_TASKS = {"QC": 2, "DOUBLETS": 2, "MERGE": 1, "SIZE_FACTORS": 1, "DESIGN": 1, "CHECK_PANEL": 1, "TRAIN": 1, "ANNOTATE": 2,
-                "DIAGNOSE": 2, "REPORT": 2, "CELLTYPE_COUNTS": 1, "MULTIQC": 1}
+# the cohort runs of the tests (--layer X: the main matrix, named; --other false: the one model
+# without the 'other' type, which per-sample runs have by default: tests/test_pipeline.py)
+COHORT_ARGS = ("--mode", "cohort", "--layer", "X", "--other", "false")
+COHORT_TASKS = {"QC": 2, "DOUBLETS": 2, "MERGE": 1, "SIZE_FACTORS": 1, "DESIGN": 1, "CHECK_PANEL": 1, "TRAIN": 1,
+                "ANNOTATE": 2, "DIAGNOSE": 2, "REPORT": 2, "CELLTYPE_COUNTS": 1, "MULTIQC": 1}
 # per-sample mode with --model: the model checked once (CHECK_MODEL instead of CHECK_PANEL), PREDICT instead of TRAIN
 MODEL_TASKS = {**{k: v for k, v in PER_SAMPLE_TASKS.items() if k not in ("CHECK_PANEL", "TRAIN")}, "CHECK_MODEL": 1,
                "PREDICT": 2}

@@ -9,6 +9,8 @@ import scipy.sparse as sp
 from click.testing import CliRunner
 
 from cellassign_nf.cli import main
+from cellassign_nf.keys import OTHER
+from cellassign_nf.markers import left_out_warning
 from cellassign_nf.simulate import simulate
 
 from conftest import DEMO
@@ -79,7 +81,9 @@ def test_run_demo_end_to_end(tmp_path):
     truth = annotated.obs["true_celltype"].astype(str)
     assert (annotated.obs["cellassign_celltype"].astype(str) == truth).mean() >= 0.95
     probs = annotated.obsm["cellassign_probabilities"]
-    assert list(probs.columns) == ["T cell", "B cell", "Monocyte", "NK cell"]
+    # 'other' (no markers) is a type by default: the demo holds only the panel's types, so it stays small
+    assert list(probs.columns) == ["T cell", "B cell", "Monocyte", "NK cell", "other"]
+    assert (annotated.obs["cellassign_celltype"].astype(str) == "other").mean() < 0.03
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
     predictions = pd.read_csv(out / "sample1.predictions.tsv", sep="\t", index_col=0)
     assert (predictions["cellassign_celltype"] == annotated.obs["cellassign_celltype"].astype(str)).all()
@@ -236,11 +240,37 @@ def test_some_marker_genes_missing_warns(tmp_path, counts):
     assert "1 of 5 marker genes are not in the data" in r.stderr and "NOTAGENE" in r.stderr
 
 
-def test_cell_type_without_marker_in_data(tmp_path, counts):
+def test_cell_type_without_marker_in_data_is_left_out_with_one_warning(tmp_path, counts):
     _, path = counts
     markers = tmp_path / "m.txt"
     markers.write_text("A:a1,a2\nB:b1\nC:XYZ1,XYZ2\n")
-    assert_error(_train(tmp_path, path, markers), "cell type(s) with no marker gene in the data: C")
+    r = _train(tmp_path, path, markers, "--model-info", tmp_path / "info.json")
+    assert r.exit_code == 0, r.output
+    log = " ".join(r.stderr.split())  # the log's lines joined: a long message wraps
+    warning = left_out_warning(["C"])
+    assert log.count("left out of the fit") == 1 and warning in log, log
+    fitted = ["A", "B", OTHER]  # C left out; 'other' added by default
+    assert list(pd.read_csv(tmp_path / "p.tsv", sep="\t", index_col=0).columns) == fitted
+    info = json.loads((tmp_path / "info.json").read_text())
+    assert (info["left_out_types"], info["warnings"], info["cell_types"]) == (["C"], [warning], fitted)
+    # the saved model reused: its own types stand (its panel, C included, is still the panel it was given),
+    # and its description says what its fit left out
+    p = invoke("predict", path, "--model", tmp_path / "model.pt", "--markers", markers, "-o", tmp_path / "m2.pt",
+               "--history", tmp_path / "h2.tsv", "--probabilities", tmp_path / "p2.tsv",
+               "--model-info", tmp_path / "info2.json", "--max-epochs", "15")
+    assert p.exit_code == 0, p.output
+    assert list(pd.read_csv(tmp_path / "p2.tsv", sep="\t", index_col=0).columns) == fitted
+    reused = json.loads((tmp_path / "info2.json").read_text())
+    assert (reused["refit"], reused["left_out_types"], reused["warnings"]) == ("batch", ["C"], [warning])
+
+
+def test_cell_type_without_marker_in_data_is_refused_with_require_every_type(tmp_path, counts):
+    _, path = counts
+    markers = tmp_path / "m.txt"
+    markers.write_text("A:a1,a2\nB:b1\nC:XYZ1,XYZ2\n")
+    assert_error(_train(tmp_path, path, markers, "--require-every-type"),
+                 "cell type(s) with no marker gene in the data: C", "without --require-every-type", path=markers)
+    assert_no_outputs(tmp_path, "model.pt", "h.tsv", "p.tsv")
 
 
 def test_marker_type_with_no_genes(tmp_path, counts):

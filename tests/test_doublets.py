@@ -133,7 +133,7 @@ def annotated(tmp_path_factory, library):
     steps.doublets(d / "lib.h5ad", d / "lib.doublets.tsv", d / "lib.doublet_summary.json")
     torch.manual_seed(0)
     model = steps.train(d / "lib.h5ad", d / "panel.json", d / "m.pt", d / "h.tsv", d / "p.tsv",
-                        info_out=d / "info.json", doublets_paths=[d / "lib.doublets.tsv"],
+                        info_out=d / "info.json", doublets_paths=[d / "lib.doublets.tsv"], other=False,
                         model_settings=ModelSettings(), settings=TrainSettings(n_restarts=1, progress=False))
     out = steps.annotate(d / "lib.h5ad", d / "p.tsv", d / "lib.annotated.h5ad", d / "lib.predictions.tsv",
                          model_info_path=d / "info.json", doublets_path=d / "lib.doublets.tsv",
@@ -178,3 +178,19 @@ def test_the_report_shows_the_doublets(annotated, tmp_path):
     assert f"pct_doublets: {round(100 * n / out.n_obs, 2)}" in stats
     # doublets are neither assigned nor the top type
     assert result.summary.n_assigned == out.n_obs - n - result.summary.n_unassigned
+
+
+def test_annotate_refuses_files_that_are_not_the_doublet_step_s(annotated, tmp_path):
+    d, _, _ = annotated
+    (tmp_path / "qc.json").write_text(json.dumps({"cells_before": 3}))
+    with pytest.raises(InputError, match=r"qc.json: is not a doublet summary\. Give the --summary JSON"):
+        steps.annotate(d / "lib.h5ad", d / "p.tsv", tmp_path / "a.h5ad", tmp_path / "p.tsv",
+                       doublets_path=d / "lib.doublets.tsv", doublet_summary_path=tmp_path / "qc.json")
+    (tmp_path / "cut.json").write_text('{"method": "scr')
+    with pytest.raises(InputError, match=r"cut.json: cannot be read as a doublet summary \(JSONDecodeError\)"):
+        steps.annotate(d / "lib.h5ad", d / "p.tsv", tmp_path / "a.h5ad", tmp_path / "p.tsv",
+                       doublets_path=d / "lib.doublets.tsv", doublet_summary_path=tmp_path / "cut.json")
+    with pytest.raises(InputError, match=r"is not a doublet table"):
+        steps.annotate(d / "lib.h5ad", d / "p.tsv", tmp_path / "a.h5ad", tmp_path / "p.tsv",
+                       doublets_path=d / "p.tsv")
+    assert not (tmp_path / "a.h5ad").exists()  # nothing written

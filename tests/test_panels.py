@@ -20,7 +20,7 @@ from cellassign_nf import ontology
 from cellassign_nf.cli import main
 from cellassign_nf.diagnostics import check_markers
 from cellassign_nf.errors import InputError
-from cellassign_nf.keys import ONTOLOGY_ID_KEY, ONTOLOGY_LABEL_KEY, OTHER, UNASSIGNED, UNS_KEY
+from cellassign_nf.keys import DOUBLET, ONTOLOGY_ID_KEY, ONTOLOGY_LABEL_KEY, OTHER, UNASSIGNED, UNS_KEY
 from cellassign_nf.labels import assign_labels
 from cellassign_nf.markers import Panel, bundled_panels, marker_list_to_matrix, panel_header, read_panel, write_panel
 from cellassign_nf.simulate import simulate
@@ -139,6 +139,56 @@ def test_blood_panel_on_real_pbmcs():
     assert set(zip(t_cells[ONTOLOGY_ID_KEY], t_cells[ONTOLOGY_LABEL_KEY])) == {("CL:0000084", "T cell")}
 
 
+@pytest.fixture(scope="module")
+def fine_pbmc_run(tmp_path_factory) -> dict:
+    """`cellassign-nf run` of the fine blood panel on the 700 real PBMCs, whose 765 genes hold none
+    of the platelet markers."""
+    from cellassign_nf.datasets import pbmc68k_counts
+
+    folder = tmp_path_factory.mktemp("fine_pbmc")
+    pbmc68k_counts().write_h5ad(folder / "pbmc68k.h5ad")
+    result = CliRunner().invoke(main, ["run", str(folder / "pbmc68k.h5ad"), "--markers", "pbmc_fine_human",
+                                       "--outdir", str(folder / "out"), "--no-umap"])
+    return {"folder": folder, "out": folder / "out", "result": result}
+
+
+def test_fine_blood_panel_on_real_pbmcs_leaves_platelets_out_with_one_warning(fine_pbmc_run):
+    """The run goes on without the platelet type: one warning naming it in the log, the model's
+    description, the report and MultiQC; no cell is labelled platelet, every other type is fitted."""
+    from cellassign_nf.markers import left_out_warning
+
+    result, out = fine_pbmc_run["result"], fine_pbmc_run["out"]
+    assert result.exit_code == 0, result.output
+    warning = left_out_warning(["platelet"])
+    log = " ".join(result.stderr.split())  # the log's lines joined: a long message wraps
+    assert log.count("left out of the fit") == 1 and warning in log, log
+    predictions = pd.read_csv(out / "pbmc68k.predictions.tsv", sep="\t", index_col=0)
+    assert "platelet" not in set(predictions["cellassign_celltype"]) and "platelet" not in predictions.columns
+    fitted = [t for t in read_panel("pbmc_fine_human").rho.columns if t != "platelet"]
+    assert [c for c in predictions.columns if c in fitted] == fitted  # a probability for every other type
+    info = json.loads((out / "pbmc68k.model_info.json").read_text())
+    assert (info["left_out_types"], info["warnings"]) == (["platelet"], [warning])
+    annotated = ad.read_h5ad(out / "pbmc68k.annotated.h5ad", backed="r")
+    assert list(annotated.uns[UNS_KEY]["model"]["warnings"]) == [warning]
+    html = (out / "report" / "pbmc68k.report.html").read_text()
+    assert html.count(f"Warning: {warning}") == 1  # in the cell-type section
+    assert "types left out of the fit" in html and "panel types left out (no marker gene in the data)" in html
+    stats = (out / "report" / "pbmc68k_cellassign_general_stats_mqc.yaml").read_text()
+    assert "types_left_out: platelet" in stats and "title: Types left out" in stats
+
+
+def test_fine_blood_panel_on_real_pbmcs_is_refused_with_require_every_type(fine_pbmc_run):
+    folder = fine_pbmc_run["folder"]
+    result = CliRunner().invoke(main, ["--quiet", "run", str(folder / "pbmc68k.h5ad"), "--markers",
+                                       "pbmc_fine_human", "--outdir", str(folder / "strict"), "--no-umap",
+                                       "--require-every-type"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: pbmc_fine_human: cell type(s) with no marker gene in the data: platelet. "), result.stderr
+    assert not (folder / "strict" / "pbmc68k.model.pt").exists()
+
+
 # --- terms in the panel formats -----------------------------------------------------------------------
 def test_every_panel_format_gives_types_their_terms(tmp_path):
     expected = {"T cell": "CL:0000084", "B cell": "CL:0000236"}
@@ -248,10 +298,13 @@ def test_every_output_carries_each_cells_term(demo_run):
     html = (out / "report" / "s1.report.html").read_text()
     assert "Cell Ontology term" in html and "CL:0000623" in html and "natural killer cell" in html
     info = json.loads((out / "s1.model_info.json").read_text())
-    assert info["ontology"] == [panel.ontology[t] for t in info["cell_types"]]
+    assert info["cell_types"] == [*panel.rho.columns, OTHER]  # run adds 'other' by default; it has no term
+    assert info["ontology"] == [panel.ontology.get(t, "") for t in info["cell_types"]]
     r = CliRunner().invoke(main, ["cohort-table", str(out / "s1.predictions.tsv"), "-o", str(out / "c.tsv")])
     assert r.exit_code == 0, r.output
-    assert pd.read_csv(out / "c.tsv", sep="\t").columns.tolist() == ["sample", *panel.rho.columns, UNASSIGNED]
+    doublets = [DOUBLET] if (obs["cellassign_celltype"].astype(str) == DOUBLET).any() else []  # a label, not a type
+    assert pd.read_csv(out / "c.tsv", sep="\t").columns.tolist() == ["sample", *panel.rho.columns, OTHER, *doublets,
+                                                                     UNASSIGNED]
 
 
 def test_a_saved_model_keeps_its_terms_for_new_batches(demo_run, tmp_path):
@@ -281,7 +334,15 @@ def test_a_panel_without_terms_labels_every_type_unknown(tmp_path):
                                   "--outdir", str(tmp_path), "--max-epochs", "30", "--n-restarts", "1", "--no-report"])
     assert r.exit_code == 0, r.output
     obs = ad.read_h5ad(tmp_path / "sample1.annotated.h5ad").obs
-    assert set(obs[ONTOLOGY_ID_KEY].astype(str)) == {"unknown"} and set(obs[ONTOLOGY_LABEL_KEY].astype(str)) == {"unknown"}
+    # the demo's monocytes and NK cells, which this panel lacks, are 'other' (CL:0000000, cell, by
+    # the schema's convention); every other cell is unknown
+    other = (obs["cellassign_celltype"] == OTHER).to_numpy()
+    lacking = obs["true_celltype"].isin(["Monocyte", "NK cell"]).to_numpy()
+    assert (other & lacking).sum() >= 0.9 * lacking.sum() and (other & ~lacking).sum() <= 0.02 * (~lacking).sum()
+    assert set(obs.loc[other, ONTOLOGY_ID_KEY].astype(str)) == {"CL:0000000"}
+    assert set(obs.loc[other, ONTOLOGY_LABEL_KEY].astype(str)) == {"cell"}
+    assert set(obs.loc[~other, ONTOLOGY_ID_KEY].astype(str)) == {"unknown"}
+    assert set(obs.loc[~other, ONTOLOGY_LABEL_KEY].astype(str)) == {"unknown"}
     assert "no Cell Ontology terms (the panel gives none)" in " ".join(r.stderr.split())
     assert "cell_ontology" not in ad.read_h5ad(tmp_path / "sample1.annotated.h5ad").uns[UNS_KEY]
 
@@ -296,7 +357,8 @@ def test_type_names_with_a_slash_keep_their_terms_in_the_h5ad(tmp_path):
     assert r.exit_code == 0, r.output
     annotated = ad.read_h5ad(tmp_path / "sample1.annotated.h5ad")
     info = annotated.uns[UNS_KEY]["model"]
-    assert dict(zip(info["cell_types"], info["ontology"])) == read_panel(tmp_path / "p.txt").ontology
+    terms = read_panel(tmp_path / "p.txt").ontology
+    assert dict(zip(info["cell_types"], info["ontology"])) == {**terms, OTHER: ""}  # 'other': no term
     mono = annotated.obs["cellassign_celltype"] == "Monocyte/Macrophage"
     assert mono.sum() > 50 and set(annotated.obs.loc[mono, ONTOLOGY_LABEL_KEY].astype(str)) == {"mononuclear phagocyte"}
 

@@ -144,6 +144,25 @@ def test_per_sample_run_uses_covariates_and_cpu(per_sample_run):
     script = (Path(train[0]["workdir"]) / ".command.sh").read_text()
     assert "--device auto" in script and "--max-epochs 60" in script, script
     assert f"--threads {train[0]['cpus']}" in script, script
+    assert "--other" in script.split() and "--no-other" not in script, script  # on by default
+
+
+def test_other_on_by_default_and_off_with_other_false(per_sample_run, cohort_run):
+    """params.other (true) reaches TRAIN as --other and its model has the type; --other false (the
+    cohort run) reaches it as --no-other and the probabilities have the panel's types only."""
+    import pandas as pd
+
+    from cellassign_nf.markers import read_panel
+
+    types = list(read_panel(REPO / "assets" / "demo" / "markers.csv").rho.columns)
+    for run, flag, expected in ((per_sample_run, "--other", [*types, "other"]), (cohort_run, "--no-other", types)):
+        train = [r for r in trace(run["outdir"]) if r["process"].endswith(":TRAIN")]
+        for row in train:
+            script = (Path(row["workdir"]) / ".command.sh").read_text().split()
+            assert flag in script and ({"--other", "--no-other"} - {flag}).isdisjoint(script), script
+        for probabilities in run["outdir"].glob("*/*.predictions.tsv"):
+            columns = list(pd.read_csv(probabilities, sep="\t", index_col=0, nrows=1).columns)
+            assert columns[-len(expected):] == expected, (probabilities, columns)
 
 
 @pytest.mark.parametrize("sample", SAMPLES)

@@ -487,6 +487,24 @@ def test_report_shows_cells_removed_by_qc_and_why(report: Path, pipeline: dict[s
     assert summary["removed"]["outlier_mito"] >= 10  # the demo's 10 mostly-mitochondrial cells
 
 
+def test_report_says_how_many_cells_went_to_other_and_why(report: Path, pipeline: dict[str, Path]) -> None:
+    """`run` adds the 'other' type by default; the cell-type section counts its cells in one sentence."""
+    import html
+
+    from cellassign_nf import CellAssign
+    from cellassign_nf.report.sections import other_note
+
+    assert CellAssign.load(pipeline["model"]).cell_types[-1] == "other"
+    adata = load_annotated(pipeline["annotated"])
+    n_other = int((adata.obs["cellassign_celltype"].astype(str) == "other").sum())
+    note = other_note(n_other, adata.n_obs)
+    assert note.startswith(f"{n_other:,} of {adata.n_obs:,} cells (") and "--no-other" in note
+    text = (report / "sample1.report.html").read_text(encoding="utf-8")
+    section = text[text.index('<section id="celltypes"'):]
+    section = section[:section.index("</section>")]
+    assert f'<p class="note">{note[:note.index(":")]}' in html.unescape(section), note
+
+
 # ------------------------------------------------------------------------------------------------
 # marker diagnostics
 # ------------------------------------------------------------------------------------------------

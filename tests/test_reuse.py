@@ -160,7 +160,7 @@ def test_predict_writes_what_train_writes_and_annotate_keeps_the_model(batches, 
     info = json.loads((tmp_path / "info.json").read_text())
     assert info["file"] == "reference.model.pt" and info["refit"] == "batch" and info["panel"] == "markers.csv"
     assert info["sha256"] == hashlib.sha256(batches["model"].read_bytes()).hexdigest()
-    assert info["cell_types"] == list(batches["rho"].columns)
+    assert info["cell_types"] == [*batches["rho"].columns, "other"]  # the saved model's types (train's default)
     assert CellAssign.load(tmp_path / "m.pt").reference["sha256"] == info["sha256"]
     result = CliRunner().invoke(main, ["--quiet", "annotate", str(q1), "-p", str(tmp_path / "p.tsv"),
                                        "--model-info", str(tmp_path / "info.json"), "-o", str(tmp_path / "a.h5ad"),

@@ -21,6 +21,7 @@ import torch
 import cellassign_nf
 from cellassign_nf import CellAssign, steps
 from cellassign_nf.errors import InputError
+from cellassign_nf.markers import left_out_warning
 from cellassign_nf.keys import (CELLTYPE_KEY, LABEL_COLUMNS, ONTOLOGY_ID_KEY, ONTOLOGY_LABEL_KEY, PROB_KEY,
                                 PROBS_KEY, SETUP_KEY, UNS_KEY)
 from cellassign_nf.simulate import random_markers, simulate
@@ -151,12 +152,21 @@ def test_an_anndata_changed_after_its_setup_is_refused_in_one_line():
                                        "labels). Call CellAssign.setup_anndata(adata, size_factor_key=...")
 
 
-def test_a_type_whose_markers_are_all_absent_from_the_anndata_is_refused():
+def test_a_type_whose_markers_are_all_absent_from_the_anndata_is_left_out_or_refused_once_asked(caplog):
+    """As the CLI does (one default, ModelSettings.require_every_type): the type is left out of the
+    model with one warning naming it, or refused with require_every_type=True. Code written for
+    scvi-tools never meets this: scvi-tools wants every marker gene in the AnnData."""
     adata, _ = get_test_adata_marker_mat()
     markers = pd.DataFrame({"A": [1, 1, 0, 0], "B": [0, 0, 1, 1]}, index=["gene_0", "gene_1", "CD3D", "CD3E"])
     CellAssign.setup_anndata(adata, "size_factor")
+    with caplog.at_level(logging.WARNING, logger="cellassign_nf"):
+        model = CellAssign(adata, markers)
+    assert (model.cell_types, model.left_out_types, list(model.panel.columns)) == (["A"], ["B"], ["A", "B"])
+    assert [r.getMessage() for r in caplog.records if "left out of the fit" in r.getMessage()] == [
+        left_out_warning(["B"])]
+    assert model.describe()["left_out_types"] == ["B"]
     with pytest.raises(InputError, match="cell type.* with no marker gene in the data: B"):
-        CellAssign(adata, markers)
+        CellAssign(adata, markers, require_every_type=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -440,8 +450,9 @@ def test_train_and_predict_steps_take_size_factors_from_all_genes(unproportional
     from cellassign_nf.settings import RefitSettings, TrainSettings
 
     settings = TrainSettings(max_epochs=3, n_restarts=1, seed=2, progress=False)
+    # other=False: the step fits the panel's types, as the API's CellAssign it is compared with
     steps.train(tmp_path / "cells.h5ad", tmp_path / "markers.csv", tmp_path / "m.pt", tmp_path / "h.tsv",
-                tmp_path / "p.tsv", settings=settings)
+                tmp_path / "p.tsv", other=False, settings=settings)
     explicit = data["adata"].copy()
     fits = {}
     for name in ("all_genes", "markers_only"):

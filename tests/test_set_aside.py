@@ -134,9 +134,10 @@ def test_a_set_aside_sample_runs_no_later_step(mixed):
     for s in BAD:
         assert not {x for x in ran if x[0] == s and x[1] in ("ANNOTATE", "DIAGNOSE", "REPORT")}
     published = [p for p in mixed["published"] if p.split("/")[0] in BAD]
-    # the files of the steps that finished: QC and the design, for the samples set aside at TRAIN
+    # the files of the steps that finished: QC, the doublets and the design, for the samples set aside at TRAIN
     assert published == sorted(f"{s}/{s}.{name}" for s in ("renamed", "damaged")
-                               for name in ("qc_metrics.tsv", "qc_summary.json", "design.tsv"))
+                               for name in ("qc_metrics.tsv", "qc_summary.json", "doublets.tsv",
+                                            "doublet_summary.json", "design.tsv"))
 
 
 def test_good_samples_get_the_outputs_of_a_run_without_the_bad_ones(mixed, per_sample_run):

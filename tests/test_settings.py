@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import logging
 import re
 from pathlib import Path
 
 import click
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -120,14 +122,33 @@ def test_train_step_reads_and_matches_the_panel_once(tmp_path, monkeypatch):
     assert all(p.is_file() for p in outputs)
 
 
-def test_match_refuses_a_type_without_markers_in_the_data_once_asked():
-    """The one match keeps a type whose markers the data lack (the diagnostics report it); the
-    model refuses it with one line."""
-    rho = markers.marker_list_to_matrix({"A": ["a1", "a2"], "B": ["zz1", "zz2"]})
+def test_match_leaves_a_type_without_markers_in_the_data_out_of_the_fit_or_refuses_it_once_asked(caplog):
+    """The one match keeps a type whose markers the data lack (the diagnostics report it); the fit
+    leaves it out with one warning naming it, or refuses it with one line (require_every_type)."""
+    rho = markers.marker_list_to_matrix({"A": ["a1", "a2"], "B": ["zz1", "zz2"], "C": ["b1"]})
     match = markers.match_panel(rho, ["a1", "a2", "b1"], quiet=True)
     assert match.empty_types == ["B"] and match.missing == ["zz1", "zz2"]
-    with pytest.raises(markers.InputError, match=r"cell type\(s\) with no marker gene in the data: B"):
-        match.require_every_type()
+    with caplog.at_level(logging.WARNING, logger="cellassign_nf"):
+        fitted = match.types_to_fit()
+    assert list(fitted.rho.columns) == ["A", "C"] and list(fitted.panel.columns) == ["A", "B", "C"]
+    assert [r.getMessage() for r in caplog.records] == [markers.left_out_warning(["B"])]
+    assert "left out of the fit: B (" in markers.left_out_warning(["B"])
+    with pytest.raises(markers.InputError, match=r"cell type\(s\) with no marker gene in the data: B\. .*"
+                                                 r"without --require-every-type they are left out"):
+        match.types_to_fit(require_every_type=True)
+    full = markers.match_panel(rho.drop(columns="B"), ["a1", "a2", "b1"], quiet=True)
+    assert full.types_to_fit() is full and full.types_to_fit(require_every_type=True) is full
+
+
+def test_a_panel_without_a_type_that_has_a_marker_in_the_data_is_refused():
+    """A gene of the data named in no type (a zero row) matches, but leaves every type empty: there
+    is nothing to fit, and an 'other' type without markers does not count."""
+    rho = markers.validate_markers(pd.DataFrame({"A": [0, 1], "B": [0, 1]}, index=["a1", "zz1"]))
+    for panel in (rho, rho.assign(other=0)):
+        match = markers.match_panel(panel, ["a1", "b1"], quiet=True)
+        assert match.empty_types == ["A", "B"]
+        with pytest.raises(markers.InputError, match=r"no cell type has a marker gene in the data \(A, B\)"):
+            match.types_to_fit()
 
 
 def _string_literals(path: Path) -> set[str]:

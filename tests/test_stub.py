@@ -22,8 +22,8 @@ MODULES = sorted((REPO / "modules" / "local").glob("*/main.nf"))
 
 def _published(mode: str) -> set[str]:
     """The files a run publishes (pipeline_info/ aside), relative to --outdir."""
-    per_sample = ["annotated.h5ad", "predictions.tsv", "qc_metrics.tsv", "qc_summary.json", "marker_diagnostics.tsv",
-                  "marker_specificity.tsv"]
+    per_sample = ["annotated.h5ad", "predictions.tsv", "qc_metrics.tsv", "qc_summary.json", "doublets.tsv",
+                  "doublet_summary.json", "marker_diagnostics.tsv", "marker_specificity.tsv"]
     fit = ["model.pt", "model_info.json", "history.tsv", "probabilities.tsv", "design.tsv"]
     files = {"celltype_counts.tsv", "multiqc/multiqc_report.html", "multiqc/multiqc_data/multiqc.log"}
     for s in DEMO_SAMPLES:

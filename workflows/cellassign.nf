@@ -84,9 +84,11 @@ def logDiagnostics(String sample, tsv) {
     }
 }
 
-// The QC summary's warnings: the library as a whole looks damaged (key: cellassign_nf.keys.QC_WARNINGS_KEY)
-def qcWarnings(summary) {
-    return (new groovy.json.JsonSlurper().parseText(summary.text)['warnings'] ?: [])*.toString()
+// The warnings a step wrote into its JSON, one sentence each, under one key: the QC summary's (the library
+// as a whole looks damaged; cellassign_nf.keys.QC_WARNINGS_KEY) and the model description's of TRAIN or
+// PREDICT (a type of the panel left out of the fit; cellassign_nf.keys.MODEL_WARNINGS_KEY)
+def jsonWarnings(json) {
+    return (new groovy.json.JsonSlurper().parseText(json.text)['warnings'] ?: [])*.toString()
 }
 
 // The doublet summary (cellassign_nf.doublets): [rate text for samples.tsv, note for the terminal, warnings]
@@ -103,10 +105,12 @@ def cell(value) {
 
 /*
  * Every sample's status, once all its steps have ended: `annotated` (it has a report) or `set
- * aside` (the step and the command's one-line reason), with its doublet rate and its QC warnings.
+ * aside` (the step and the command's one-line reason), with its doublet rate, its QC warnings and
+ * the warnings of the fit that labelled it.
  * Rows: maps with SetAside.COLUMNS as keys, in samplesheet order.
  */
-def sampleStatus(List<String> samples, List<String> annotated, Map<String, List<String>> warnings, Map<String, String> doublets) {
+def sampleStatus(List<String> samples, List<String> annotated, Map<String, List<String>> warnings,
+                 Map<String, String> doublets, Map<String, List<String>> modelWarnings) {
     def setAside = SetAside.records().collectEntries { [it.sample, it] }
     return samples.collect { String sample ->
         def record = setAside[sample]
@@ -117,6 +121,7 @@ def sampleStatus(List<String> samples, List<String> annotated, Map<String, List<
             reason     : record?.reason ?: '',
             doublets   : doublets[sample] ?: '',
             qc_warnings: (warnings[sample] ?: []).join(' | '),
+            model_warnings: (modelWarnings[sample] ?: []).join(' | '),
         ]
     }
 }
@@ -161,7 +166,7 @@ workflow CELLASSIGN {
     ch_doublets.subscribe { sample, d -> log.info "${sample}: doublets: ${d.note}" }
 
     // [sample, its QC and doublet warnings], each summary read once: one terminal line per warning, and samples.tsv
-    ch_qc_warnings = QC.out.summary.map { meta, summary -> [meta.id, qcWarnings(summary)] }
+    ch_qc_warnings = QC.out.summary.map { meta, summary -> [meta.id, jsonWarnings(summary)] }
         .join(ch_doublets)
         .map { sample, warnings, d -> [sample, warnings + d.warnings] }
     ch_qc_warnings.subscribe { sample, warnings -> warnings.each { log.warn "${sample}: QC: ${it}" } }
@@ -211,6 +216,10 @@ workflow CELLASSIGN {
         fitted = TRAIN.out
     }
     ch_versions = ch_versions.mix(fitted.versions)
+    // the fit's warnings (a type of the panel left out: no marker gene in the data), one terminal line each
+    fitted.info.subscribe { meta, info ->
+        jsonWarnings(info).each { log.warn "${meta.id}: ${params.model ? 'PREDICT' : 'TRAIN'}: ${it}" }
+    }
 
     if (params.mode == 'cohort') {
         // every sample: its own cells, the cohort's size factors, probabilities, history and model
@@ -234,6 +243,9 @@ workflow CELLASSIGN {
             .join(DOUBLETS.out.summary, failOnDuplicate: true)
         ch_fit = fitted.history.join(fitted.model, failOnDuplicate: true)
     }
+
+    // [sample, the warnings of the fit that labelled it] (cohort mode: the cohort model's, for every sample)
+    ch_model_warnings = ch_annotate_input.map { meta, _h5ad, _size_factors, _probabilities, info, _doublets, _summary -> [meta.id, jsonWarnings(info)] }
 
     ANNOTATE(ch_annotate_input)
     ch_versions = ch_versions.mix(ANNOTATE.out.versions)
@@ -265,7 +277,8 @@ workflow CELLASSIGN {
         .combine(REPORT.out.report.map { meta, _dir -> meta.id }.toList().map { ids -> [annotated: ids] })
         .combine(ch_qc_warnings.toList().map { pairs -> [warnings: pairs.collectEntries()] })
         .combine(ch_doublets.toList().map { pairs -> [doublets: pairs.collectEntries { sample, d -> [sample, d.rate] }] })
-        .map { a, b, c, d -> sampleStatus(a.samples, b.annotated, c.warnings, d.doublets) }
+        .combine(ch_model_warnings.toList().map { pairs -> [model_warnings: pairs.collectEntries()] })
+        .map { a, b, c, d, e -> sampleStatus(a.samples, b.annotated, c.warnings, d.doublets, e.model_warnings) }
     ch_status.map { rows -> sampleStatusTsv(rows) }
         .collectFile(name: 'samples.tsv', storeDir: "${params.outdir}/pipeline_info")
 

@@ -22,7 +22,7 @@ from . import __version__, kernels, scvi_conventions
 from .design import DesignSpec, apply_design, drop_redundant_columns, make_design
 from .errors import InputError, TooFewCellsError
 from .io import MAIN_MATRIX, as_count_matrix, atomic_path, dense_counts
-from .keys import HISTORY_COLUMNS
+from .keys import HISTORY_COLUMNS, LEFT_OUT_TYPES_KEY
 from .markers import MarkerMatch, match_panel, panel_name, validate_markers
 from .ontology import check_terms
 from .model import CellAssignModule, basis_means, log_factorial
@@ -54,6 +54,11 @@ class CellAssign:
     the mean) unless ``size_factor_key`` names them in ``adata.obs``. Covariates (``batch_key``,
     ``categorical_covariate_keys``, ``continuous_covariate_keys``) or a ready ``design`` matrix
     (cells x covariates, no intercept) enter as ``beta``.
+
+    A type of the panel none of whose marker genes the data measure is left out of the model,
+    with one warning naming it (:attr:`left_out_types`; ``predict`` has no column for it); with
+    ``require_every_type=True`` (a field of ``ModelSettings``) it is an ``InputError`` instead, as is
+    a panel of which no type has a marker gene in the data.
 
     ``ontology`` gives cell types their Cell Ontology terms (``{type: "CL:..."}``, checked; a
     :class:`~cellassign_nf.markers.MarkerMatch` brings its panel's): the model keeps them, and
@@ -120,7 +125,8 @@ class CellAssign:
         self.panel, self.panel_name = match.panel, panel_name(match.markers_path)  # the panel as given
         if isinstance(marker_gene_matrix, MarkerMatch) and not ontology:
             self.ontology = dict(match.ontology)
-        self.rho = match.require_every_type().rho.copy()
+        # a type without a marker gene in the data: left out with a warning, or refused (require_every_type)
+        self.rho = match.types_to_fit(self.settings.require_every_type).rho.copy()
         self.rho.index.name, self.rho.columns.name = "gene", None
         covariates, continuous = scvi_conventions.covariates(setup)
         if design is None and (covariates or continuous):
@@ -186,6 +192,13 @@ class CellAssign:
     @property
     def cell_types(self) -> list[str]:
         return list(self.rho.columns)
+
+    @property
+    def left_out_types(self) -> list[str]:
+        """The panel's types that the model leaves out: none of their marker genes is in the data
+        it was built on (the panel as given keeps them, ``cell_types`` does not)."""
+        fitted = set(map(str, self.rho.columns))
+        return [str(t) for t in self.panel.columns if str(t) not in fitted]
 
     @property
     def design_columns(self) -> list[str]:
@@ -433,11 +446,13 @@ class CellAssign:
     def describe(self) -> dict[str, Any]:
         """Which model this is, as plain values (the annotated h5ad keeps them, the report shows
         them): its file and sha256 (when loaded from one), the version that wrote it, the panel,
-        the cell types and their Cell Ontology terms (``ontology``, in the order of ``cell_types``,
-        "" for a type without one: a list, as type names may hold characters that an h5ad's keys
-        cannot), the marker genes, the covariate columns and the cells it was fitted on."""
+        the panel's types it left out (:attr:`left_out_types`), the cell types and their Cell
+        Ontology terms (``ontology``, in the order of ``cell_types``, "" for a type without one: a
+        list, as type names may hold characters that an h5ad's keys cannot), the marker genes, the
+        covariate columns and the cells it was fitted on."""
         info: dict[str, Any] = {"file": self.path.name if self.path else "", "sha256": "", "version": __version__,
-                                "panel": self.panel_name, "cell_types": self.cell_types,
+                                "panel": self.panel_name, LEFT_OUT_TYPES_KEY: self.left_out_types,
+                                "cell_types": self.cell_types,
                                 "ontology": [self.ontology.get(t, "") for t in self.cell_types],
                                 "marker_genes": len(self.genes), "covariates": self.design_columns,
                                 "fitted_cells": int(self.train_params.get("n_cells", 0) or 0)}

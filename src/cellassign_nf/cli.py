@@ -13,8 +13,10 @@ from . import __version__
 from .cli_diagnostics import diagnostic_options, echo_summary, thresholds_of
 from .errors import InputError
 from .cli_options import options_of, settings_of
-from .keys import OTHER, SIZE_FACTOR_KEY
-from .settings import AnnotateSettings, DoubletSettings, ModelSettings, QCThresholds, RefitSettings, TrainSettings
+from .keys import SIZE_FACTOR_KEY
+from .settings import (
+    AnnotateSettings, DoubletSettings, ModelSettings, PanelSettings, QCThresholds, RefitSettings, TrainSettings,
+)
 
 log = logging.getLogger("cellassign_nf")
 
@@ -126,16 +128,16 @@ threads_option = click.option("--threads", type=click.IntRange(min=1), default=N
 
 
 def train_options(f):
-    """The marker panel, the model's and the fit's options (``ModelSettings``, ``TrainSettings``)."""
+    """The marker panel, the types beyond it, the model's and the fit's options (``PanelSettings``,
+    ``ModelSettings``, ``TrainSettings``)."""
     f = threads_option(f)
-    f = options_of(ModelSettings, TrainSettings)(f)
+    f = options_of(PanelSettings, ModelSettings, TrainSettings)(f)
     for opt in reversed([
         click.option("--markers", "-m", required=True, type=click.Path(),
                      help="Markers: CSV/TSV binary genes x types matrix, YAML/JSON {type: [genes]}, .txt 'type:g1,g2', "
                           "or a bundled panel's name (cellassign-nf markers list)."),
         click.option("--size-factor-key", default=SIZE_FACTOR_KEY,
                      help="obs column with size factors; computed from all genes when absent."),
-        click.option("--other", is_flag=True, help=f"Add an '{OTHER}' type without markers."),
     ]):
         f = opt(f)
     return f
@@ -286,6 +288,9 @@ def train(ctx, input, markers, output, history, probabilities, design_path, size
           layer, other, info_out, doublet_tables, **kw):
     """Fit CellAssign by minibatch EM (CPU or GPU).
 
+    A cell type of the panel none of whose marker genes the data measure is left out of the fit,
+    with one warning naming it (also in --model-info); --require-every-type stops instead.
+
     \b
     Example:
       cellassign-nf train s1.qc.h5ad --markers markers.csv --size-factors s1.size_factors.tsv \\
@@ -318,7 +323,7 @@ def train(ctx, input, markers, output, history, probabilities, design_path, size
 @click.option("--size-factor-key", default=SIZE_FACTOR_KEY, help="obs column with size factors.")
 @doublet_table_option
 @threads_option
-@options_of(ModelSettings, TrainSettings, exclude=("min_delta", "n_restarts"))
+@options_of(ModelSettings, TrainSettings, exclude=("min_delta", "n_restarts", "require_every_type"))
 @click.pass_context
 def predict(ctx, input, model_path, markers, output, history, probabilities, info_out, design_path,
             size_factors_path, size_factor_key, doublet_tables, **kw):

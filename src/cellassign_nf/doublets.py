@@ -44,7 +44,8 @@ def find_doublets(adata: ad.AnnData, settings: DoubletSettings | None = None, se
     ``adata.X`` holds raw counts. A cell is a doublet when its score is above the threshold: the
     larger of Otsu's threshold of the simulated doublets' scores and the score of a cell with a
     share ``doublet_min_share`` of simulated doublets among its neighbours. A
-    sample of more than ``doublet_chunk_cells`` cells is scored in random parts of about equal size,
+    sample is scored on its ``doublet_genes`` most variable genes; one of more than
+    ``doublet_chunk_cells`` cells in random parts of about equal size,
     each with its own simulated doublets (as scanpy's ``batch_key`` would, one part at a time); one
     threshold serves them all.
     With ``settings.doublets == "none"``, or fewer cells than ``doublet_min_cells``, no cell is
@@ -62,7 +63,7 @@ def find_doublets(adata: ad.AnnData, settings: DoubletSettings | None = None, se
         return _no_calls(adata.obs_names, settings, f"doublet detection skipped: {n} cells, fewer than "
                                                     f"--doublet-min-cells {settings.doublet_min_cells}")
     parts = max(1, math.ceil(n / settings.doublet_chunk_cells))
-    scores, simulated = _scrublet_scores(adata, settings.expected_doublet_rate, parts, seed)
+    scores, simulated = _scrublet_scores(adata, settings.expected_doublet_rate, parts, settings.doublet_genes, seed)
     threshold = max(otsu_threshold(simulated), score_of_share(settings.doublet_min_share, settings.expected_doublet_rate))
     predicted = scores > threshold
     table = pd.DataFrame({DOUBLET_SCORE_KEY: scores, PREDICTED_DOUBLET_KEY: predicted}, index=adata.obs_names)
@@ -87,20 +88,40 @@ def otsu_threshold(simulated: np.ndarray) -> float:
     return float(values[0]) if np.ptp(values) == 0 else float(threshold_otsu(values, nbins=256))
 
 
-def _scrublet_scores(adata: ad.AnnData, expected_rate: float, parts: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _scrublet_scores(adata: ad.AnnData, expected_rate: float, parts: int, n_genes: int,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Scrublet's scores of the observed cells and of all simulated doublets, on ``parts`` random
-    parts of the cells, one after the other (memory: the counts once, and one part's work).
-    scanpy's defaults otherwise; exact neighbours: no JIT start-up, and as fast at a part's size."""
+    parts of the cells, one after the other (memory: the counts once, and one part's work), on the
+    ``n_genes`` most variable genes (:func:`variable_genes`). scanpy's defaults otherwise; exact
+    neighbours: no JIT start-up, and as fast at a part's size."""
     part = np.random.default_rng(seed).permutation(np.arange(adata.n_obs) % parts)
+    genes = variable_genes(adata.X[np.flatnonzero(part == 0)], n_genes)
     scores = np.empty(adata.n_obs, dtype=np.float64)
     simulated = []
     for p in range(parts):
         rows = np.flatnonzero(part == p)
-        scores[rows], sim = _scrublet_part(adata.X[rows], expected_rate, seed)
+        counts = adata.X[rows] if genes is None else adata.X[rows][:, genes]
+        scores[rows], sim = _scrublet_part(counts, expected_rate, seed)
         simulated.append(sim)
         if parts > 1:
             log.info("doublets: part %d of %d scored (%d cells)", p + 1, parts, len(rows))
     return scores, np.concatenate(simulated)
+
+
+def variable_genes(counts, n_genes: int) -> np.ndarray | None:
+    """Positions of the ``n_genes`` most variable genes of these cells (scanpy's
+    ``highly_variable_genes``, Seurat's dispersion, on log-normalised counts), or None for all
+    genes (``n_genes`` 0, or no more genes than that). Scrublet then picks its own genes among
+    them; its cost grows with the genes it keeps (dense, centred principal components)."""
+    import scanpy as sc
+
+    if n_genes == 0 or counts.shape[1] <= n_genes:
+        return None
+    cells = ad.AnnData(counts.astype(np.float32))
+    sc.pp.normalize_total(cells)
+    sc.pp.log1p(cells)
+    sc.pp.highly_variable_genes(cells, n_top_genes=n_genes)
+    return np.flatnonzero(cells.var["highly_variable"].to_numpy())
 
 
 def _scrublet_part(counts, expected_rate: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

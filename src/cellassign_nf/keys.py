@@ -25,6 +25,10 @@ ONTOLOGY_VERSION_KEY = "cell_ontology"  # uns[UNS_KEY]: the Cell Ontology releas
 MODEL_INFO_KEY = "model"  # uns[UNS_KEY]: which model made the labels and how (api.model_info; model_info.json)
 INPUT_INFO_KEY = "cellassign_input"  # uns: what read_counts found (source file, gene index, features left out)
 QC_WARNINGS_KEY = "warnings"  # qc_summary.json: sample-level QC warnings, one sentence each (qc.qc_warnings)
+# model_info.json (and uns[UNS_KEY][MODEL_INFO_KEY]): the panel's types left out of the fit (no marker gene in
+# the data; api.CellAssign.left_out_types), and the fit's warnings, one sentence each (steps.model_info)
+LEFT_OUT_TYPES_KEY = "left_out_types"
+MODEL_WARNINGS_KEY = "warnings"
 TOTALS_KEY = "cellassign_total_counts"  # obs, in memory: total counts over all genes (io.read_h5ad of some genes)
 TRUE_CELLTYPE_KEY = "true_celltype"  # obs of simulated data: the type a cell was drawn from
 TRUE_DOUBLET_KEY = "true_doublet"  # obs of simulate_library: "" for a singlet, "A+B" for a doublet

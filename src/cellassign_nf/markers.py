@@ -5,7 +5,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -400,8 +400,36 @@ class MarkerMatch:
         empty = self.empty_types
         if empty:
             raise InputError(self.markers_path, f"cell type(s) with no marker gene in the data: {', '.join(empty)}",
-                             "Add markers for them that the data measure, or remove these types.")
+                             "Add markers for them that the data measure, or remove these types (without "
+                             "--require-every-type they are left out of the fit with a warning).")
         return self
+
+    def types_to_fit(self, require_every_type: bool = False) -> MarkerMatch:
+        """The match a model is fitted on: ``rho`` without the types that have no marker gene in
+        the data (:attr:`empty_types`), left out with one warning naming them (:func:`left_out_warning`);
+        ``panel`` stays the panel as given. With ``require_every_type`` such a type is one error
+        instead (:meth:`require_every_type`); a panel left without any type that has a marker in
+        the data is always one."""
+        empty = self.empty_types
+        if not empty:
+            return self
+        if require_every_type:
+            self.require_every_type()
+        kept = [c for c in self.rho.columns if c not in empty]
+        if not any(self.panel[c].sum() > 0 for c in kept):  # nothing, or only a type without markers ('other')
+            raise InputError(self.markers_path, f"no cell type has a marker gene in the data ({', '.join(empty)})",
+                             "Use the same gene naming in both (symbols vs. Ensembl IDs, species), or a panel "
+                             "whose markers the data measure.")
+        log.warning("%s", left_out_warning(empty))
+        return replace(self, rho=self.rho[kept])
+
+
+def left_out_warning(types: Sequence[str]) -> str:
+    """The one warning about the panel's types left out of a fit for want of a marker gene in the
+    data (the log, the model's description, the report and pipeline_info/samples.tsv show it)."""
+    return (f"cell type(s) with no marker gene in the data, left out of the fit: {', '.join(map(str, types))} "
+            "(no cell is labelled with them; add markers that the data measure, or give --require-every-type "
+            "to stop instead)")
 
 
 def match_markers(rho: pd.DataFrame, data, markers_path: str | Path | None = None,
@@ -435,7 +463,7 @@ def match_panel(rho: pd.DataFrame, data, markers_path: str | Path | None = None,
                 quiet: bool = False, ontology: Mapping[str, str] | None = None) -> MarkerMatch:
     """Match a checked panel (:func:`validate_markers`) to the data, as :func:`match_markers`
     describes, and name the missing genes. A type left with no marker in the data keeps an empty
-    column (the diagnostics report it; :meth:`MarkerMatch.require_every_type` refuses it);
+    column (the diagnostics report it; :meth:`MarkerMatch.types_to_fit` leaves it out of a fit, or refuses it);
     ``quiet`` leaves the matching out of the log; ``ontology`` (the panel's terms) travels with the match."""
     from .io import looks_like_gene_ids
 

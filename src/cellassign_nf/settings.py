@@ -82,6 +82,9 @@ class DoubletSettings:
                                            "neighbours are simulated doublets, whatever Otsu's threshold of the "
                                            "simulated doublets' scores (a sample whose doublets do not stand apart "
                                            "is not split at a low score).", min=0, max=1)
+    doublet_genes: int = option(2_000, "Scrublet sees at most this many of the sample's most variable genes "
+                                       "(scanpy's highly_variable_genes on one random part of the cells; 0: all "
+                                       "genes).", min=0)
     doublet_chunk_cells: int = option(10_000, "Scrublet runs on random parts of at most this many cells of a larger "
                                               "sample (doublets simulated within each part; time and memory grow "
                                               "linearly, not quadratically, with the cells).", min=100)
@@ -96,9 +99,24 @@ class ModelSettings:
     min_delta: float = option(2.0, "Minimum log fold change of a marker.", min=0)
     min_cells_fit: int = option(50, "Fit only samples with at least this many cells (after QC); fewer is an error "
                                     "(the pipeline sets such a sample aside).", min=1)
+    require_every_type: bool = option(False, "Stop with an error when a cell type of the panel has no marker gene "
+                                             "in the data (by default such a type is left out of the fit, with one "
+                                             "warning naming it).")
     shrinkage: bool = option(True, "Hierarchical prior on delta (as the original).", cli=False)
     dirichlet_concentration: float = option(1e-2, "Dirichlet prior on the type proportions.", cli=False)
     n_centres: int = option(N_CENTRES, "Radial basis functions of the inverse dispersion.", cli=False)
+
+
+@dataclass
+class PanelSettings:
+    """The model's types beyond the panel's, when ``train`` (CLI and pipeline) fits a new model; a
+    saved model's types stand (``predict``). The Python API (``CellAssign(adata, markers)``) fits
+    the panel's types only, as scvi-tools does: give it ``marker_list_to_matrix(...,
+    include_other=True)`` or ``load_panel(..., other=True)`` for an ``other`` type."""
+
+    other: bool = option(True, "Add an 'other' type without markers, for cells that none of the panel's types "
+                               "explains (a type the panel does not list); --no-other: every cell gets its nearest "
+                               "panel type.")
 
 
 @dataclass

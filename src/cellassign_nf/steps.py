@@ -29,15 +29,16 @@ from .io import (
     read_h5ad_parts, read_obs, read_table, write_h5ad, write_table,
 )
 from .keys import (
-    CELLTYPE_KEY, DOUBLET_COLUMNS, INPUT_INFO_KEY, LABEL_COLUMNS, MODEL_INFO_KEY, ONTOLOGY_ID_KEY,
-    ONTOLOGY_VERSION_KEY, PREDICTED_DOUBLET_KEY, PROBS_KEY, QC_WARNINGS_KEY, SAMPLE_KEY, SCRUBLET_KEY,
-    SIZE_FACTOR_KEY, UNS_KEY,
+    CELLTYPE_KEY, DOUBLET_COLUMNS, INPUT_INFO_KEY, LABEL_COLUMNS, LEFT_OUT_TYPES_KEY, MODEL_INFO_KEY,
+    MODEL_WARNINGS_KEY, ONTOLOGY_ID_KEY, ONTOLOGY_VERSION_KEY, PREDICTED_DOUBLET_KEY, PROBS_KEY, QC_WARNINGS_KEY,
+    SAMPLE_KEY, SCRUBLET_KEY, SIZE_FACTOR_KEY, UNS_KEY,
 )
-from .markers import MarkerMatch, Panel, load_panel, panel_differences, read_markers, write_panel
+from .markers import MarkerMatch, Panel, left_out_warning, load_panel, panel_differences, read_markers, write_panel
 from .progress import stage_progress
 from .qc import filter_cells, metrics_table
 from .settings import (
-    AnnotateSettings, DiagnosticThresholds, DoubletSettings, ModelSettings, QCThresholds, RefitSettings, TrainSettings,
+    AnnotateSettings, DiagnosticThresholds, DoubletSettings, ModelSettings, PanelSettings, QCThresholds, RefitSettings,
+    TrainSettings,
 )
 from .size_factors import compute_size_factors, warn_zero
 
@@ -136,16 +137,27 @@ def doublets(input: str | Path, output: str | Path, summary: str | Path,
     return result
 
 
-def singlets(cells: pd.Index, doublets_paths: Sequence[str | Path]) -> np.ndarray:
-    """Which of ``cells`` the model is fitted on: all but the predicted doublets of the tables (all
-    cells without tables)."""
+def singlets(adata: ad.AnnData, design: pd.DataFrame | None,
+             doublets_paths: Sequence[str | Path]) -> tuple[ad.AnnData, pd.DataFrame | None]:
+    """The cells a model is fitted on, and their rows of the design: all but the predicted
+    doublets of the tables (``adata`` itself when none is left out)."""
     if not doublets_paths:
-        return np.ones(len(cells), dtype=bool)
+        return adata, design
     from .doublets import read_doublets
 
-    keep = ~read_doublets(doublets_paths, cells)[PREDICTED_DOUBLET_KEY].to_numpy()
-    log.info("%d predicted doublets are left out of the fit (%d cells fitted)", int((~keep).sum()), int(keep.sum()))
-    return keep
+    keep = ~read_doublets(doublets_paths, adata.obs_names)[PREDICTED_DOUBLET_KEY].to_numpy()
+    log.info("%d predicted doublets are not fitted (%d cells are)", int((~keep).sum()), int(keep.sum()))
+    if keep.all():
+        return adata, design
+    fitted = adata[keep].copy()
+    return fitted, None if design is None else design.loc[fitted.obs_names]
+
+
+def probabilities_of(model: CellAssign, adata: ad.AnnData, fitted: ad.AnnData, design: pd.DataFrame | None,
+                     device: str) -> pd.DataFrame:
+    """Every cell's probabilities: the fitted cells' as prepared, or all of ``adata`` when the fit
+    left some (the doublets) out."""
+    return model.predict(device=device) if fitted is adata else model.predict(adata, design=design, device=device)
 
 
 def size_factors(input: str | Path, output: str | Path, key: str = SIZE_FACTOR_KEY) -> pd.DataFrame:
@@ -199,12 +211,16 @@ def design(input: str | Path, output: str | Path, covariates: Sequence[str] = ()
 
 def train(input: str | Path, markers: str | Path, model_out: str | Path, history_out: str | Path,
           probabilities_out: str | Path, design_path: str | Path | None = None,
-          size_factor_key: str = SIZE_FACTOR_KEY, layer: str | None = None, other: bool = False,
+          size_factor_key: str = SIZE_FACTOR_KEY, layer: str | None = None, other: bool = PanelSettings.other,
           model_settings: ModelSettings | None = None, settings: TrainSettings | None = None,
           size_factors_path: str | Path | None = None, info_out: str | Path | None = None,
           doublets_paths: Sequence[str | Path] = ()) -> CellAssign:
     """Fit CellAssign; write the model file, training history and probabilities (and, with
     ``info_out``, the model's description for ``annotate``). Returns the model.
+
+    With ``other`` (the default, as the CLI's) the model has an extra type ``other`` without
+    markers, unless the panel names one: a cell that none of the panel's types explains better
+    than a cell with no marker up is labelled ``other``, not forced into the nearest type.
 
     With ``doublets_paths`` (the tables of ``doublets``, one per sample), the predicted doublets
     are left out of the fit; every cell, doublets included, gets its probabilities.
@@ -212,7 +228,9 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
     Only the marker genes are read (the main matrix, block by block; all of a ``layer``). Size
     factors: the table ``size_factors_path``, else ``obs[size_factor_key]``, else computed from
     all genes. The panel is read, checked and matched to the data's genes once; the marker check
-    before training and the model use that one match. Fewer cells than ``min_cells_fit`` fail
+    before training and the model use that one match. A type of the panel with no marker gene in
+    the data is left out of the fit with one warning (kept in ``info_out``: :func:`model_info`), or
+    refused with ``model_settings.require_every_type``. Fewer cells than ``min_cells_fit`` fail
     first (``TooFewCellsError``), before the panel is read."""
     from .api import CellAssign, require_cells_to_fit
 
@@ -231,19 +249,16 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
     key = size_factor_key if size_factor_key in adata.obs else None
     design_matrix = read_design(design_path, adata.obs_names) if design_path else None
     settings = settings or TrainSettings()
-    keep = singlets(adata.obs_names, doublets_paths)
-    fitted = adata if keep.all() else adata[keep].copy()
+    fitted, fitted_design = singlets(adata, design_matrix, doublets_paths)
     try:
-        model = CellAssign(fitted, match, size_factor_key=key, layer=layer,
-                           design=None if design_matrix is None else design_matrix.loc[fitted.obs_names],
+        model = CellAssign(fitted, match, size_factor_key=key, layer=layer, design=fitted_design,
                            settings=model_settings)
     except InputError as exc:  # name both files in errors about the data the model was given
         if exc.path is None:
             exc.path = f"{markers} vs {input}"
         raise
     model.train(settings=settings)
-    probabilities = (model.predict(device=settings.device) if fitted is adata
-                     else model.predict(adata, design=design_matrix, device=settings.device))
+    probabilities = probabilities_of(model, adata, fitted, design_matrix, settings.device)
     model.save(model_out)
     write_table(model.history_table, history_out, index_label=None)
     write_table(probabilities, probabilities_out)
@@ -254,13 +269,22 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
 
 def model_info(description: dict, refit: str | None, n_cells: int, epochs: int | None = None) -> dict:
     """Which model made the labels and how (``uns[UNS_KEY][MODEL_INFO_KEY]`` of the annotated h5ad):
-    the model's ``CellAssign.describe()`` (file, sha256, version, panel, types) and ``use``: trained
-    on these cells (``refit`` None), or a saved model reused with ``refit`` batch or none."""
+    the model's ``CellAssign.describe()`` (file, sha256, version, panel, types, the panel's types it
+    left out) and ``use``: trained on these cells (``refit`` None), or a saved model reused with
+    ``refit`` batch or none; and the fit's warnings (:func:`model_warnings`), which the pipeline puts
+    in pipeline_info/samples.tsv."""
     use = {None: f"trained on these {n_cells} cells",
            "batch": f"saved model reused: baseline beta0, covariate effects beta and proportions pi refitted on these "
                     f"{n_cells} cells ({epochs} epochs); delta and the dispersion as saved",
            "none": f"saved model reused as saved (--refit none) on these {n_cells} cells"}[refit]
-    return {**description, "use": use, "refit": refit or ""}
+    return {**description, "use": use, "refit": refit or "", MODEL_WARNINGS_KEY: model_warnings(description)}
+
+
+def model_warnings(description: dict) -> list[str]:
+    """The warnings of a model's fit, one sentence each, from its ``CellAssign.describe()``: the
+    panel's types it left out for want of a marker gene in the data (none in older descriptions)."""
+    left_out = [str(t) for t in description.get(LEFT_OUT_TYPES_KEY, [])]
+    return [left_out_warning(left_out)] if left_out else []
 
 
 def load_model(path: str | Path, markers: str | Path | None = None) -> CellAssign:
@@ -315,12 +339,9 @@ def predict(input: str | Path, model: str | Path, model_out: str | Path, history
     settings = settings or TrainSettings()
     if mode == "batch":
         design_matrix = read_design(design_path, adata.obs_names) if design_path else None
-        keep = singlets(adata.obs_names, doublets_paths)
-        fitted = adata if keep.all() else adata[keep].copy()
-        used = saved.refit(fitted, design=None if design_matrix is None else design_matrix.loc[fitted.obs_names],
-                           size_factor_key=size_factor_key, settings=settings)
-        probabilities = (used.predict(device=settings.device) if fitted is adata
-                         else used.predict(adata, design=design_matrix, device=settings.device))
+        fitted, fitted_design = singlets(adata, design_matrix, doublets_paths)
+        used = saved.refit(fitted, design=fitted_design, size_factor_key=size_factor_key, settings=settings)
+        probabilities = probabilities_of(used, adata, fitted, design_matrix, settings.device)
         epochs = int(used.history_table["epoch"].max()) if len(used.history_table) else 0
     else:
         if design_path:
@@ -413,14 +434,20 @@ def annotate(input: str | Path, probabilities: str | Path, output: str | Path, p
 
 def read_doublet_summary(path: str | Path) -> dict:
     """The summary JSON of ``doublets``, without its empty values (as ``uns`` can hold it)."""
-    try:
-        summary = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"cannot be read as a doublet summary ({type(exc).__name__})",
-                         "Give the --summary JSON written by 'cellassign-nf doublets'.") from exc
-    if not isinstance(summary, dict) or "method" not in summary:
-        raise InputError(path, "is not a doublet summary", "Give the --summary JSON written by 'cellassign-nf doublets'.")
+    summary = _read_step_json(path, "a doublet summary", "method",
+                              "Give the --summary JSON written by 'cellassign-nf doublets'.")
     return {k: v for k, v in summary.items() if v is not None and v != []}
+
+
+def _read_step_json(path: str | Path, what: str, key: str, fix: str) -> dict:
+    """The JSON object an earlier step wrote (one that has ``key``), or one clear error."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"cannot be read as {what} ({type(exc).__name__})", fix) from exc
+    if not isinstance(data, dict) or key not in data:
+        raise InputError(path, f"is not {what}", fix)
+    return data
 
 
 def annotation_info(cell_types: list[str], min_prob: float, description: dict | None) -> dict:
@@ -451,15 +478,8 @@ def terms_of(description: dict) -> dict[str, str]:
 
 
 def _read_model_info(path: str | Path) -> dict:
-    try:
-        info = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"cannot be read as a model description ({type(exc).__name__})",
-                         "Give the --model-info JSON written by 'cellassign-nf train' or 'predict'.") from exc
-    if not isinstance(info, dict) or "sha256" not in info:
-        raise InputError(path, "is not a model description", "Give the --model-info JSON written by "
-                         "'cellassign-nf train' or 'predict'.")
-    return info
+    return _read_step_json(path, "a model description", "sha256",
+                           "Give the --model-info JSON written by 'cellassign-nf train' or 'predict'.")
 
 
 def celltype_summary(adata: ad.AnnData) -> pd.DataFrame:

@@ -36,7 +36,8 @@ process DOUBLETS {
     stub:
     prefix = task.ext.prefix ?: "${meta.id}"
     """
-    touch ${prefix}.doublets.tsv ${prefix}.doublet_summary.json
+    touch ${prefix}.doublets.tsv
+    echo '{}' > ${prefix}.doublet_summary.json
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":

@@ -49,7 +49,8 @@ process PREDICT {
     stub:
     prefix = task.ext.prefix ?: "${meta.id}"
     """
-    touch ${prefix}.model.pt ${prefix}.history.tsv ${prefix}.probabilities.tsv ${prefix}.model_info.json
+    touch ${prefix}.model.pt ${prefix}.history.tsv ${prefix}.probabilities.tsv
+    echo '{}' > ${prefix}.model_info.json
 
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":

@@ -16,8 +16,7 @@ import pandas as pd
 from ..errors import InputError
 from ..io import atomic_path
 from ..keys import (  # noqa: F401
-    CELLTYPE_KEY, DOUBLET, HISTORY_COLUMNS, PROB_KEY, PROBS_KEY, QC_WARNINGS_KEY, SCRUBLET_KEY, SIZE_FACTOR_KEY,
-    UNASSIGNED,
+    CELLTYPE_KEY, DOUBLET, HISTORY_COLUMNS, PROB_KEY, PROBS_KEY, QC_WARNINGS_KEY, SIZE_FACTOR_KEY, UNASSIGNED,
 )
 from ..rules import SAMPLE_NAME_RE  # noqa: F401 - re-exported for the report package
 from ..settings import ReportSettings
@@ -86,6 +85,9 @@ class SampleSummary:
     val_curve: pd.Series  # validation log likelihood by epoch, selected restart
     marker_warnings: int | None = None  # warnings of the marker diagnostics, when given
     doublets: dict[str, Any] | None = None  # the doublet step's summary (uns["scrublet"]), when it ran
+    # the fit's warnings (model_info.json's, kept in the annotated h5ad) and the panel's types it left out
+    model_warnings: list[str] = field(default_factory=list)
+    left_out_types: list[str] = field(default_factory=list)
 
     @property
     def n_cells(self) -> int:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..io import atomic_path
-from ..keys import LABEL_COLUMNS, SAMPLE_KEY
+from ..keys import DOUBLET_COLUMNS, LABEL_COLUMNS, SAMPLE_KEY
 from .base import CELLTYPE_KEY, COUNTS_SUFFIX, PREDICTIONS_SUFFIX, UNASSIGNED, _require_file
 
 
@@ -43,7 +43,7 @@ def read_predictions_counts(path: str | Path) -> pd.DataFrame:
     if CELLTYPE_KEY not in pred.columns:
         raise InputError(path, f"has no '{CELLTYPE_KEY}' column", fix)
     name = path.name[: -len(PREDICTIONS_SUFFIX)] if path.name.endswith(PREDICTIONS_SUFFIX) else path.stem
-    skip = {"cell", SAMPLE_KEY, *LABEL_COLUMNS}
+    skip = {"cell", SAMPLE_KEY, *LABEL_COLUMNS, *DOUBLET_COLUMNS}
     types = [c for c in pred.columns if c not in skip]
     counts = pred[CELLTYPE_KEY].astype(str).value_counts()
     order = [t for t in types if t != UNASSIGNED] + [t for t in counts.index if t not in types and t != UNASSIGNED]

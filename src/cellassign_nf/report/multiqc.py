@@ -17,7 +17,7 @@ def write_multiqc_files(summary: SampleSummary, outdir: str | Path) -> list[Path
 
     * ``NAME_cellassign_general_stats_mqc.yaml``: general statistics row (cells in, cells after
       QC, % assigned, most frequent type, final validation log likelihood, marker warnings, QC
-      warnings);
+      warnings, the panel's types left out of the fit);
     * ``NAME_celltype_counts_mqc.tsv``: cells per type (stacked bar graph; also read by
       ``cohort_table``);
     * ``NAME_cellassign_training_mqc.yaml``: validation log likelihood by epoch of the selected
@@ -50,6 +50,7 @@ def general_stats(summary: SampleSummary) -> dict[str, Any]:
         "final_val_loglik": None if summary.final_val_loglik is None else round(summary.final_val_loglik, 4),
         "marker_warnings": summary.marker_warnings,
         "qc_warnings": None if summary.qc.warnings is None else len(summary.qc.warnings) + len(summary.doublet_warnings),
+        "types_left_out": ", ".join(summary.left_out_types) or None,
     }
     gs_headers = [
         {"cells_in": {"title": "Cells in", "description": "Cells before QC filtering", "format": "{:,.0f}",
@@ -71,6 +72,9 @@ def general_stats(summary: SampleSummary) -> dict[str, Any]:
         {"qc_warnings": {"title": "QC warnings", "description": "Sample-level QC warnings: most cells removed, or "
                          "a high median % mitochondrial counts (a damaged library), or far more doublets than expected (the "
                          "text is in the CellAssign: QC table and the sample's report)", "format": "{:,.0f}", "scale": "OrRd", "min": 0}},
+        {"types_left_out": {"title": "Types left out", "description": "Cell types of the panel with no marker gene "
+                            "in these data, left out of the fit: no cell is labelled with them (the warning is in "
+                            "the sample's report and pipeline_info/samples.tsv)"}},
     ]
     gs_data = {k: v for k, v in gs_data.items() if v is not None}
     gs_headers = [h for h in gs_headers if next(iter(h)) in gs_data]

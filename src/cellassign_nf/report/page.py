@@ -108,6 +108,8 @@ def summary_cards(summary: SampleSummary, cell_types: list[str]) -> list[tuple[s
         cards.append(("marker warnings", str(summary.marker_warnings)))
     if summary.qc.warnings is not None:  # older QC summaries have none
         cards.append(("QC warnings", str(len(summary.qc.warnings))))
+    if summary.left_out_types:  # the panel's types without a marker gene in these data
+        cards.append(("types left out of the fit", ", ".join(summary.left_out_types)))
     return cards
 
 

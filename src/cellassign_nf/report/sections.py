@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..io import display_names, relabel_genes
+from ..keys import LEFT_OUT_TYPES_KEY, OTHER
 from ..labels import ontology_by_type, rolled_up
 from .base import (
     CELLTYPE_KEY, PROB_KEY, SIZE_FACTOR_KEY, UMAP_MIN_CELLS, ModelLike, QCSummary, ReportFigure, SampleSummary, flatten,
@@ -24,6 +25,7 @@ from .figures import (
 )
 from .html import _Section, _table
 from .load import qc_removed_rows
+from .summary import model_info_of
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -135,6 +137,7 @@ def celltypes_section(inp: ReportInputs, sink: FigureSink) -> _Section:
                  "Cells per assigned type. Cells whose top probability is below the threshold are "
                  "'unassigned'. The Cell Ontology term of each type comes from the panel (docs/inputs.md): "
                  "'unknown' where the panel gives none and for unassigned cells, CL:0000000 (cell) for 'other'.")
+    s.warnings += summary.model_warnings  # e.g. a type of the panel left out of the fit
     terms = ontology_by_type(inp.adata.obs)
     rows = [[t, int(n), round(100 * n / max(summary.n_cells, 1), 2)] for t, n in counts.items()]
     if terms:
@@ -143,6 +146,8 @@ def celltypes_section(inp: ReportInputs, sink: FigureSink) -> _Section:
                            rows))
     if not terms:
         s.notes.append("The annotated data have no Cell Ontology columns (annotated before they existed).")
+    if OTHER in counts.index:
+        s.notes.append(other_note(int(counts[OTHER]), summary.n_cells))
     ancestors = rolled_up(inp.adata.obs)
     if len(ancestors):
         s.notes.append(f"{int(ancestors['cells'].sum())} unassigned cells were labelled at a broader Cell Ontology "
@@ -155,6 +160,14 @@ def celltypes_section(inp: ReportInputs, sink: FigureSink) -> _Section:
     sink.add(s, "celltype_counts", "Cell-type counts", lambda: plot_celltype_counts(counts),
              "Number (and share) of cells assigned to each type.")
     return s
+
+
+def other_note(n_other: int, n_cells: int) -> str:
+    """One sentence: how many cells went to the model's ``other`` type, and why."""
+    return (f"{n_other:,} of {n_cells:,} cells ({100 * n_other / max(n_cells, 1):.1f}%) are '{OTHER}': their "
+            "markers fit none of the panel's types better than a cell with no marker up (a type the panel does "
+            "not list, or a panel type whose markers these cells barely express); --no-other gives each its "
+            "nearest panel type instead.")
 
 
 def probability_section(inp: ReportInputs, sink: FigureSink) -> _Section:
@@ -307,15 +320,14 @@ def doublets_section(inp: ReportInputs, sink: FigureSink) -> _Section:
 # the rows of the model table: key of uns[UNS_KEY][MODEL_INFO_KEY] (api.CellAssign.describe, steps.model_info) -> row name
 MODEL_ROWS = {"use": "how it made these labels", "file": "model file", "sha256": "SHA-256 of the file",
               "version": "written by cellassign-nf", "panel": "panel", "cell_types": "cell types",
+              LEFT_OUT_TYPES_KEY: "panel types left out (no marker gene in the data)",
               "marker_genes": "marker genes", "covariates": "covariate columns", "fitted_cells": "cells it was fitted on"}
 
 
 def model_section(inp: ReportInputs) -> _Section:
     """Which model made the labels (trained here, or a saved one reused) and how."""
-    from ..keys import MODEL_INFO_KEY, UNS_KEY
-
     s = _Section("model", "Model")
-    info = dict(inp.adata.uns.get(UNS_KEY, {}).get(MODEL_INFO_KEY, {}) or {})
+    info = model_info_of(inp.adata)
     if not info:
         s.notes.append("The annotated data do not say which model made the labels (annotate --model-info).")
         return s

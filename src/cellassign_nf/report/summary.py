@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..keys import SCRUBLET_KEY, UNS_KEY
+from ..keys import LEFT_OUT_TYPES_KEY, MODEL_INFO_KEY, MODEL_WARNINGS_KEY, SCRUBLET_KEY, UNS_KEY
 from .base import CELLTYPE_KEY, UNASSIGNED, QCSummary, SampleSummary
 
 if TYPE_CHECKING:
@@ -36,6 +36,21 @@ def _uns_cell_types(adata: ad.AnnData) -> list[str]:
     info = adata.uns.get(UNS_KEY, {})
     types = info.get("cell_types", []) if isinstance(info, Mapping) else []
     return [str(t) for t in np.asarray(types).ravel()]
+
+
+def model_info_of(adata: ad.AnnData) -> dict:
+    """The description of the model that made the labels (``uns[UNS_KEY][MODEL_INFO_KEY]``,
+    ``steps.model_info``); ``{}`` when the data do not say."""
+    info = adata.uns.get(UNS_KEY, {})
+    model = info.get(MODEL_INFO_KEY) if isinstance(info, Mapping) else None
+    return dict(model) if isinstance(model, Mapping) else {}
+
+
+def _strings(value: object) -> list[str]:
+    """A list of strings as written (a list) or read back from an h5ad (an array; an empty one may be float)."""
+    if value is None or isinstance(value, str):
+        return [] if value is None else [value]
+    return [str(v) for v in np.asarray(value).ravel()]
 
 
 def min_prob_of(adata: ad.AnnData) -> float | None:
@@ -69,6 +84,7 @@ def summarise(sample: str, adata: ad.AnnData, history: pd.DataFrame, qc: QCSumma
         val_curve = selected.set_index("epoch")["val_loglik"].dropna()
     if qc.cells_after is None:
         qc.cells_after = int(adata.n_obs)
+    model = model_info_of(adata)
     return SampleSummary(
         sample=sample,
         counts=celltype_counts(adata, cell_types),
@@ -81,4 +97,6 @@ def summarise(sample: str, adata: ad.AnnData, history: pd.DataFrame, qc: QCSumma
         n_epochs=n_epochs,
         val_curve=val_curve,
         doublets=dict(adata.uns[SCRUBLET_KEY]) if SCRUBLET_KEY in adata.uns else None,
+        model_warnings=_strings(model.get(MODEL_WARNINGS_KEY)),
+        left_out_types=_strings(model.get(LEFT_OUT_TYPES_KEY)),
     )
