@@ -10,8 +10,8 @@ fit, labelled 'doublet') and without (``--doublets none``), with the panel's typ
 
     python benchmarks/doublets.py            # about 3 minutes on 2 cores
 
-Targets (issue 35): >= 60% of two-type doublets found, <= 3% of singlets flagged, singlet
-accuracy not lower with detection than without. Figures: docs/steps.md ("Doublets").
+Targets: >= 60% of two-type doublets found, <= 3% of singlets flagged, singlet accuracy not
+lower with detection than without. Figures: docs/steps.md ("Doublets").
 """
 from __future__ import annotations
 

@@ -102,8 +102,7 @@ def summary_cards(summary: SampleSummary, cell_types: list[str]) -> list[tuple[s
         ("final validation log lik.", _fmt(summary.final_val_loglik)),
     ]
     if summary.doublets is not None:
-        cards.append(("doublets", f"{100 * float(summary.doublets.get('rate', 0.0)):.1f}%"
-                      if summary.doublets.get("method") == "scrublet" else "not checked"))
+        cards.append(("doublets", str(summary.doublets.get("rate_text", "–"))))  # the step's own words
     if summary.marker_warnings is not None:
         cards.append(("marker warnings", str(summary.marker_warnings)))
     if summary.qc.warnings is not None:  # older QC summaries have none
