@@ -8,14 +8,16 @@ recorded). Then `-profile test,awsbatch,gpu,local_aws --device cpu -work-dir s3:
 task a Batch job run by the emulator as a Docker container that stages its files through S3:
 
 * per sample, to the end; then the same with -resume, which must rerun nothing;
+* with `--model` (the model the first run published, a local file staged through S3), resumed from
+  the same work dir: PREDICT instead of TRAIN, on the GPU queue;
 * in cohort mode with a third sample whose file is truncated, resumed from the per-sample run's work
   dir (the demo samples' QC and doublet jobs are the same tasks, cached: this keeps the test short):
   the bad sample is set aside at QC as locally (its exit code and reason read back from S3), the run
   ends as the local one does (exit 1, the two demo samples annotated).
 
 Every task must be a Batch job that the emulator reports SUCCEEDED (or FAILED, the set-aside
-sample's QC), read back from the emulator's API by the trace's native ids; TRAIN goes to the GPU
-queue with a GPU requirement, every other step to the CPU queue without one; each job's memory and
+sample's QC), read back from the emulator's API by the trace's native ids; TRAIN and PREDICT go to
+the GPU queue with a GPU requirement, every other step to the CPU queue without one; each job's memory and
 CPUs are the task's request. --device cpu: the emulated GPU instance has no GPU (the emulator
 records GPU requirements, it does not enforce them).
 
@@ -33,8 +35,8 @@ from pathlib import Path
 
 import pytest
 
-from nextflow_helpers import (COHORT_TASKS, DEMO_SAMPLES, PER_SAMPLE_TASKS, REPO, explain, nextflow,
-                              nxf_env, process_counts, step, trace)
+from nextflow_helpers import (COHORT_TASKS, DEMO_SAMPLES, MODEL_TASKS, PER_SAMPLE_TASKS, REPO, explain,
+                              nextflow, nxf_env, process_counts, step, trace)
 
 LOCAL_AWS = REPO / "scripts" / "local-aws"
 START_TIMEOUT = 3600  # s; a cold start builds the job image, the plugin and two Python environments
@@ -121,6 +123,19 @@ def aws_per_sample(tmp_path_factory, nxf_home, local_aws):
 
 
 @pytest.fixture(scope="session")
+def aws_model(aws_per_sample, nxf_home, local_aws):
+    """Per sample with --model (sample1's published model, a local file), resumed from the per-sample
+    run's S3 work dir: QC to DESIGN are its jobs; CHECK_MODEL, PREDICT and what follows run now."""
+    launch = aws_per_sample["launch"]
+    model = launch / "sample1.model.pt"
+    model.write_bytes((aws_per_sample["outdir"] / "sample1" / "sample1.model.pt").read_bytes())
+    result = _run(local_aws, nxf_home, launch, "per_sample", "--model", str(model), "-resume",
+                  outdir="results_model")
+    rows = trace(launch / "results_model")
+    return {"outdir": launch / "results_model", "result": result, "trace": rows, "jobs": _jobs(local_aws, rows)}
+
+
+@pytest.fixture(scope="session")
 def aws_cohort_bad(aws_per_sample, nxf_home, local_aws):
     """Cohort mode with the demo samples and a truncated third one, resumed from the per-sample run's
     S3 work dir (the demo samples' QC and doublet jobs are cached: the same tasks; the rest is new)."""
@@ -195,6 +210,31 @@ def test_resume_from_the_s3_work_dir_reruns_nothing(aws_per_sample, local_aws):
              for j in local_aws["batch"].list_jobs(jobQueue=q, filters=[{"name": "JOB_NAME", "values": ["*"]}])
              ["jobSummaryList"]}
     assert after == aws_per_sample["jobs_before_resume"]
+
+
+# --------------------------------------------------------------------------------------
+# With --model: PREDICT on the GPU queue
+# --------------------------------------------------------------------------------------
+
+def test_model_run_predicts_on_the_gpu_queue_with_a_gpu(aws_model, local_aws):
+    result = aws_model["result"]
+    assert result.returncode == 0, explain(result)
+    rows = aws_model["trace"]
+    assert process_counts(rows) == MODEL_TASKS
+    assert {(r["tag"], step(r)) for r in rows if r["status"] == "CACHED"} == \
+        {(s, p) for s in DEMO_SAMPLES for p in ("QC", "DOUBLETS", "SIZE_FACTORS", "DESIGN")}
+    queues = _queue_names(local_aws)
+    for row in rows:
+        job = aws_model["jobs"][row["native_id"]]
+        requirements = {r["type"]: r["value"] for r in job["container"]["resourceRequirements"]}
+        assert job["status"] == "SUCCEEDED", (row["name"], job["status"])
+        if step(row) == "PREDICT":
+            assert (queues[job["jobQueue"]], requirements.get("GPU")) == ("cellassign-gpu", "1"), (row["name"], job)
+        else:
+            assert queues[job["jobQueue"]] == "cellassign-cpu" and "GPU" not in requirements, (row["name"], job)
+    for s in DEMO_SAMPLES:
+        assert (aws_model["outdir"] / s / f"{s}.annotated.h5ad").stat().st_size > 0
+    assert {r["status"] for r in _status(aws_model["outdir"]).values()} == {"annotated"}
 
 
 # --------------------------------------------------------------------------------------
