@@ -65,7 +65,7 @@ def helpMessage(String schemaPath) {
         }
     }
     lines << ''
-    lines << 'Profiles: test, docker, apptainer, singularity, gpu, awsbatch, slurm, debug (combine with commas: -profile docker,gpu).'
+    lines << 'Profiles: test, docker, apptainer, singularity, gpu, awsbatch, local_aws, slurm, debug (combine with commas: -profile docker,gpu).'
     lines << 'Details: docs/pipeline.md'
     return lines.join('\n')
 }
