@@ -20,8 +20,10 @@
  * The module only does arithmetic on caller-owned memory given as addresses; kernels.py checks
  * shapes, dtypes and contiguity, and splits rows over threads.
  */
+#ifndef NBKERNEL_MATH_ONLY
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#endif
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -218,6 +220,8 @@ INLINE void rbf_reduce(int n, const Rbf *p, double *e, const double *r, const do
     }
 }
 
+#ifndef NBKERNEL_MATH_ONLY /* benchmarks/roofline.c includes only the arithmetic above */
+
 /* ---- the model's layout: G base columns and K marker columns per cell ----
  *
  * Column j < G is gene j; column G + k is marker entry k (gene mg[k], type mt[k]). For cell n:
@@ -401,3 +405,5 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_nbkernel",
                                     methods};
 
 PyMODINIT_FUNC PyInit__nbkernel(void) { return PyModule_Create(&module); }
+
+#endif /* NBKERNEL_MATH_ONLY */

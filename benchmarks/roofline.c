@@ -1,0 +1,88 @@
+/* The roofline of the CPU likelihood (benchmarks/roofline.py compiles this file at run time):
+ * the least arithmetic one negative binomial term and its gradient need in a training step, with
+ * the fused kernel's own primitives (vexp, log_split / log_finish, stirling, psi, rbf_start,
+ * rbf_phi, rbf_reduce, included from src/cellassign_nf/_nbkernel.c) and nothing else: no
+ * gather of the inputs, no sum by type, no W^T, no Python. Zero counts and non-zero counts come
+ * in separate arrays, so each term does exactly the work its count needs, in full SIMD blocks.
+ *
+ * Per term, forward: mu = exp(log_mu), the RBF (two more exps and B centres), then
+ *   x = 0: term = phi log phi - phi log(phi + mu): two logs, one division;
+ *   x > 0: the lgamma and digamma differences (rising products of 6 factors, Stirling, psi):
+ *          five logs sharing one division, one more division;
+ * backward: the RBF again (three exps, B centres) to reduce sum grad * d term/d phi * e[i].
+ */
+#define NBKERNEL_MATH_ONLY
+#include "_nbkernel.c"
+
+/* x = 0: term, d term/d phi and d term/d log_mu; one division gives 1/(phi + mu) and both logs'
+ * 1/(2 + f) */
+static inline void roof_zero(int n, const double *mu, const double *phi, const double *dphi, double *terms,
+                             float *d_log_mu, float *d_phi) {
+#pragma omp simd
+    for (int j = 0; j < n; j++) {
+        double ph = phi[j], m = mu[j], pm = ph + m, e0, f0, e1, f1;
+        log_split(ph, &e0, &f0);
+        log_split(pm, &e1, &f1);
+        double d0 = 2.0 + f0, d1 = 2.0 + f1, inv = 1.0 / (d0 * d1 * pm);
+        double log_phi = log_finish(e0, f0, inv * d1 * pm), log_pm = log_finish(e1, f1, inv * d0 * pm);
+        double ratio = ph * inv * d0 * d1;
+        terms[j] = ph * (log_phi - log_pm);
+        double dt_dphi = log_phi + 1.0 - log_pm - ratio;
+        d_phi[j] = (float)dt_dphi;
+        d_log_mu[j] = (float)(m * (dt_dphi * dphi[j] - ratio));
+    }
+}
+
+/* x > 0: the full term with the shifted Stirling series, as few divisions and logs as it needs */
+static inline void roof_full(const float *x, const float *log_mu, int n, const double *mu, const double *phi,
+                             const double *dphi, double *terms, float *d_log_mu, float *d_phi) {
+#pragma omp simd
+    for (int j = 0; j < n; j++) {
+        double xj = (double)x[j], ph = phi[j], m = mu[j], z1 = xj + ph, p1 = 1.0, dp1 = 0.0, p2 = 1.0, dp2 = 0.0;
+        for (int k = 0; k < SHIFT; k++) {
+            double q1 = z1 + k, q2 = ph + k;
+            dp1 = dp1 * q1 + p1;
+            p1 *= q1;
+            dp2 = dp2 * q2 + p2;
+            p2 *= q2;
+        }
+        double w1 = z1 + SHIFT, w2 = ph + SHIFT, pm = ph + m, ww = w1 * w2, pp = p1 * p2;
+        double inv = 1.0 / (ww * pm * pp);
+        double inv_ww = inv * pm * pp, inv_pm = inv * ww * pp, inv_pp = inv * ww * pm;
+        double iw1 = inv_ww * w2, iw2 = inv_ww * w1, lw1, lw2, log_ratio, log_phi, log_pm;
+        log5(w1, w2, p1 * p1 * inv_pp, ph, pm, &lw1, &lw2, &log_ratio, &log_phi, &log_pm);
+        terms[j] = stirling(w1, lw1, iw1) - stirling(w2, lw2, iw2) - log_ratio + ph * log_phi +
+                   xj * (double)log_mu[j] - (ph + xj) * log_pm;
+        double ratio = (ph + xj) * inv_pm;
+        double dt_dphi = psi(lw1, iw1) - psi(lw2, iw2) - (dp1 * p2 - dp2 * p1) * inv_pp + log_phi + 1.0 - log_pm - ratio;
+        d_phi[j] = (float)dt_dphi;
+        d_log_mu[j] = (float)(xj + m * (dt_dphi * dphi[j] - ratio));
+    }
+}
+
+/* forward and backward of n terms, all with x = 0 (zero != 0) or all with x > 0; grad is
+ * d loss / d term; acc[B] gets sum grad d term/d phi e[i]. Returns the sum of the terms. */
+double roof_run(const float *x, const float *log_mu, const float *grad, long n, int zero, const double *a, int B,
+                double v0, double h, double eps, float *d_log_mu, float *d_phi, double *acc) {
+    double c[256], mu[BLOCK], t[BLOCK], e[BLOCK], r[BLOCK], phi[BLOCK], dphi[BLOCK], terms[BLOCK], g_phi[BLOCK];
+    for (int i = 0; i < B; i++) c[i] = exp(-(i + 0.5));
+    Rbf p = {a, c, B, v0, 1.0 / h, eps};
+    double total = 0.0;
+    for (long s = 0; s < n; s += BLOCK) {
+        int m = (int)(n - s < BLOCK ? n - s : BLOCK);
+        rbf_start(log_mu + s, m, &p, mu, t, e, r);
+        rbf_phi(m, &p, t, e, r, phi, dphi);
+        if (zero)
+            roof_zero(m, mu, phi, dphi, terms, d_log_mu + s, d_phi + s);
+        else
+            roof_full(x + s, log_mu + s, m, mu, phi, dphi, terms, d_log_mu + s, d_phi + s);
+#pragma omp simd reduction(+ : total)
+        for (int j = 0; j < m; j++) {
+            total += terms[j];
+            g_phi[j] = (double)grad[s + j] * (double)d_phi[s + j];
+        }
+        rbf_start(log_mu + s, m, &p, mu, t, e, r);
+        rbf_reduce(m, &p, e, r, g_phi, acc);
+    }
+    return total;
+}
