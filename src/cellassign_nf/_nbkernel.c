@@ -11,7 +11,7 @@
  *   term = lgamma(x + phi) - lgamma(phi) + phi log phi + x log_mu - (phi + x) log(phi + mu)
  *
  * Why it is fast: every loop is a plain loop over a block of terms with no branches, so the
- * compiler turns it into SIMD code (AVX2 where the CPU has it, chosen at run time); exp and log
+ * compiler turns it into SIMD code (AVX-512 or AVX2 where the CPU has it, chosen at run time); exp and log
  * are written out below in arithmetic the compiler can vectorise; the B exponentials of the RBF
  * are two (e[i+1] = e[i] exp(t) exp(-(i + 1/2))); lgamma and digamma differences come from the
  * shift lgamma(z) = lgamma(z + 6) - log(z (z+1) ... (z+5)) and Stirling's series at z + 6.
@@ -32,12 +32,12 @@
 #define SHIFT 6       /* lgamma / digamma shift: Stirling's series at z + 6, error < 1e-11 */
 #define T_LIMIT 60.0  /* |t| beyond this: every e[i] < exp(-1300), i.e. 0 */
 
-/* every helper is inlined into the two entry points, so that each copy of those (AVX2 and the
- * baseline) gets its own SIMD code */
+/* every helper is inlined into the two entry points, so that each copy of those (AVX-512, AVX2
+ * and the baseline) gets its own SIMD code; GCC's resolver picks the copy for the CPU at load time */
 #define INLINE static inline __attribute__((always_inline))
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define DISPATCH __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define DISPATCH __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define DISPATCH
 #endif
