@@ -2,7 +2,7 @@
 backward of a training step) this CPU can compute at best, and how close the fused kernel comes.
 
     python benchmarks/roofline.py                          # 20,000 x 120 x 8, minibatch 1,024
-    python benchmarks/roofline.py --before /tmp/old/_nbkernel.cpython-311-x86_64-linux-gnu.so
+    python benchmarks/roofline.py --before /tmp/main/_nbkernel.cpython-311-x86_64-linux-gnu.so
 
 The roofline is ``roofline.c``, compiled here with the system C compiler at the widest vectors
 the CPU has (``-march=native``, 512-bit vectors on an AVX-512 CPU; an AVX2 build is timed too):
@@ -10,7 +10,7 @@ the least arithmetic each term needs with the kernel's own exp, log, Stirling an
 terms of a real minibatch (the project's simulator, as in bench.py), zero counts and non-zero
 counts pre-sorted into separate arrays so that each does only the work its count needs, and
 nothing else (no gather, no sum by type, no Python). The kernel is timed on the same minibatch
-through ``kernels.fused_log_likelihood``, forward and backward; ``--before`` times another build
+through ``kernels.fused_log_likelihood``, forward and backward; ``--before`` times other builds
 of ``_nbkernel`` (e.g. the previous version) in the same run. Each figure is the median of
 ``--rounds`` alternating rounds, with the range.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import importlib.util
 import statistics
 import subprocess
@@ -117,18 +118,21 @@ def roof_seconds(lib: ctypes.CDLL, batch: Batch, threads: int) -> float:
 
 
 def kernel_seconds(batch: Batch, threads: int) -> float:
-    """Seconds for the fused kernel's forward and backward on the minibatch."""
-    kernels.set_threads(threads)
+    """Seconds for the fused kernel's forward and backward on the minibatch, on ``threads`` threads
+    with torch's own on one, as in training (kernels.owning_threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        out = kernels.fused_log_likelihood(*batch.args)
-        grad = torch.ones_like(out)
-        torch.autograd.grad(out, batch.args[1:4], grad)
-        t0 = time.perf_counter()
-        out = kernels.fused_log_likelihood(*batch.args)
-        torch.autograd.grad(out, batch.args[1:4], grad)
-        return time.perf_counter() - t0
+        with kernels.owning_threads():
+            out = kernels.fused_log_likelihood(*batch.args)
+            grad = torch.ones_like(out)
+            torch.autograd.grad(out, batch.args[1:4], grad)
+            t0 = time.perf_counter()
+            out = kernels.fused_log_likelihood(*batch.args)
+            torch.autograd.grad(out, batch.args[1:4], grad)
+            return time.perf_counter() - t0
     finally:
-        kernels.set_threads(None)
+        torch.set_num_threads(before)
 
 
 def load_extension(path: str):
@@ -151,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default="1,2")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
     p.add_argument("--reps", type=int, default=5, help="calls per round, the fastest kept (default 5)")
-    p.add_argument("--before", help="another build of _nbkernel (.so) to time beside the current one")
+    p.add_argument("--before", action="append", default=[], metavar="SO",
+                   help="another build of _nbkernel (.so) to time beside the current one, labelled by its folder's "
+                        "name (repeatable)")
     p.add_argument("--cc", default="cc")
     args = p.parse_args(argv)
     if kernels.unavailable_reason():
@@ -165,10 +171,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{batch.zero_share:.1%} of them with x = 0; forward + backward; median [min-max] of {args.rounds} rounds "
           f"(each the best of {args.reps} calls)")
     ours = kernels._extension
-    kernel_builds = {"kernel": ours}
-    if args.before:
-        before = load_extension(args.before)
-        kernel_builds = {"kernel before": lambda: before, **kernel_builds}
+    kernel_builds = {f"kernel {Path(so).parent.name}": functools.partial(lambda m: m, load_extension(so))
+                     for so in args.before}
+    kernel_builds["kernel"] = ours
     with tempfile.TemporaryDirectory() as tmp:
         libs = build(Path(tmp), args.cc)
         for threads in (int(t) for t in args.threads.split(",")):
@@ -192,7 +197,7 @@ def report(times: dict[str, list[float]], n_terms: int, threads: int) -> None:
     roof = n_terms / statistics.median(times["roofline (widest)"])
     for label, t in times.items():
         rate = [n_terms / s for s in t]
-        line = (f"{threads} thread(s) {label:20s} {statistics.median(rate) / 1e6:7.1f} M terms/s "
+        line = (f"{threads} thread(s) {label:22s} {statistics.median(rate) / 1e6:7.1f} M terms/s "
                 f"[{min(rate) / 1e6:.1f}-{max(rate) / 1e6:.1f}]  {1e3 * statistics.median(t):6.2f} ms")
         if not label.startswith("roofline"):
             line += f"  {statistics.median(rate) / roof:.0%} of the roofline"
