@@ -1,9 +1,9 @@
 /* The roofline of the CPU likelihood (benchmarks/roofline.py compiles this file at run time):
  * the least arithmetic one negative binomial term and its gradient need in a training step, with
  * the fused kernel's own primitives (vexp, log_split / log_finish, stirling, psi, rbf_start,
- * rbf_phi, rbf_reduce, included from src/cellassign_nf/_nbkernel.c; five logs share one division
- * in log5 below) and nothing else: no
- * gather of the inputs, no sum by type, no W^T, no Python. Zero counts and non-zero counts come
+ * rbf_phi, rbf_reduce, log2_recip, included from src/cellassign_nf/_nbkernel.c; five logs share one
+ * division in log5 below) and nothing else: no gather of the inputs, no sum by type, no W^T, no
+ * Python. Zero counts and non-zero counts come
  * in separate arrays, so each term does exactly the work its count needs, in full SIMD blocks.
  *
  * Per term, forward: mu = exp(log_mu), the RBF (two more exps and B centres), then
@@ -38,20 +38,15 @@ INLINE void log5(double x0, double x1, double x2, double x3, double x4, double *
     *l0 = log_finish(e0, f0, r * d1);
 }
 
-/* x = 0: term, d term/d phi and d term/d log_mu; one division gives 1/(phi + mu) and both logs'
- * 1/(2 + f) */
+/* x = 0: term, d term/d phi and d term/d log_mu; one division gives 1/(phi + mu) and both logs */
 static inline void roof_zero(int n, const double *mu, const double *phi, const double *dphi, double *terms,
                              float *d_log_mu, float *d_phi) {
 #pragma omp simd
     for (int j = 0; j < n; j++) {
-        double ph = phi[j], m = mu[j], pm = ph + m, e0, f0, e1, f1;
-        log_split(ph, &e0, &f0);
-        log_split(pm, &e1, &f1);
-        double d0 = 2.0 + f0, d1 = 2.0 + f1, inv = 1.0 / (d0 * d1 * pm);
-        double log_phi = log_finish(e0, f0, inv * d1 * pm), log_pm = log_finish(e1, f1, inv * d0 * pm);
-        double ratio = ph * inv * d0 * d1;
+        double ph = phi[j], m = mu[j], pm = ph + m, log_phi, log_pm, inv_pm;
+        log2_recip(ph, pm, pm, &log_phi, &log_pm, &inv_pm);
+        double ratio = ph * inv_pm, dt_dphi = log_phi + 1.0 - log_pm - ratio;
         terms[j] = ph * (log_phi - log_pm);
-        double dt_dphi = log_phi + 1.0 - log_pm - ratio;
         d_phi[j] = (float)dt_dphi;
         d_log_mu[j] = (float)(m * (dt_dphi * dphi[j] - ratio));
     }

@@ -99,6 +99,12 @@ def _run(fn, ranges: list[tuple[int, int]], args_for) -> None:
         f.result()
 
 
+def _padded(width: int) -> int:
+    """A row's width rounded up to a multiple of VEC (8 in _nbkernel.c): the C loops run over whole
+    vectors and pad their rows in the work buffers."""
+    return -(-width // 8) * 8
+
+
 @functools.lru_cache(maxsize=16)
 def _spacing(v: tuple[float, ...], b: float) -> tuple[float, float]:
     """(v[0], h) of equally spaced centres with b = 1 / (2 h^2); raises otherwise. Cached: every
@@ -126,8 +132,8 @@ class _FusedLogLikelihood(torch.autograd.Function):
         out = torch.empty(M, layout.C)
         d_log_mu, d_phi = (torch.empty(M, width), torch.empty(M, width)) if need_grad else (out, out)
         ranges = _ranges(M, width)
-        work = torch.empty(len(ranges), 2 * width)
-        dwork = torch.empty(len(ranges), width + layout.C, dtype=torch.float64)
+        work = torch.empty(len(ranges), 2 * _padded(width))
+        dwork = torch.empty(len(ranges), _padded(width) + layout.C, dtype=torch.float64)
         _run(ext.forward, ranges, lambda i, lo, hi: (
             xs.data_ptr(), off.data_ptr(), cl.data_ptr(), lo, hi, *layout.args(), a.data_ptr(), a.numel(), *spacing,
             out.data_ptr(), d_log_mu.data_ptr(), d_phi.data_ptr(), need_grad, work[i].data_ptr(),
@@ -149,7 +155,7 @@ class _FusedLogLikelihood(torch.autograd.Function):
         ranges = _ranges(M, width)
         col_acc = torch.zeros(len(ranges), width, dtype=torch.float64)
         rbf_acc = torch.zeros(len(ranges), a.numel(), dtype=torch.float64)
-        work = torch.empty(len(ranges), 2 * width)
+        work = torch.empty(len(ranges), 2 * _padded(width))
         _run(ext.backward, ranges, lambda i, lo, hi: (
             go.data_ptr(), off.data_ptr(), cl.data_ptr(), lo, hi, *layout.args(), a.data_ptr(), a.numel(),
             *ctx.spacing, d_log_mu.data_ptr(), d_phi.data_ptr(), grad_offset.data_ptr(), col_acc[i].data_ptr(),
