@@ -43,10 +43,12 @@
  * baseline) gets its own SIMD code */
 #define INLINE static inline __attribute__((always_inline))
 
+#ifndef DISPATCH /* -DDISPATCH= builds one copy for the compiler's target (the tests of each copy) */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define DISPATCH __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define DISPATCH
+#endif
 #endif
 
 /* ---- exp and log in vectorisable arithmetic (cf. Cephes / fdlibm), exp to 2e-10 relative, log to 1e-15 ---- */
