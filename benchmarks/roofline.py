@@ -5,7 +5,7 @@ backward of a training step) this CPU can compute at best, and how close the fus
     python benchmarks/roofline.py --before /tmp/main/_nbkernel.cpython-311-x86_64-linux-gnu.so
 
 The roofline is ``roofline.c``, compiled here with the system C compiler at the widest vectors
-the CPU has (``-march=native``, 512-bit vectors on an AVX-512 CPU; an AVX2 build is timed too):
+the CPU has (``-march=native``, 512-bit vectors on an AVX-512 CPU, where an AVX2 build is timed too):
 the least arithmetic each term needs with the kernel's own exp, log, Stirling and digamma, on the
 terms of a real minibatch (the project's simulator, as in bench.py), zero counts and non-zero
 counts pre-sorted into separate arrays so that each does only the work its count needs, and
@@ -40,7 +40,6 @@ from cellassign_nf.model import PHI_LOWER_BOUND, CellAssignModule, basis_means  
 
 KERNEL_DIR = HERE.parent / "src" / "cellassign_nf"
 FLAGS = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno", "-shared", "-fPIC"]
-BUILDS = {"widest": ["-march=native", "-mprefer-vector-width=512"], "avx2": ["-march=x86-64-v3"]}
 
 
 def cpu() -> tuple[str, list[str]]:
@@ -56,10 +55,17 @@ def cpu() -> tuple[str, list[str]]:
     return name, [f for f in wanted if f in flags]
 
 
-def build(tmp: Path, cc: str) -> dict[str, ctypes.CDLL]:
-    """roofline.c compiled once per entry of BUILDS."""
+def builds(flags: list[str]) -> dict[str, list[str]]:
+    """Compiler flags of each build of the roofline: the widest vectors the CPU has, and AVX2 beside
+    an AVX-512 CPU's."""
+    widest = ["-march=native"] + (["-mprefer-vector-width=512"] if "avx512f" in flags else [])
+    return {"widest": widest, **({"avx2": ["-march=x86-64-v3"]} if "avx512f" in flags else {})}
+
+
+def build(tmp: Path, cc: str, flags: list[str]) -> dict[str, ctypes.CDLL]:
+    """roofline.c compiled once per build (builds())."""
     libs = {}
-    for name, extra in BUILDS.items():
+    for name, extra in builds(flags).items():
         out = tmp / f"roofline_{name}.so"
         subprocess.run([cc, *FLAGS, *extra, f"-I{KERNEL_DIR}", str(HERE / "roofline.c"), "-o", str(out), "-lm"],
                        check=True)
@@ -175,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                      for so in args.before}
     kernel_builds["kernel"] = ours
     with tempfile.TemporaryDirectory() as tmp:
-        libs = build(Path(tmp), args.cc)
+        libs = build(Path(tmp), args.cc, flags)
         for threads in (int(t) for t in args.threads.split(",")):
             times: dict[str, list[float]] = {}
             for _ in range(args.rounds):

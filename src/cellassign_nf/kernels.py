@@ -2,8 +2,8 @@
 ``sum_j term[n, j] W[j, c]`` of a minibatch, forward and backward, in one pass per cell over its
 G + K terms; no N x (G + K) input or term tensor, no temporaries per RBF centre, memory flat in B.
 
-The arithmetic is C (``_nbkernel.c``, compiled when the package is installed; SIMD code for AVX2
-CPUs and a baseline copy, picked at run time). This module is its Python side: checks, threads,
+The arithmetic is C (``_nbkernel.c``, compiled when the package is installed; SIMD code for
+AVX-512 and AVX2 CPUs and a baseline copy, picked at run time). This module is its Python side: checks, threads,
 and the autograd function. It computes exactly what the plain PyTorch chain of ``model.py``
 computes (the reference), for float32 tensors on the CPU, with gene = [0..G-1, marker_gene]::
 
