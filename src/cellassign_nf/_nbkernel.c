@@ -479,6 +479,13 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_nbkernel",
                                     "Fused CellAssign log likelihood (C, SIMD); used through kernels.py", -1,
                                     methods};
 
-PyMODINIT_FUNC PyInit__nbkernel(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__nbkernel(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "VEC", VEC) < 0) { /* the padding of the work rows */
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
 
 #endif /* NBKERNEL_MATH_ONLY */

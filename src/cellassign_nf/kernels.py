@@ -3,9 +3,9 @@
 G + K terms; no N x (G + K) input or term tensor, no temporaries per RBF centre, memory flat in B.
 
 The arithmetic is C (``_nbkernel.c``, compiled when the package is installed; SIMD code for
-AVX-512 and AVX2 CPUs and a baseline copy, picked at run time). This module is its Python side: checks, threads,
-and the autograd function. It computes exactly what the plain PyTorch chain of ``model.py``
-computes (the reference), for float32 tensors on the CPU, with gene = [0..G-1, marker_gene]::
+AVX-512 and AVX2 CPUs and a baseline copy, picked at run time). This module is its Python side:
+checks, threads, and the autograd function. It computes exactly what the plain PyTorch chain of
+``model.py`` computes (the reference), for float32 tensors on the CPU, with gene = [0..G-1, marker_gene]::
 
     log_mu[n, j] = offset[n, gene[j]] + col[j]          (model.gene_offset, model.column_constant)
     mu   = exp(log_mu)
@@ -100,9 +100,10 @@ def _run(fn, ranges: list[tuple[int, int]], args_for) -> None:
 
 
 def _padded(width: int) -> int:
-    """A row's width rounded up to a multiple of VEC (8 in _nbkernel.c): the C loops run over whole
+    """A row's width rounded up to a multiple of the C module's VEC: its loops run over whole
     vectors and pad their rows in the work buffers."""
-    return -(-width // 8) * 8
+    vec = _extension().VEC
+    return -(-width // vec) * vec
 
 
 @functools.lru_cache(maxsize=16)
