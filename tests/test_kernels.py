@@ -43,11 +43,16 @@ def _close(ref, got, rtol):
         np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=rtol, atol=rtol * float(r.abs().max()))
 
 
-@pytest.mark.parametrize("case", ["small counts", "large counts", "mean beyond the centres", "tiny phi", "huge phi",
-                                  "wide rows"])
+CASES = ["small counts", "large counts", "mean beyond the centres", "tiny phi", "huge phi", "wide rows",
+         "mostly zeros", "no zeros"]
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_fused_kernel_equals_plain_chain(case):
     """Values and all three gradients; each case drives one part of the kernel to its edge (the
-    shift/Stirling lgamma, the RBF recursion's range, phi at its bound, rows longer than a block)."""
+    shift/Stirling lgamma, the RBF recursion's range, phi at its bound, rows longer than a block,
+    rows that are not a multiple of the vector width, blocks of nearly all zero counts, which skip
+    lgamma and digamma, and of none)."""
     g = torch.Generator().manual_seed(0)
     M, G, C = 64, 37, 6
     if case == "wide rows":  # 2 blocks of 256 columns per row and a ragged end
@@ -68,6 +73,14 @@ def test_fused_kernel_equals_plain_chain(case):
         log_a = log_a - 30.0
     elif case == "huge phi":
         log_a = log_a + 24.0
+    elif case == "mostly zeros":
+        x = torch.poisson(torch.rand(M, G, generator=g) * 0.1, generator=g)
+    elif case == "no zeros":
+        x = x + 1.0
+    zeros = float((x == 0).float().mean())
+    assert {"mostly zeros": zeros > 0.9, "no zeros": zeros == 0.0, "large counts": zeros < 0.01}.get(
+        case, 0.1 < zeros < 0.9), zeros  # zero and non-zero counts in every block, or what the case says
+    assert lay.width % 8 != 0  # a ragged end: the C loops pad rows to whole vectors
     ref, got = _both(x, offset, col, log_a, v, b, lay, gene, W)
     assert all(torch.isfinite(t).all() for t in got)
     if case == "huge phi":

@@ -10,34 +10,45 @@
  *   phi  = eps + sum_i a[i] e[i]
  *   term = lgamma(x + phi) - lgamma(phi) + phi log phi + x log_mu - (phi + x) log(phi + mu)
  *
- * Why it is fast: every loop is a plain loop over a block of terms with no branches, so the
- * compiler turns it into SIMD code (AVX2 where the CPU has it, chosen at run time); exp and log
- * are written out below in arithmetic the compiler can vectorise; the B exponentials of the RBF
- * are two (e[i+1] = e[i] exp(t) exp(-(i + 1/2))); lgamma and digamma differences come from the
- * shift lgamma(z) = lgamma(z + 6) - log(z (z+1) ... (z+5)) and Stirling's series at z + 6.
- * Arithmetic is in double precision; inputs and outputs are float32.
+ * Why it is fast: every loop is a plain loop over a block of terms with no branches and a length
+ * that is a multiple of the vector width (rows are padded), so the compiler turns it into SIMD code
+ * with no scalar remainder (AVX-512 or AVX2 where the CPU has it, chosen at run time); exp and log
+ * are written out below in arithmetic the compiler can vectorise, and one division serves several
+ * logs and reciprocals; the B exponentials of the RBF are two (e[i+1] = e[i] exp(t) exp(-(i + 1/2)));
+ * lgamma and digamma differences come from the shift lgamma(z) = lgamma(z + 6) - log(z (z+1) ... (z+5))
+ * and Stirling's series at z + 6, computed only for the non-zero counts of a block, packed together
+ * (at x = 0 both differences are 0). Arithmetic is in double precision; inputs and outputs are float32.
  *
  * The module only does arithmetic on caller-owned memory given as addresses; kernels.py checks
  * shapes, dtypes and contiguity, and splits rows over threads.
  */
+#ifndef NBKERNEL_MATH_ONLY
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#endif
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 #define BLOCK 256     /* terms per block: every temporary of a block stays in L1 */
+#define VEC 8         /* doubles in the widest vector (AVX-512): loops run over multiples of it (pad) */
 #define SHIFT 6       /* lgamma / digamma shift: Stirling's series at z + 6, error < 1e-11 */
 #define T_LIMIT 60.0  /* |t| beyond this: every e[i] < exp(-1300), i.e. 0 */
+
+/* n rounded up to a multiple of VEC: a loop over whole vectors, no scalar remainder (a remainder
+ * of a few terms costs as much as dozens of terms in vectors) */
+#define PAD(n) (((n) + VEC - 1) / VEC * VEC)
 
 /* every helper is inlined into the two entry points, so that each copy of those (AVX2 and the
  * baseline) gets its own SIMD code */
 #define INLINE static inline __attribute__((always_inline))
 
+#ifndef DISPATCH /* -DDISPATCH= builds one copy for the compiler's target (the tests of each copy) */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define DISPATCH __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define DISPATCH __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define DISPATCH
+#endif
 #endif
 
 /* ---- exp and log in vectorisable arithmetic (cf. Cephes / fdlibm), exp to 2e-10 relative, log to 1e-15 ---- */
@@ -86,27 +97,35 @@ INLINE double log_finish(double e, double f, double inv_2f) {
     return e * 6.93147180369123816490e-01 - ((hfsq - (s * (hfsq + t1 + t2) + e * 1.90821492927058770002e-10)) - f);
 }
 
-/* five logs for the price of one division: each 1 / (2 + f_i) from 1 / prod_i (2 + f_i), the
- * d_i lying in [1.7, 2.5] (no overflow); written out in scalars so that the loop stays SIMD */
-INLINE void log5(double x0, double x1, double x2, double x3, double x4, double *l0, double *l1, double *l2,
-                 double *l3, double *l4) {
-    double e0, e1, e2, e3, e4, f0, f1, f2, f3, f4;
+/* two logs and a reciprocal for the price of one division: 1 / (2 + f_i) and 1 / y from
+ * 1 / ((2 + f_0) (2 + f_1) y), the 2 + f_i lying in [1.7, 2.5]; written out in scalars so that the
+ * loop stays SIMD */
+INLINE void log2_recip(double x0, double x1, double y, double *l0, double *l1, double *inv_y) {
+    double e0, e1, f0, f1;
+    log_split(x0, &e0, &f0);
+    log_split(x1, &e1, &f1);
+    double d0 = 2.0 + f0, d1 = 2.0 + f1, d01 = d0 * d1;
+    double r = 1.0 / (d01 * y);
+    *l0 = log_finish(e0, f0, r * d1 * y);
+    *l1 = log_finish(e1, f1, r * d0 * y);
+    *inv_y = r * d01;
+}
+
+/* four logs and a reciprocal for the price of one division, as log2_recip */
+INLINE void log4_recip(double x0, double x1, double x2, double x3, double y, double *l0, double *l1, double *l2,
+                       double *l3, double *inv_y) {
+    double e0, e1, e2, e3, f0, f1, f2, f3;
     log_split(x0, &e0, &f0);
     log_split(x1, &e1, &f1);
     log_split(x2, &e2, &f2);
     log_split(x3, &e3, &f3);
-    log_split(x4, &e4, &f4);
-    double d0 = 2.0 + f0, d1 = 2.0 + f1, d2 = 2.0 + f2, d3 = 2.0 + f3, d4 = 2.0 + f4;
-    double p01 = d0 * d1, p012 = p01 * d2, p0123 = p012 * d3;
-    double r = 1.0 / (p0123 * d4); /* 1 / (d0 ... d4) */
-    *l4 = log_finish(e4, f4, r * p0123);
-    r *= d4; /* 1 / (d0 ... d3) */
-    *l3 = log_finish(e3, f3, r * p012);
-    r *= d3;
-    *l2 = log_finish(e2, f2, r * p01);
-    r *= d2;
-    *l1 = log_finish(e1, f1, r * d0);
-    *l0 = log_finish(e0, f0, r * d1);
+    double d0 = 2.0 + f0, d1 = 2.0 + f1, d2 = 2.0 + f2, d3 = 2.0 + f3, d01 = d0 * d1, d23 = d2 * d3;
+    double r = 1.0 / (d01 * d23 * y), ry = r * y;
+    *l0 = log_finish(e0, f0, ry * d1 * d23);
+    *l1 = log_finish(e1, f1, ry * d0 * d23);
+    *l2 = log_finish(e2, f2, ry * d01 * d3);
+    *l3 = log_finish(e3, f3, ry * d01 * d2);
+    *inv_y = r * d01 * d23;
 }
 
 /* ---- the model's pieces, on one block of n <= BLOCK terms ---- */
@@ -168,40 +187,91 @@ INLINE double psi(double log_w, double iw) {
     return log_w - 0.5 * iw - iw2 * (1.0 / 12 - iw2 * (1.0 / 120 - iw2 * (1.0 / 252 - iw2 * (1.0 / 240 - iw2 / 132))));
 }
 
-/* the NB term and, with need_grad, d term / d log_mu (through phi too) and d term / d phi.
- * Divisions are the slowest vector instruction, so each term makes two: one shared by 1/w1,
- * 1/w2, 1/(phi + mu) and 1/(p1 p2), one by the five logs (log5). The products stay far from
- * overflow for x and phi below 1e15. */
-INLINE void nb_block(const float *x, const float *log_mu, int n, const double *mu, const double *phi,
-                     const double *dphi, double *terms, float *d_log_mu, float *d_phi, const int need_grad) {
+/* The NB term splits into a part that only a non-zero count has, which depends on x and phi alone,
+ *   lg = lgamma(x + phi) - lgamma(phi),   dg = d lg / d phi = digamma(x + phi) - digamma(phi),
+ * both 0 at x = 0 (a third of the terms or more in typical data), and the rest:
+ *   term            = lg + phi log phi + x log_mu - (phi + x) log(phi + mu)
+ *   d term / d phi  = dg + log phi + 1 - log(phi + mu) - (phi + x) / (phi + mu)
+ *   d term / d log_mu = x + mu (d term / d phi * d phi / d mu - (phi + x) / (phi + mu))
+ * nb_count computes lg and dg over the block's non-zero counts packed together, nb_terms the rest
+ * over the whole block: both loops run on whole SIMD vectors, and a zero count skips the rising
+ * products, Stirling, psi, four logs and a division. */
+
+/* lg and dg (above) for k packed terms with x > 0, from the shift
+ * lgamma(z) = lgamma(z + 6) - log(z (z+1) ... (z+5)) and Stirling's series at z + 6: the rising
+ * products p1 (from x + phi), p2 (from phi) and their derivatives; one division gives 1/w1, 1/w2,
+ * 1/(p1 p2) and the four logs. The products stay far from overflow for x and phi below 1e15. */
+INLINE void nb_count(int k, const double *x, const double *phi, double *lg, double *dg, const int need_grad) {
 #pragma omp simd
-    for (int j = 0; j < n; j++) {
-        double xj = (double)x[j], lm = (double)log_mu[j], ph = phi[j], m = mu[j];
-        double z1 = xj + ph, p1 = 1.0, dp1 = 0.0, p2 = 1.0, dp2 = 0.0;
-        for (int k = 0; k < SHIFT; k++) { /* rising products and their derivatives */
-            double q1 = z1 + k, q2 = ph + k;
+    for (int j = 0; j < k; j++) {
+        double ph = phi[j], z1 = x[j] + ph, p1 = 1.0, dp1 = 0.0, p2 = 1.0, dp2 = 0.0;
+        for (int s = 0; s < SHIFT; s++) {
+            double q1 = z1 + s, q2 = ph + s;
             dp1 = dp1 * q1 + p1;
             p1 *= q1;
             dp2 = dp2 * q2 + p2;
             p2 *= q2;
         }
-        double w1 = z1 + SHIFT, w2 = ph + SHIFT, pm = ph + m;
-        double ww = w1 * w2, pp = p1 * p2;
-        double inv = 1.0 / (ww * pm * pp);
-        double inv_ww = inv * pm * pp, inv_pm = inv * ww * pp, inv_pp = inv * ww * pm;
-        double iw1 = inv_ww * w2, iw2 = inv_ww * w1;
-        double lw1, lw2, log_ratio, log_phi, log_pm; /* log_ratio = log(p1 / p2), p1 / p2 = p1 p1 / (p1 p2) */
-        log5(w1, w2, p1 * p1 * inv_pp, ph, pm, &lw1, &lw2, &log_ratio, &log_phi, &log_pm);
-        double lgamma_diff = stirling(w1, lw1, iw1) - stirling(w2, lw2, iw2) - log_ratio;
-        terms[j] = lgamma_diff + ph * log_phi + xj * lm - (ph + xj) * log_pm;
+        double w1 = z1 + SHIFT, w2 = ph + SHIFT, ww = w1 * w2, pp = p1 * p2, inv, lw1, lw2, lp1, lp2;
+        log4_recip(w1, w2, p1, p2, ww * pp, &lw1, &lw2, &lp1, &lp2, &inv);
+        double iw1 = inv * pp * w2, iw2 = inv * pp * w1;
+        lg[j] = stirling(w1, lw1, iw1) - stirling(w2, lw2, iw2) - (lp1 - lp2);
+        if (need_grad) dg[j] = psi(lw1, iw1) - psi(lw2, iw2) - (dp1 * p2 - dp2 * p1) * inv * ww;
+    }
+}
+
+/* the terms of a block and, with need_grad, d term / d log_mu and d term / d phi, given lg and dg
+ * (0 at x = 0); one division gives 1/(phi + mu) and the two logs */
+INLINE void nb_terms(int n, const float *x, const float *log_mu, const double *mu, const double *phi,
+                     const double *dphi, const double *lg, const double *dg, double *terms, float *d_log_mu,
+                     float *d_phi, const int need_grad) {
+#pragma omp simd
+    for (int j = 0; j < n; j++) {
+        double xj = (double)x[j], ph = phi[j], m = mu[j], pm = ph + m, log_phi, log_pm, inv_pm;
+        log2_recip(ph, pm, pm, &log_phi, &log_pm, &inv_pm);
+        terms[j] = lg[j] + ph * log_phi + xj * (double)log_mu[j] - (ph + xj) * log_pm;
         if (need_grad) {
             double ratio = (ph + xj) * inv_pm;
-            double digamma_diff = psi(lw1, iw1) - psi(lw2, iw2) - (dp1 * p2 - dp2 * p1) * inv_pp;
-            double dt_dphi = digamma_diff + log_phi + 1.0 - log_pm - ratio;
+            double dt_dphi = dg[j] + log_phi + 1.0 - log_pm - ratio;
             d_phi[j] = (float)dt_dphi;
             d_log_mu[j] = (float)(xj + m * (dt_dphi * dphi[j] - ratio));
         }
     }
+}
+
+/* the block's non-zero counts packed: their positions idx, counts xs and phi ps; returns how many.
+ * No branch: every position is written, and only a non-zero count moves the end on. */
+INLINE int pack_nonzero(const float *x, const double *phi, int n, int *idx, double *xs, double *ps) {
+    int k = 0;
+    for (int j = 0; j < n; j++) {
+        idx[k] = j;
+        k += x[j] != 0.0f;
+    }
+    for (int i = 0; i < k; i++) {
+        xs[i] = (double)x[idx[i]];
+        ps[i] = phi[idx[i]];
+    }
+    for (int i = k; i < PAD(k); i++) { /* padding: any valid term */
+        xs[i] = 1.0;
+        ps[i] = 1.0;
+    }
+    return k;
+}
+
+/* every term of a block (n a multiple of VEC): lg and dg over the packed non-zero counts,
+ * scattered into arrays of zeros, then the rest over the whole block */
+INLINE void nb_block(const float *x, const float *log_mu, int n, const double *mu, const double *phi,
+                     const double *dphi, double *terms, float *d_log_mu, float *d_phi, const int need_grad) {
+    int idx[BLOCK];
+    double xs[BLOCK], ps[BLOCK], lgs[BLOCK], dgs[BLOCK], lg[BLOCK], dg[BLOCK];
+    int k = pack_nonzero(x, phi, n, idx, xs, ps);
+    nb_count(PAD(k), xs, ps, lgs, dgs, need_grad);
+#pragma omp simd
+    for (int j = 0; j < n; j++) { lg[j] = 0.0; dg[j] = 0.0; }
+    for (int i = 0; i < k; i++) lg[idx[i]] = lgs[i];
+    if (need_grad)
+        for (int i = 0; i < k; i++) dg[idx[i]] = dgs[i];
+    nb_terms(n, x, log_mu, mu, phi, dphi, lg, dg, terms, d_log_mu, d_phi, need_grad);
 }
 
 /* acc[i] += sum_j g_phi[j] e[i](t_j) (the a[i] factor is applied by the caller) */
@@ -217,6 +287,8 @@ INLINE void rbf_reduce(int n, const Rbf *p, double *e, const double *r, const do
         acc[i] += s;
     }
 }
+
+#ifndef NBKERNEL_MATH_ONLY /* benchmarks/roofline.c includes only the arithmetic above */
 
 /* ---- the model's layout: G base columns and K marker columns per cell ----
  *
@@ -244,20 +316,25 @@ static void forward_rows(const float *x, const float *offset, Py_ssize_t lo, Py_
                          const Rbf *p, float *out, float *d_log_mu, float *d_phi, int need_grad, float *work,
                          double *dwork) {
     double mu[BLOCK], t[BLOCK], e[BLOCK], r[BLOCK], phi[BLOCK], dphi[BLOCK];
-    const Py_ssize_t W = L->G + L->K;
-    float *xs = work, *lms = work + W;
-    double *terms = dwork, *o = dwork + W;
+    float dl[BLOCK], dp[BLOCK];
+    const Py_ssize_t W = L->G + L->K, Wp = PAD(W);
+    float *xs = work, *lms = work + Wp;
+    double *terms = dwork, *o = dwork + Wp;
     for (Py_ssize_t n = lo; n < hi; n++) {
         gather_row(x + n * L->G, L, 0, xs);        /* counts */
         gather_row(offset + n * L->G, L, 1, lms);  /* log means */
+        for (Py_ssize_t j = W; j < Wp; j++) xs[j] = lms[j] = 0.0f; /* padding: x = 0, mu = 1 */
         for (Py_ssize_t s = 0; s < W; s += BLOCK) {
-            int m = (int)(W - s < BLOCK ? W - s : BLOCK);
-            rbf_start(lms + s, m, p, mu, t, e, r);
-            rbf_phi(m, p, t, e, r, phi, dphi);
-            if (need_grad) /* two copies of the loop, each without a branch */
-                nb_block(xs + s, lms + s, m, mu, phi, dphi, terms + s, d_log_mu + n * W + s, d_phi + n * W + s, 1);
-            else
-                nb_block(xs + s, lms + s, m, mu, phi, dphi, terms + s, NULL, NULL, 0);
+            int m = (int)(W - s < BLOCK ? W - s : BLOCK), mp = PAD(m);
+            rbf_start(lms + s, mp, p, mu, t, e, r);
+            rbf_phi(mp, p, t, e, r, phi, dphi);
+            if (need_grad) { /* two copies of the loop, each without a branch */
+                nb_block(xs + s, lms + s, mp, mu, phi, dphi, terms + s, dl, dp, 1);
+                memcpy(d_log_mu + n * W + s, dl, m * sizeof(float));
+                memcpy(d_phi + n * W + s, dp, m * sizeof(float));
+            } else {
+                nb_block(xs + s, lms + s, mp, mu, phi, dphi, terms + s, dl, dp, 0);
+            }
         }
         double base = 0.0;
         for (Py_ssize_t g = 0; g < L->G; g++) base += terms[g];
@@ -274,8 +351,8 @@ static void backward_rows(const float *grad_out, const float *offset, const floa
                           Py_ssize_t lo, Py_ssize_t hi, const Layout *L, const Rbf *p, float *grad_offset,
                           double *col_acc, double *rbf_acc, float *work) {
     double mu[BLOCK], t[BLOCK], e[BLOCK], r[BLOCK], g_phi[BLOCK];
-    const Py_ssize_t W = L->G + L->K;
-    float *g_term = work, *lms = work + W;
+    const Py_ssize_t W = L->G + L->K, Wp = PAD(W);
+    float *g_term = work, *lms = work + Wp;
     for (Py_ssize_t n = lo; n < hi; n++) {
         const float *go = grad_out + n * L->C;
         double total = 0.0; /* d loss / d term: W^T applied to the row of grad_out */
@@ -286,18 +363,20 @@ static void backward_rows(const float *grad_out, const float *offset, const floa
             g_term[L->G + k] = go[L->mt[k]];
         }
         gather_row(offset + n * L->G, L, 1, lms);
+        for (Py_ssize_t j = W; j < Wp; j++) lms[j] = 0.0f; /* padding, with g_phi = 0 */
         const float *dl = d_log_mu + n * W, *dp = d_phi + n * W;
         float *gof = grad_offset + n * L->G;
         for (Py_ssize_t s = 0; s < W; s += BLOCK) {
-            int m = (int)(W - s < BLOCK ? W - s : BLOCK);
+            int m = (int)(W - s < BLOCK ? W - s : BLOCK), mp = PAD(m);
 #pragma omp simd
             for (int j = 0; j < m; j++) {
                 double gt = (double)g_term[s + j];
                 g_phi[j] = gt * (double)dp[s + j];
                 g_term[s + j] = (float)(gt * (double)dl[s + j]); /* now d loss / d log_mu */
             }
-            rbf_start(lms + s, m, p, mu, t, e, r);
-            rbf_reduce(m, p, e, r, g_phi, rbf_acc);
+            for (int j = m; j < mp; j++) g_phi[j] = 0.0;
+            rbf_start(lms + s, mp, p, mu, t, e, r);
+            rbf_reduce(mp, p, e, r, g_phi, rbf_acc);
         }
         for (Py_ssize_t j = 0; j < W; j++) col_acc[j] += g_term[j];
         for (Py_ssize_t g = 0; g < L->G; g++) gof[g] = g_term[g];
@@ -388,16 +467,25 @@ static PyObject *py_backward(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"forward", py_forward, METH_VARARGS,
      "forward(x, offset, col, lo, hi, G, K, C, mg, mt, a, B, v0, h, eps, out, d_log_mu, d_phi, need_grad, work, "
-     "dwork): rows [lo, hi) of the M x C log likelihood (addresses; work: 2 (G + K) float32, dwork: G + K + C "
-     "float64)"},
+     "dwork): rows [lo, hi) of the M x C log likelihood (addresses; with P = G + K rounded up to a multiple of "
+     "8, work: 2 P float32, dwork: P + C float64)"},
     {"backward", py_backward, METH_VARARGS,
      "backward(grad_out, offset, col, lo, hi, G, K, C, mg, mt, a, B, v0, h, eps, d_log_mu, d_phi, grad_offset, "
-     "col_acc, rbf_acc, work): rows [lo, hi) (addresses; col_acc, rbf_acc: float64 sums added to; work: 2 (G + K) "
-     "floats)"},
+     "col_acc, rbf_acc, work): rows [lo, hi) (addresses; col_acc, rbf_acc: float64 sums added to; work: 2 P "
+     "float32, P = G + K rounded up to a multiple of 8)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_nbkernel",
                                     "Fused CellAssign log likelihood (C, SIMD); used through kernels.py", -1,
                                     methods};
 
-PyMODINIT_FUNC PyInit__nbkernel(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__nbkernel(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "VEC", VEC) < 0) { /* the padding of the work rows */
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
+
+#endif /* NBKERNEL_MATH_ONLY */

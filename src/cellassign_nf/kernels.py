@@ -2,10 +2,10 @@
 ``sum_j term[n, j] W[j, c]`` of a minibatch, forward and backward, in one pass per cell over its
 G + K terms; no N x (G + K) input or term tensor, no temporaries per RBF centre, memory flat in B.
 
-The arithmetic is C (``_nbkernel.c``, compiled when the package is installed; SIMD code for AVX2
-CPUs and a baseline copy, picked at run time). This module is its Python side: checks, threads,
-and the autograd function. It computes exactly what the plain PyTorch chain of ``model.py``
-computes (the reference), for float32 tensors on the CPU, with gene = [0..G-1, marker_gene]::
+The arithmetic is C (``_nbkernel.c``, compiled when the package is installed; SIMD code for
+AVX-512 and AVX2 CPUs and a baseline copy, picked at run time). This module is its Python side:
+checks, threads, and the autograd function. It computes exactly what the plain PyTorch chain of
+``model.py`` computes (the reference), for float32 tensors on the CPU, with gene = [0..G-1, marker_gene]::
 
     log_mu[n, j] = offset[n, gene[j]] + col[j]          (model.gene_offset, model.column_constant)
     mu   = exp(log_mu)
@@ -99,6 +99,13 @@ def _run(fn, ranges: list[tuple[int, int]], args_for) -> None:
         f.result()
 
 
+def _padded(width: int) -> int:
+    """A row's width rounded up to a multiple of the C module's VEC: its loops run over whole
+    vectors and pad their rows in the work buffers."""
+    vec = _extension().VEC
+    return -(-width // vec) * vec
+
+
 @functools.lru_cache(maxsize=16)
 def _spacing(v: tuple[float, ...], b: float) -> tuple[float, float]:
     """(v[0], h) of equally spaced centres with b = 1 / (2 h^2); raises otherwise. Cached: every
@@ -126,8 +133,8 @@ class _FusedLogLikelihood(torch.autograd.Function):
         out = torch.empty(M, layout.C)
         d_log_mu, d_phi = (torch.empty(M, width), torch.empty(M, width)) if need_grad else (out, out)
         ranges = _ranges(M, width)
-        work = torch.empty(len(ranges), 2 * width)
-        dwork = torch.empty(len(ranges), width + layout.C, dtype=torch.float64)
+        work = torch.empty(len(ranges), 2 * _padded(width))
+        dwork = torch.empty(len(ranges), _padded(width) + layout.C, dtype=torch.float64)
         _run(ext.forward, ranges, lambda i, lo, hi: (
             xs.data_ptr(), off.data_ptr(), cl.data_ptr(), lo, hi, *layout.args(), a.data_ptr(), a.numel(), *spacing,
             out.data_ptr(), d_log_mu.data_ptr(), d_phi.data_ptr(), need_grad, work[i].data_ptr(),
@@ -149,7 +156,7 @@ class _FusedLogLikelihood(torch.autograd.Function):
         ranges = _ranges(M, width)
         col_acc = torch.zeros(len(ranges), width, dtype=torch.float64)
         rbf_acc = torch.zeros(len(ranges), a.numel(), dtype=torch.float64)
-        work = torch.empty(len(ranges), 2 * width)
+        work = torch.empty(len(ranges), 2 * _padded(width))
         _run(ext.backward, ranges, lambda i, lo, hi: (
             go.data_ptr(), off.data_ptr(), cl.data_ptr(), lo, hi, *layout.args(), a.data_ptr(), a.numel(),
             *ctx.spacing, d_log_mu.data_ptr(), d_phi.data_ptr(), grad_offset.data_ptr(), col_acc[i].data_ptr(),
