@@ -29,6 +29,7 @@ import pytest
 from nextflow_helpers import (COHORT_TASKS, DEMO_SAMPLES as SAMPLES, PER_SAMPLE_TASKS, REPO, accuracy, explain,
                               flat_config, nextflow, nxf_env, process_counts, run_pipeline, stopped_before_any_task,
                               trace)
+from test_numba_cache import SCRIPT as UMAP_SCRIPT, WATCHED, cache_stats
 
 BUILD_IMAGES = REPO / "scripts" / "build-images"
 BUILD_TIMEOUT = 3600    # s; a cold build debootstraps the base and installs the pinned wheels
@@ -137,6 +138,16 @@ def built_image(docker, client_dir):
                           capture_output=True, text=True, timeout=600, check=False)
     assert info.returncode == 0, explain(info)
     return {"result": result, "wall_s": wall, "python": json.loads(info.stdout.strip().splitlines()[-1])}
+
+
+def test_image_ships_umap_compiled_for_the_tasks_user(built_image, docker):
+    """The image's numba cache holds umap-learn's code (compiled at build time on this CPU): a
+    task, run as the calling user, loads it instead of compiling it."""
+    result = subprocess.run([docker, "run", "--rm", "-u", f"{os.getuid()}:{os.getgid()}", IMAGE, "python", "-c",
+                             UMAP_SCRIPT], capture_output=True, text=True, timeout=600, check=False)
+    stats = cache_stats(result)
+    assert set(stats) == set(WATCHED), stats
+    assert all(hits >= 1 and misses == 0 for hits, misses in stats.values()), stats
 
 
 def _probe_config(folder: Path) -> Path:

@@ -127,6 +127,9 @@ def variable_genes(counts, n_genes: int) -> np.ndarray | None:
 def _scrublet_part(counts, expected_rate: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     import scanpy as sc
 
+    from .numba_cache import cache_umap_compiles
+
+    cache_umap_compiles()  # Scrublet's neighbour graph is umap-learn's
     cells = ad.AnnData(counts if counts.dtype == np.float32 else counts.astype(np.float32))
     # threshold=1 skips scanpy's own threshold (the call is made here); the scores do not depend on
     # it, and its rate estimates for that threshold (0 / 0) are not used

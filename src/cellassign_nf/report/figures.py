@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 from ..io import display_names, relabel_genes  # noqa: E402
 from ..markers import markers_by_type  # noqa: E402 - re-exported: one place for {type: [markers]}
 from ..size_factors import normalise  # noqa: E402,F401 - re-exported: the report's normalisation
-from .base import CELLTYPE_KEY, DPI, HVG_THRESHOLD, PROB_KEY, UNASSIGNED, UNASSIGNED_COLOUR  # noqa: E402
+from .base import CELLTYPE_KEY, DPI, HVG_THRESHOLD, PROB_KEY, UMAP_EPOCHS, UNASSIGNED, UNASSIGNED_COLOUR  # noqa: E402
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -120,6 +120,9 @@ def compute_umap(norm: ad.AnnData, seed: int = 0, copy: bool = True) -> ad.AnnDa
     ``copy=False`` works on ``norm`` itself (no second copy of its matrix)."""
     import scanpy as sc
 
+    from ..numba_cache import cache_umap_compiles
+
+    cache_umap_compiles()
     emb = norm.copy() if copy else norm
     if emb.n_vars > HVG_THRESHOLD:
         sc.pp.highly_variable_genes(emb, n_top_genes=HVG_THRESHOLD, flavor="seurat")
@@ -132,7 +135,7 @@ def compute_umap(norm: ad.AnnData, seed: int = 0, copy: bool = True) -> ad.AnnDa
     # deterministic and takes seconds at the 50,000-cell cap on PCA coordinates.
     sc.pp.neighbors(emb, n_neighbors=int(min(15, emb.n_obs - 1)), n_pcs=n_comps, random_state=seed,
                     transformer="sklearn")
-    sc.tl.umap(emb, random_state=seed)
+    sc.tl.umap(emb, random_state=seed, maxiter=UMAP_EPOCHS)
     return emb
 
 
