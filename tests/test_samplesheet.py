@@ -134,6 +134,9 @@ PROFILE_EXPECTS: dict[str, dict[str, str]] = {
                   "singularity.enabled": "false"},
     "gpu": {"params.device": "'cuda'", "process.'withLabel:process_gpu'.accelerator": "1"},
     "awsbatch": {"process.executor": "'awsbatch'", "process.queue": "'cellassign-cpu'"},
+    # added to awsbatch for the local emulator (tests/test_aws.py runs it): nothing of AWS's own
+    "local_aws": {"aws.client.s3PathStyleAccess": "true", "executor.$awsbatch.pollInterval": "'2 sec'",
+                  "params.max_memory": "'6.GB'"},
     "slurm": {"process.executor": "'slurm'", "params.gpu_queue": "'gpu'", "executor.$slurm.queueSize": "50",
               "executor.$slurm.submitRateLimit": "'20/1min'"},
 }
