@@ -57,14 +57,9 @@ static inline void roof_full(const float *x, const float *log_mu, int n, const d
                              const double *dphi, double *terms, float *d_log_mu, float *d_phi) {
 #pragma omp simd
     for (int j = 0; j < n; j++) {
-        double xj = (double)x[j], ph = phi[j], m = mu[j], z1 = xj + ph, p1 = 1.0, dp1 = 0.0, p2 = 1.0, dp2 = 0.0;
-        for (int k = 0; k < SHIFT; k++) {
-            double q1 = z1 + k, q2 = ph + k;
-            dp1 = dp1 * q1 + p1;
-            p1 *= q1;
-            dp2 = dp2 * q2 + p2;
-            p2 *= q2;
-        }
+        double xj = (double)x[j], ph = phi[j], m = mu[j], z1 = xj + ph, p1, dp1, p2, dp2;
+        rising(z1, &p1, &dp1);
+        rising(ph, &p2, &dp2);
         double w1 = z1 + SHIFT, w2 = ph + SHIFT, pm = ph + m, ww = w1 * w2, pp = p1 * p2;
         double inv = 1.0 / (ww * pm * pp);
         double inv_ww = inv * pm * pp, inv_pm = inv * ww * pp, inv_pp = inv * ww * pm;

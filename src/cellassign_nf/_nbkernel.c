@@ -197,6 +197,17 @@ INLINE double psi(double log_w, double iw) {
  * over the whole block: both loops run on whole SIMD vectors, and a zero count skips the rising
  * products, Stirling, psi, four logs and a division. */
 
+/* the rising product p = z (z+1) ... (z + SHIFT - 1) and its derivative dp / dz */
+INLINE void rising(double z, double *p, double *dp) {
+    double pz = 1.0, dpz = 0.0;
+    for (int s = 0; s < SHIFT; s++) {
+        dpz = dpz * (z + s) + pz;
+        pz *= z + s;
+    }
+    *p = pz;
+    *dp = dpz;
+}
+
 /* lg and dg (above) for k packed terms with x > 0, from the shift
  * lgamma(z) = lgamma(z + 6) - log(z (z+1) ... (z+5)) and Stirling's series at z + 6: the rising
  * products p1 (from x + phi), p2 (from phi) and their derivatives; one division gives 1/w1, 1/w2,
@@ -204,14 +215,9 @@ INLINE double psi(double log_w, double iw) {
 INLINE void nb_count(int k, const double *x, const double *phi, double *lg, double *dg, const int need_grad) {
 #pragma omp simd
     for (int j = 0; j < k; j++) {
-        double ph = phi[j], z1 = x[j] + ph, p1 = 1.0, dp1 = 0.0, p2 = 1.0, dp2 = 0.0;
-        for (int s = 0; s < SHIFT; s++) {
-            double q1 = z1 + s, q2 = ph + s;
-            dp1 = dp1 * q1 + p1;
-            p1 *= q1;
-            dp2 = dp2 * q2 + p2;
-            p2 *= q2;
-        }
+        double ph = phi[j], z1 = x[j] + ph, p1, dp1, p2, dp2;
+        rising(z1, &p1, &dp1);
+        rising(ph, &p2, &dp2);
         double w1 = z1 + SHIFT, w2 = ph + SHIFT, ww = w1 * w2, pp = p1 * p2, inv, lw1, lw2, lp1, lp2;
         log4_recip(w1, w2, p1, p2, ww * pp, &lw1, &lw2, &lp1, &lp2, &inv);
         double iw1 = inv * pp * w2, iw2 = inv * pp * w1;
