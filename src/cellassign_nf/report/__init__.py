@@ -27,8 +27,8 @@ _EXPORTS = {
     **dict.fromkeys([
         "CELLTYPE_KEY", "COUNTS_SUFFIX", "DEFAULT_UMAP_MAX_CELLS", "DPI", "HISTORY_COLUMNS", "HVG_THRESHOLD",
         "PREDICTIONS_SUFFIX", "PROB_KEY", "PROBS_KEY", "SAMPLE_NAME_RE", "SIZE_FACTOR_KEY", "UMAP_EPOCHS",
-        "UMAP_MIN_CELLS", "UNASSIGNED", "UNASSIGNED_COLOUR", "ModelLike", "QCSummary", "ReportFigure", "ReportResult", "SampleSummary",
-        "flatten", "write_bytes", "write_text"], "base"),
+        "UMAP_MIN_CELLS", "UNASSIGNED", "UNASSIGNED_COLOUR", "ModelLike", "QCSummary", "ReportFigure",
+        "ReportResult", "SampleSummary", "flatten", "write_bytes", "write_text"], "base"),
     **dict.fromkeys(["cohort_table", "read_counts_mqc", "read_predictions_counts", "write_cohort_table"], "cohort"),
     **dict.fromkeys([
         "compute_umap", "figure_png", "markers_by_type", "normalise", "plot_celltype_counts", "plot_delta",

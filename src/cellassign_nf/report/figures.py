@@ -17,7 +17,9 @@ import pandas as pd  # noqa: E402
 from ..io import display_names, relabel_genes  # noqa: E402
 from ..markers import markers_by_type  # noqa: E402 - re-exported: one place for {type: [markers]}
 from ..size_factors import normalise  # noqa: E402,F401 - re-exported: the report's normalisation
-from .base import CELLTYPE_KEY, DPI, HVG_THRESHOLD, PROB_KEY, UMAP_EPOCHS, UNASSIGNED, UNASSIGNED_COLOUR  # noqa: E402
+from .base import (  # noqa: E402
+    CELLTYPE_KEY, DPI, HVG_THRESHOLD, PROB_KEY, UMAP_EPOCHS, UNASSIGNED, UNASSIGNED_COLOUR,
+)
 
 if TYPE_CHECKING:
     import anndata as ad
