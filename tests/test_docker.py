@@ -225,7 +225,7 @@ def test_rebuild_is_a_cache_hit(built_image, client_dir):
     print(f"scripts/build-images again: {wall:.0f} s wall")
     assert again.returncode == 0, explain(again)
     assert again.stdout.strip().splitlines()[-1] == built_image["result"].stdout.strip().splitlines()[-1]
-    steps = dict(re.findall(r"^(#\d+) \[(?:\S+ )?\d+/\d+\] ((?:RUN|COPY) .*)$", again.stderr, re.M))
+    steps = dict(re.findall(r"^(#\d+) \[(?:\S+\s+)?\d+/\d+\] ((?:RUN|COPY) .*)$", again.stderr, re.M))
     assert any("pip install -r requirements.txt" in s for s in steps.values()) and \
         any("pip install --no-deps ." in s for s in steps.values()), again.stderr[-4000:]
     for number, text in steps.items():
