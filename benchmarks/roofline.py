@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import functools
 import importlib.util
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ from cellassign_nf import kernels  # noqa: E402
 from cellassign_nf.model import PHI_LOWER_BOUND, CellAssignModule, basis_means  # noqa: E402
 
 KERNEL_DIR = HERE.parent / "src" / "cellassign_nf"
+# setup.py's flags for the kernel (the roofline is compiled as the kernel is), as a shared library
 FLAGS = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno", "-shared", "-fPIC"]
 
 
@@ -177,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{batch.zero_share:.1%} of them with x = 0; forward + backward; median [min-max] of {args.rounds} rounds "
           f"(each the best of {args.reps} calls)")
     ours = kernels._extension
-    kernel_builds = {f"kernel {Path(so).parent.name}": functools.partial(lambda m: m, load_extension(so))
-                     for so in args.before}
+    kernel_builds = {f"kernel {Path(so).parent.name}": lambda m=load_extension(so): m for so in args.before}
     kernel_builds["kernel"] = ours
     with tempfile.TemporaryDirectory() as tmp:
         libs = build(Path(tmp), args.cc, flags)

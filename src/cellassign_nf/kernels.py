@@ -133,8 +133,9 @@ class _FusedLogLikelihood(torch.autograd.Function):
         out = torch.empty(M, layout.C)
         d_log_mu, d_phi = (torch.empty(M, width), torch.empty(M, width)) if need_grad else (out, out)
         ranges = _ranges(M, width)
-        work = torch.empty(len(ranges), 2 * _padded(width))
-        dwork = torch.empty(len(ranges), _padded(width) + layout.C, dtype=torch.float64)
+        padded = _padded(width)
+        work = torch.empty(len(ranges), 2 * padded)
+        dwork = torch.empty(len(ranges), padded + layout.C, dtype=torch.float64)
         _run(ext.forward, ranges, lambda i, lo, hi: (
             xs.data_ptr(), off.data_ptr(), cl.data_ptr(), lo, hi, *layout.args(), a.data_ptr(), a.numel(), *spacing,
             out.data_ptr(), d_log_mu.data_ptr(), d_phi.data_ptr(), need_grad, work[i].data_ptr(),
