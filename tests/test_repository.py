@@ -19,8 +19,9 @@ OUTSIDE = re.compile(
 
 
 # The one permitted reference: .ci/run hands the vendored nf-amazon source beside the checkout it was
-# started from to its fresh clone, through $CELLASSIGN_NF_AMAZON_SRC (the clone reads only the variable).
-ALLOWED = {(".ci/run", 'nf_amazon_default="$repo/../' + SIBLING + '/vendor/nf-amazon-2.9.0"')}
+# started from (or beside the local repository that checkout was cloned from) to its fresh clone,
+# through $CELLASSIGN_NF_AMAZON_SRC (the clone reads only the variable).
+ALLOWED = {(".ci/run", 'nf_amazon_rel="../' + SIBLING + '/vendor/nf-amazon-2.9.0"')}
 
 
 def tracked_text_files():
