@@ -8,6 +8,7 @@ from collections.abc import Collection, Sequence
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 GROUP_KEY = "_diagnostics_group"
 MIN_LOG2FC = 1.0  # at least twice as high ...
@@ -26,18 +27,28 @@ def rank_candidates(norm: ad.AnnData, labels: pd.Series, groups: Sequence[str], 
         return {g: [] for g in groups}
     norm.obs[GROUP_KEY] = pd.Categorical(labels.astype(str).to_numpy())
     try:
+        # pts=False: scanpy would also count each gene's detection among the rest of the cells,
+        # a copy of nearly the whole matrix per group, for a column not used here
         sc.tl.rank_genes_groups(norm, GROUP_KEY, groups=list(groups), reference=reference, method="t-test",
-                                pts=True, use_raw=False, key_added="_diagnostics")
+                                pts=False, use_raw=False, key_added="_diagnostics")
         out = {}
         for g in groups:
             df = sc.get.rank_genes_groups_df(norm, group=g, key="_diagnostics")
+            detected = detection(norm, (labels == g).to_numpy())[norm.var_names.get_indexer(df["names"])]
             keep = ((df["logfoldchanges"] >= MIN_LOG2FC) & (df["pvals_adj"] < MAX_PVAL_ADJ)
-                    & (df["pct_nz_group"] >= MIN_DETECTION) & ~df["names"].isin(set(exclude)))
+                    & (detected >= MIN_DETECTION) & ~df["names"].isin(set(exclude)))
             out[g] = df.loc[keep].sort_values("scores", ascending=False)["names"].astype(str).head(n).tolist()
         return out
     finally:
         del norm.obs[GROUP_KEY]
         norm.uns.pop("_diagnostics", None)
+
+
+def detection(norm: ad.AnnData, cells: np.ndarray) -> np.ndarray:
+    """Per gene, the share of the ``cells`` (a mask) in which it is stored (scanpy's ``pts``)."""
+    x = norm.X[cells]
+    counted = x.getnnz(axis=0) if sp.issparse(x) else np.count_nonzero(x, axis=0)
+    return np.asarray(counted, dtype=np.float64) / max(x.shape[0], 1)
 
 
 def split_in_two(score: np.ndarray, seed: int = 0) -> np.ndarray:
