@@ -52,6 +52,19 @@ def test_reading_some_genes_or_cells_equals_cutting_the_whole(sample, small_bloc
         io.read_h5ad(path, genes=["a1", "nope"])
 
 
+@pytest.mark.parametrize("matrix", ["csc", "dense"])
+def test_parts_of_a_matrix_stored_otherwise_than_csr_equal_cutting_the_whole(sample, tmp_path, small_blocks, matrix):
+    adata, _ = sample
+    other = adata.copy()
+    other.X = sp.csc_matrix(adata.X) if matrix == "csc" else adata.X.toarray()
+    path = tmp_path / f"{matrix}.h5ad"
+    other.write_h5ad(path)
+    genes, cells = ["b3", "a2"], np.array([7, 299, 0])
+    part, rows = io.read_h5ad_parts(path, genes, cells)
+    assert (part.X != adata[:, genes].X).nnz == 0 and (rows.X != adata[np.sort(cells)].X).nnz == 0
+    np.testing.assert_allclose(part.obs[TOTALS_KEY], np.asarray(adata.X.sum(axis=1)).ravel())
+
+
 def test_rows_kept_in_the_matrix_own_arrays_equal_a_copy(small_blocks):
     rng = np.random.default_rng(0)
     for trial in range(100):

@@ -495,11 +495,36 @@ def read_obs(path: str | Path) -> pd.DataFrame:
 def _blocks(X, n_obs: int, n_values: int) -> Iterator[tuple[int, sp.csr_matrix]]:
     """(first row, CSR block) of a backed matrix, read as contiguous slices of about
     ``BLOCK_VALUES`` stored values each (scattered rows read one by one would cost one disk read
-    per row)."""
+    per row). A CSR matrix on disk is read into two buffers that every block reuses: a block is
+    valid until the next one is read (take copies of what is kept), and the memory of the pass is
+    touched once, not once per block."""
     step = max(1, int(BLOCK_VALUES / max(1.0, n_values / max(n_obs, 1))))
+    group = getattr(X, "group", None)
+    if group is not None and getattr(X, "format", None) == "csr":
+        yield from _csr_blocks(group, (n_obs, int(X.shape[1])), step)
+        return
     for start in range(0, n_obs, step):
         block = X[start:min(n_obs, start + step)]
         yield start, block.tocsr() if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
+
+
+def _csr_blocks(group, shape: tuple[int, int], step: int) -> Iterator[tuple[int, sp.csr_matrix]]:
+    """:func:`_blocks` of the CSR arrays of an h5ad group (``data``, ``indices``, ``indptr``),
+    ``step`` rows a block, read straight into the reused buffers."""
+    data, indices = group["data"], group["indices"]
+    indptr = np.asarray(group["indptr"][:], dtype=np.int64)
+    starts = np.arange(0, shape[0], step)
+    stops = np.minimum(starts + step, shape[0])
+    size = int((indptr[stops] - indptr[starts]).max()) if len(starts) else 0
+    data_buf, indices_buf = np.empty(size, dtype=data.dtype), np.empty(size, dtype=indices.dtype)
+    for start, stop in zip(starts, stops):
+        lo, hi = int(indptr[start]), int(indptr[stop])
+        if hi > lo:
+            data.read_direct(data_buf, np.s_[lo:hi], np.s_[0:hi - lo])
+            indices.read_direct(indices_buf, np.s_[lo:hi], np.s_[0:hi - lo])
+        offsets = (indptr[start:stop + 1] - lo).astype(indices_buf.dtype if hi - lo < 2**31 else np.int64)
+        yield int(start), sp.csr_matrix((data_buf[:hi - lo], indices_buf[:hi - lo], offsets),
+                                        shape=(int(stop - start), shape[1]), copy=False)
 
 
 def _part(backed: ad.AnnData, matrix: sp.csr_matrix, rows: np.ndarray | slice, cols: np.ndarray | slice) -> ad.AnnData:
