@@ -56,12 +56,10 @@ def cache_umap_compiles() -> int:
     from numba.core.caching import NullCache
     from numba.core.dispatcher import Dispatcher
 
-    if not any(name in sys.modules for name in PACKAGES):
-        with _cached_by_default():
-            for name in UMAP_MODULES:
-                importlib.import_module(name)
-    for name in UMAP_MODULES:
-        importlib.import_module(name)
+    imported = any(name in sys.modules for name in PACKAGES)
+    with contextlib.nullcontext() if imported else _cached_by_default():
+        for name in UMAP_MODULES:
+            importlib.import_module(name)
     enabled = 0
     for name, module in list(sys.modules.items()):
         if module is None or name.split(".")[0] not in PACKAGES:
