@@ -164,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     other = sum(s["realtime_s"] for s in steps if s["step"] not in FIT_STEPS)
     rest = sum(s["realtime_s"] for s in steps if s["step"] not in FIT_STEPS + ASIDE_STEPS)
     report = sum(s["realtime_s"] for s in steps if s["step"] == "REPORT")
+
+    def per_fit(seconds: float) -> float:
+        return seconds / max(train, 1e-9)
+
     print(f"\n{args.samples} x {shape['cells']:,} cells x {shape['genes']:,} genes ({shape['nnz']:,} non-zero, "
           f"CSR {csr / 1e9:.2f} GB per sample), mode {args.mode}: wall {wall:.0f} s")
     print(f"{'step':<16}{'tasks':>6}{'realtime':>11}{'longest':>10}{'peak RSS':>11}{'asked':>9}{'RSS/CSR':>9}")
@@ -173,17 +177,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{s['peak_rss_bytes'] / csr:>9.2f}")
     over = [s["step"] for s in steps if s["peak_rss_bytes"] > s["memory_bytes"] > 0]
     acc = accuracy(run / "results", samples)
-    print(f"steps other than the fit {other:.0f} s = {other / max(train, 1e-9):.2f} x the fit "
+    print(f"steps other than the fit {other:.0f} s = {per_fit(other):.2f} x the fit "
           f"({'/'.join(s['step'] for s in steps if s['step'] in FIT_STEPS)}, {train:.0f} s); "
           f"accuracy {acc:.4f}; over their request: {', '.join(over) or 'none'}")
-    print(f"without {'/'.join(ASIDE_STEPS)}: {rest:.0f} s = {rest / max(train, 1e-9):.2f} x the fit; "
-          f"REPORT {report:.0f} s = {report / max(train, 1e-9):.2f} x the fit")
+    print(f"without {'/'.join(ASIDE_STEPS)}: {rest:.0f} s = {per_fit(rest):.2f} x the fit; "
+          f"REPORT {report:.0f} s = {per_fit(report):.2f} x the fit")
     if args.json:
         args.json.write_text(json.dumps({"shape": shape, "samples": args.samples, "mode": args.mode, "wall_s": wall,
                                          "csr_bytes": csr, "steps": steps, "accuracy": acc,
-                                         "non_train_over_train": other / max(train, 1e-9),
-                                         "rest_over_train": rest / max(train, 1e-9),
-                                         "report_over_train": report / max(train, 1e-9)}, indent=2) + "\n")
+                                         "non_train_over_train": per_fit(other),
+                                         "rest_over_train": per_fit(rest),
+                                         "report_over_train": per_fit(report)}, indent=2) + "\n")
     return 0
 
 
