@@ -45,8 +45,16 @@ def stub_run(request, tmp_path_factory, nxf_home):
         (tools / tool).chmod(0o755)
     model = launch / "reference.model.pt"  # a stub does not read it
     model.write_bytes(b"stub")
+    # Nextflow's local executor counts free CPUs and memory in plain fields that its submitting and
+    # monitoring threads both update; a stub task ends within milliseconds of its submission, and
+    # a lost update left a run waiting for ever for two CPUs that were free. Room to spare for the
+    # executor (the tasks' own requests stay capped by --max_cpus / --max_memory) keeps a lost
+    # update from stopping the run.
+    headroom = launch / "headroom.config"
+    headroom.write_text("executor { $local { cpus = 64; memory = '1 TB' } }\n")
     args = ["--model", str(model)] if mode == "model" else ["--mode", mode]
-    run = run_pipeline(launch, nxf_env(nxf_home, extra_path=[tools]), ["-profile", "test", *args, "-stub"])
+    run = run_pipeline(launch, nxf_env(nxf_home, extra_path=[tools]),
+                       ["-profile", "test", *args, "-stub", "-c", str(headroom)])
     print(f"-stub run, {mode}: {run['result'].wall_s:.1f} s wall")
     return {**run, "mode": mode}
 
