@@ -65,15 +65,59 @@ def test_parts_of_a_matrix_stored_otherwise_than_csr_equal_cutting_the_whole(sam
     np.testing.assert_allclose(part.obs[TOTALS_KEY], np.asarray(adata.X.sum(axis=1)).ravel())
 
 
-def test_rows_kept_in_the_matrix_own_arrays_equal_a_copy(small_blocks):
+def test_rows_and_columns_written_block_by_block_equal_a_copy(tmp_path, small_blocks):
+    """write_h5ad_rows writes the runs of kept rows of each block (and the kept columns): any
+    masks must give the file X[rows][:, columns], and a wrong count of values is an error."""
     rng = np.random.default_rng(0)
-    for trial in range(100):
+    path = tmp_path / "rows.h5ad"
+    for trial in range(40):
         n = int(rng.integers(1, 40))
         X = sp.random(n, 9, density=rng.random(), format="csr", dtype=np.float32, random_state=trial)
-        keep = rng.random(n) < rng.random()
-        expected = X[keep].toarray()
-        kept = io.keep_rows_inplace(X.copy(), keep)
-        assert kept.shape == expected.shape and np.array_equal(kept.toarray(), expected), trial
+        rows = rng.random(n) < rng.random()
+        columns = None if trial % 2 else rng.random(9) < 0.6
+        expected = X[rows] if columns is None else X[rows][:, columns]
+        obs = pd.DataFrame(index=[f"c{i}" for i in np.flatnonzero(rows)])
+        var = pd.DataFrame(index=[f"g{j}" for j in range(9) if columns is None or columns[j]])
+        io.write_h5ad_rows(path, obs, var, {}, io._blocks(X, n, X.nnz), rows, columns, expected.nnz)
+        out = ad.read_h5ad(path)
+        assert out.shape == expected.shape and np.array_equal(out.X.toarray(), expected.toarray()), trial
+    with pytest.raises(RuntimeError, match="expected"):
+        io.write_h5ad_rows(path, obs, var, {}, io._blocks(X, n, X.nnz), rows, columns, expected.nnz + 1)
+
+
+@pytest.mark.parametrize("stored", ["csr", "csc", "integers"])
+def test_qc_from_disk_equals_qc_in_memory(tmp_path, small_blocks, stored):
+    """steps.qc reads an h5ad whose X is stored as CSR block by block (other inputs whole) and
+    writes the kept cells block by block: its file must equal filter_cells on the counts read
+    whole, with explicit zeros, a non-gene feature and the min_cells gene filter (scanpy's)."""
+    import json
+
+    import scanpy as sc
+
+    from cellassign_nf.qc import filter_cells
+
+    adata = simulate(MARKERS, n_cells=300, n_other_genes=60, n_mito_genes=5, seed=5)
+    X = adata.X.tocsr()
+    X[:20] = X[:20].multiply(0.0)  # cells without counts
+    X.data[::7] = 0.0  # explicit zeros, kept in the file
+    adata.X = {"csr": X, "csc": X.tocsc(), "integers": X.astype(np.int32)}[stored]
+    adata.var["feature_types"] = ["Gene Expression"] * (adata.n_vars - 1) + ["Antibody Capture"]
+    path = tmp_path / "in.h5ad"
+    adata.write_h5ad(path)
+    t = QCThresholds(min_cells=120)
+    info = steps.qc(path, tmp_path / "qc.h5ad", tmp_path / "m.tsv", tmp_path / "s.json", sample="s1", thresholds=t)
+    expected, summary = filter_cells(io.read_counts(path), t, str(path))
+    out = ad.read_h5ad(tmp_path / "qc.h5ad")
+    assert out.X.format == "csr" and out.X.dtype == np.float32 and (out.X.data != 0).all()
+    assert out.shape == expected.shape and (out.X != expected.X).nnz == 0
+    pd.testing.assert_frame_equal(out.obs.drop(columns=SAMPLE_KEY), expected.obs)
+    pd.testing.assert_frame_equal(out.var, expected.var)
+    assert {k: v for k, v in info.items() if k in summary} == summary == \
+        {k: v for k, v in json.loads((tmp_path / "s.json").read_text()).items() if k in summary}
+    reference = filter_cells(io.read_counts(path), QCThresholds(), str(path))[0]
+    sc.pp.filter_genes(reference, min_cells=t.min_cells)
+    assert 20 < out.n_vars < adata.n_vars - 1
+    assert list(out.var_names) == list(reference.var_names) and out.var["n_cells"].equals(reference.var["n_cells"])
 
 
 def test_qc_output_equals_the_passing_cells_of_the_input(tmp_path, small_blocks):

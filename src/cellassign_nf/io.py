@@ -7,7 +7,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
@@ -251,14 +252,15 @@ def _standardise_genes(adata: ad.AnnData, path: Path) -> dict:
     return {"gene_index": index, "gene_ids": GENE_IDS in var, "gene_symbols": GENE_SYMBOLS in var}
 
 
-def _keep_gene_expression(adata: ad.AnnData, path: Path) -> tuple[ad.AnnData, dict[str, int]]:
-    """Drop non-gene features (antibody capture, CRISPR guides, ...) and say how many there were."""
+def _keep_gene_expression(adata: ad.AnnData, path: Path) -> tuple[ad.AnnData, dict[str, int], np.ndarray | None]:
+    """Drop non-gene features (antibody capture, CRISPR guides, ...) and say how many there were;
+    also returns the mask of the genes kept (``None``: all)."""
     if FEATURE_TYPES not in adata.var:
-        return adata, {}
+        return adata, {}, None
     types = adata.var[FEATURE_TYPES].astype(str)
     other = types != GENE_EXPRESSION
     if not other.any():
-        return adata, {}
+        return adata, {}, None
     counts = {str(k): int(v) for k, v in types[other].value_counts().items()}
     examples = ", ".join(map(str, adata.var.loc[other.to_numpy(), GENE_SYMBOLS if GENE_SYMBOLS in adata.var else GENE_IDS][:3])) \
         if (GENE_SYMBOLS in adata.var or GENE_IDS in adata.var) else ""
@@ -267,7 +269,8 @@ def _keep_gene_expression(adata: ad.AnnData, path: Path) -> tuple[ad.AnnData, di
                          "Give the gene expression counts of the sample.")
     log.info("kept out of the model: %s (e.g. %s); %d Gene Expression features used",
              ", ".join(f"{n} {t} features" for t, n in counts.items()), examples, int((~other).sum()))
-    return adata[:, (~other).to_numpy()].copy(), counts
+    keep = (~other).to_numpy()
+    return adata[:, keep].copy(), counts, keep
 
 
 def _select_matrix(adata: ad.AnnData, layer: str | None, path: Path) -> ad.AnnData:
@@ -306,6 +309,101 @@ def _count_sources(adata: ad.AnnData) -> list[str]:
     return found
 
 
+def _first_values(elem, n: int = 1_000_000) -> np.ndarray:
+    """About the first ``n`` stored values of a matrix in an h5ad file (a sparse group or a dense dataset)."""
+    import h5py
+
+    if isinstance(elem, h5py.Group):
+        return elem["data"][:n]
+    width = int(elem.shape[1]) if len(elem.shape) > 1 else 1
+    return np.asarray(elem[:max(1, n // max(width, 1))]).ravel()
+
+
+def _count_sources_on_disk(path: Path) -> list[str]:
+    """:func:`_count_sources` of an h5ad file, from the first values of each matrix (none read whole)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        layers = f["layers"] if "layers" in f else {}
+        found = [f"--layer {name}" for name in layers if _is_counts(_first_values(layers[name]))]
+        if "raw" in f and "X" in f["raw"] and _is_counts(_first_values(f["raw"]["X"])):
+            found.append("--layer raw (.raw)")
+    return found
+
+
+def _csr_on_disk(path: Path, layer: str | None) -> bool:
+    """Whether the counts :func:`read_counts` takes from this h5ad (X, for ``layer`` None or X) are
+    stored as CSR, so that they can be read block by block from disk."""
+    import h5py
+
+    if layer not in (None, MAIN_MATRIX):
+        return False
+    with h5py.File(path, "r") as f:
+        X = f.get("X")
+        return isinstance(X, h5py.Group) and X.attrs.get("encoding-type") == "csr_matrix"
+
+
+def _read_h5ad_without_matrix(path: Path) -> ad.AnnData:
+    """obs, var and uns of an h5ad file (X left on disk; layers, obsm and the rest unread)."""
+    from anndata.io import read_elem
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        obs, var = read_elem(f["obs"]), read_elem(f["var"])
+        uns = read_elem(f["uns"]) if "uns" in f else {}
+    return ad.AnnData(obs=obs, var=var, uns=uns)
+
+
+@dataclass
+class Counts:
+    """Raw counts as :func:`read_counts` prepares them, with the matrix in memory (``adata.X``) or
+    left on disk (``adata.X`` is ``None``): an h5ad whose X is stored as CSR is read block by block
+    by :meth:`blocks`, which checks each block as :func:`as_count_matrix` checks a whole matrix."""
+
+    adata: ad.AnnData  # obs, var (gene expression only, standardised) and uns; X when in memory
+    source: Path
+    columns: np.ndarray | None = None  # on disk: the stored matrix's columns kept (None: all)
+    checked: bool = False  # every block has been checked (by a whole pass of blocks())
+
+    @property
+    def on_disk(self) -> bool:
+        return self.adata.X is None
+
+    def blocks(self) -> Iterator[tuple[int, sp.csr_matrix]]:
+        """(first row, float32 CSR block) over all cells in order, explicit zeros dropped. A block
+        read from disk is valid until the next one is read (take copies of what is kept); the
+        first whole pass checks the counts (InputError), later passes read the same values."""
+        if not self.on_disk:
+            X = self.adata.X
+            for start, block in _blocks(X, X.shape[0], X.nnz):
+                block.eliminate_zeros()
+                yield start, block
+            return
+        import h5py
+
+        with h5py.File(self.source, "r") as f:
+            group = f["X"]
+            shape = (int(group.attrs["shape"][0]), int(group.attrs["shape"][1]))
+            step = max(1, int(BLOCK_VALUES / max(1.0, group["data"].shape[0] / max(shape[0], 1))))
+            layers = list(f["layers"]) if "layers" in f else []
+            for start, block in _csr_blocks(group, shape, step):
+                if self.columns is not None:
+                    block = block[:, self.columns]
+                block = block.astype(np.float32, copy=False)
+                if not self.checked:
+                    try:
+                        check_counts(block.data, self.source, layers)
+                    except InputError as exc:
+                        sources = _count_sources_on_disk(self.source)
+                        if sources:
+                            exc.fix = f"CellAssign needs raw UMI counts; this file holds them under: {', '.join(sources)}."
+                        raise
+                if np.count_nonzero(block.data) < block.nnz:
+                    block.eliminate_zeros()
+                yield start, block
+            self.checked = True
+
+
 def read_counts(path: str | Path, layer: str | None = None) -> ad.AnnData:
     """Read raw counts from an h5ad file, a Cell Ranger ``.h5`` file, a 10x/STARsolo matrix folder
     or a Cell Ranger/STARsolo output folder (see :func:`resolve_counts_path`).
@@ -315,6 +413,13 @@ def read_counts(path: str | Path, layer: str | None = None) -> ad.AnnData:
     ``var['gene_ids']`` / ``var['gene_symbols']`` where known (10x files: indexed by gene ID).
     ``uns['cellassign_input']`` says what was read. Anything else raises :class:`InputError`.
     """
+    return open_counts(path, layer, on_disk=False).adata
+
+
+def open_counts(path: str | Path, layer: str | None = None, on_disk: bool = True) -> Counts:
+    """:func:`read_counts`, leaving the matrix on disk (``on_disk``) when the counts are an h5ad's
+    X stored as CSR: then only obs, var and uns are read, and :meth:`Counts.blocks` reads and
+    checks the matrix block by block. Other inputs are read whole."""
     path = Path(path)
     _require_file(path)
     source = resolve_counts_path(path)
@@ -323,7 +428,8 @@ def read_counts(path: str | Path, layer: str | None = None) -> ad.AnnData:
             adata = read_10x_mtx(source)
             kind = "10x matrix folder"
         elif source.suffix == ".h5ad":
-            adata = ad.read_h5ad(source)
+            lazy = on_disk and _csr_on_disk(source, layer)
+            adata = _read_h5ad_without_matrix(source) if lazy else ad.read_h5ad(source)
             kind = "h5ad"
         elif source.suffix == ".h5":
             adata = read_10x_h5(source)
@@ -342,17 +448,18 @@ def read_counts(path: str | Path, layer: str | None = None) -> ad.AnnData:
                          "Leave --layer out for Cell Ranger and STARsolo files.")
     adata = _select_matrix(adata, layer, source)
     info = {"source": str(source), "kind": kind, **_standardise_genes(adata, source)}
-    adata, left_out = _keep_gene_expression(adata, source)
+    adata, left_out, columns = _keep_gene_expression(adata, source)
     info["non_gene_features"] = left_out
     if adata.obs_names.has_duplicates:
         raise InputError(source, "has duplicate cell barcodes", "Make them unique first, e.g. adata.obs_names_make_unique().")
-    try:
-        adata.X = as_count_matrix(adata.X, source, layers=list(adata.layers))
-    except InputError as exc:
-        sources = _count_sources(adata) if kind == "h5ad" else []
-        if sources:
-            exc.fix = f"CellAssign needs raw UMI counts; this file holds them under: {', '.join(sources)}."
-        raise
+    if adata.X is not None:
+        try:
+            adata.X = as_count_matrix(adata.X, source, layers=list(adata.layers))
+        except InputError as exc:
+            sources = _count_sources(adata) if kind == "h5ad" else []
+            if sources:
+                exc.fix = f"CellAssign needs raw UMI counts; this file holds them under: {', '.join(sources)}."
+            raise
     if info["gene_index"] == "var_names":
         by_id = GENE_IDS in adata.var and bool((adata.var[GENE_IDS].astype(str) == adata.var_names).all())
         info["gene_index"] = GENE_IDS if by_id else GENE_SYMBOLS if GENE_SYMBOLS in adata.var and bool(
@@ -361,7 +468,7 @@ def read_counts(path: str | Path, layer: str | None = None) -> ad.AnnData:
              adata.n_obs, adata.n_vars, info["gene_index"], "known" if info["gene_ids"] else "unknown",
              "known" if info["gene_symbols"] else "unknown")
     adata.uns[INPUT_INFO_KEY] = info
-    return adata
+    return Counts(adata, source, columns if adata.X is None else None)
 
 
 def as_count_matrix(X, path: str | Path | None = None, layers: list[str] | None = None) -> sp.csr_matrix:
@@ -371,29 +478,6 @@ def as_count_matrix(X, path: str | Path | None = None, layers: list[str] | None 
     for start in range(0, X.data.size, BLOCK_VALUES):  # block by block: no temporary of the whole matrix
         check_counts(X.data[start:start + BLOCK_VALUES], path, layers)
     return X
-
-
-def keep_rows_inplace(X: sp.csr_matrix, keep: np.ndarray) -> sp.csr_matrix:
-    """``X[keep]`` (a boolean mask of rows) built in ``X``'s own arrays, which it leaves unusable:
-    the kept rows' values move forward block by block, so memory never holds a second copy."""
-    X = X.tocsr()
-    rows = np.flatnonzero(keep)
-    indptr = X.indptr
-    lengths = indptr[rows + 1] - indptr[rows]
-    new_indptr = np.zeros(len(rows) + 1, dtype=indptr.dtype)
-    np.cumsum(lengths, out=new_indptr[1:])
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1  # runs of consecutive kept rows
-    runs = zip(np.r_[0, breaks], np.r_[breaks, len(rows)]) if len(rows) else ()
-    dst = 0
-    for first, last in runs:
-        lo, hi = int(indptr[rows[first]]), int(indptr[rows[last - 1] + 1])
-        if lo != dst:
-            for start in range(lo, hi, BLOCK_VALUES):  # forward, one block at a time
-                stop = min(hi, start + BLOCK_VALUES)
-                X.data[dst + start - lo:dst + stop - lo] = X.data[start:stop]
-                X.indices[dst + start - lo:dst + stop - lo] = X.indices[start:stop]
-        dst += hi - lo
-    return sp.csr_matrix((X.data[:dst], X.indices[:dst], new_indptr), shape=(len(rows), X.shape[1]))
 
 
 def dense_counts(X, rows: np.ndarray, cols: np.ndarray, path: str | Path | None = None,
@@ -416,17 +500,22 @@ def dense_counts(X, rows: np.ndarray, cols: np.ndarray, path: str | Path | None 
     return out
 
 
-def check_counts(values: np.ndarray, path: str | Path | None = None, layers: list[str] | None = None) -> None:
-    """Raise InputError unless ``values`` are finite non-negative integers (raw UMI counts)."""
-    if values.size and not np.all(np.isfinite(values)):
-        raise InputError(path, "counts contain NaN or infinite values", "Pass raw UMI counts.")
-    if values.size and values.min() < 0:
-        raise InputError(path, f"counts contain negative values (min {values.min():g}); the data look normalised or scaled",
-                         _layer_hint(layers))
-    if values.size and not np.all(values == np.round(values)):
-        example = values[values != np.round(values)][0]
-        raise InputError(path, f"counts are not integers (e.g. {example:g}); the data look log-normalised",
-                         _layer_hint(layers))
+def check_counts(values: np.ndarray, path: str | Path | None = None, layers: list[str] | None = None,
+                 chunk: int = 2**20) -> None:
+    """Raise InputError unless ``values`` are finite non-negative integers (raw UMI counts).
+
+    Checked ``chunk`` values at a time, so that the temporaries stay small and are reused."""
+    for start in range(0, values.size, chunk):
+        part = values[start:start + chunk]
+        if not np.all(np.isfinite(part)):
+            raise InputError(path, "counts contain NaN or infinite values", "Pass raw UMI counts.")
+        if part.min() < 0:
+            raise InputError(path, f"counts contain negative values (min {part.min():g}); the data look normalised "
+                             "or scaled", _layer_hint(layers))
+        if not np.all(part == np.round(part)):
+            example = part[part != np.round(part)][0]
+            raise InputError(path, f"counts are not integers (e.g. {example:g}); the data look log-normalised",
+                             _layer_hint(layers))
 
 
 def _layer_hint(layers: list[str] | None) -> str:
@@ -439,6 +528,55 @@ def write_h5ad(adata: ad.AnnData, path: str | Path) -> None:
     cells) block by block, which a compressed matrix would make as slow as reading it whole."""
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
+
+
+def write_h5ad_rows(path: str | Path, obs: pd.DataFrame, var: pd.DataFrame, uns: Mapping,
+                   blocks: Iterable[tuple[int, sp.csr_matrix]], rows: np.ndarray, columns: np.ndarray | None,
+                   n_values: int) -> None:
+    """Write, as :func:`write_h5ad` does, an h5ad of ``obs``, ``var``, ``uns`` and the ``rows`` and
+    ``columns`` (boolean masks; ``None``: all columns) of a CSR matrix given block by block
+    ((first row, block) pairs, as :meth:`Counts.blocks` gives): memory holds one block, never
+    the matrix. ``n_values``, the number of stored values kept, sizes the file's arrays."""
+    import h5py
+
+    n_rows, n_cols = int(rows.sum()), len(var)
+    index_dtype = np.int32 if max(n_values, n_cols) < 2**31 else np.int64
+    with atomic_path(path) as tmp:
+        ad.AnnData(obs=obs, var=var, uns=dict(uns)).write_h5ad(tmp)
+        with h5py.File(tmp, "r+") as f:
+            if "X" in f:
+                del f["X"]
+            group = f.create_group("X")  # anndata's on-disk CSR matrix
+            group.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": (n_rows, n_cols)})
+            data = group.create_dataset("data", (n_values,), dtype=np.float32)
+            indices = group.create_dataset("indices", (n_values,), dtype=index_dtype)
+            indptr = np.zeros(n_rows + 1, dtype=np.int64)
+            pos = row = 0
+            for start, block in blocks:
+                for first, stop in _runs(rows[start:start + block.shape[0]]):  # kept rows: sliced, not indexed
+                    lo, hi = int(block.indptr[first]), int(block.indptr[stop])
+                    values, columns_of, offsets = block.data[lo:hi], block.indices[lo:hi], block.indptr[first:stop + 1] - lo
+                    if columns is not None:
+                        part = sp.csr_matrix((values, columns_of, offsets), shape=(stop - first, block.shape[1]))[:, columns]
+                        values, columns_of, offsets = part.data, part.indices, part.indptr
+                    n = len(values)
+                    if pos + n > n_values:
+                        raise RuntimeError(f"{path}: more stored values than the {n_values:,} expected")
+                    if n:
+                        data.write_direct(np.ascontiguousarray(values, dtype=np.float32), dest_sel=np.s_[pos:pos + n])
+                        indices.write_direct(np.ascontiguousarray(columns_of, dtype=index_dtype),
+                                             dest_sel=np.s_[pos:pos + n])
+                    indptr[row + 1:row + stop - first + 1] = pos + offsets[1:]
+                    pos, row = pos + n, row + stop - first
+            if (pos, row) != (n_values, n_rows):
+                raise RuntimeError(f"{path}: wrote {row:,} rows and {pos:,} values, expected {n_rows:,} and {n_values:,}")
+            group.create_dataset("indptr", data=indptr.astype(index_dtype))
+
+
+def _runs(keep: np.ndarray) -> list[tuple[int, int]]:
+    """(first, stop) of each run of consecutive True values of a boolean mask."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], keep.astype(np.int8), [0]))))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
 
 
 def copy_h5ad_with(source: str | Path, path: str | Path, obs: pd.DataFrame, obsm: Mapping | None = None,

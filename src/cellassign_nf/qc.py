@@ -16,7 +16,9 @@ median % mitochondrial counts of the cells before QC is above ``warn_median_mito
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import asdict
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -30,31 +32,51 @@ from .settings import QCThresholds
 log = logging.getLogger(__name__)
 
 
-def add_qc_metrics(adata: ad.AnnData, mito_prefix: str = "MT-") -> None:
+def add_qc_metrics(adata: ad.AnnData, mito_prefix: str = "MT-",
+                   blocks: Iterable[tuple[int, Any]] | None = None) -> None:
     """Per-cell QC metrics in ``obs`` (in place), named and defined as scanpy's
     ``calculate_qc_metrics(adata, qc_vars=["mito"])`` defines them: ``total_counts``,
     ``n_genes_by_counts``, ``total_counts_mito``, ``pct_counts_mito``; and ``var["mito"]``.
 
     Computed here rather than by that function because it also computes per-gene metrics, which
     the pipeline never uses and which cost a second copy of the matrix (tests check the values
-    against scanpy's). Explicit zeros are dropped from a sparse ``X`` first, as scanpy does."""
+    against scanpy's). Explicit zeros are dropped from a sparse ``X`` first, as scanpy does.
+    ``blocks`` ((first row, block) pairs over all cells in order, explicit zeros dropped, as
+    ``io.Counts.blocks`` gives) stand in for ``X`` when the matrix is not in memory."""
     from .io import gene_symbols  # symbols, also when genes are indexed by ID (10x files)
 
     mito = np.asarray(gene_symbols(adata).str.upper().str.startswith(mito_prefix.upper()), dtype=bool)
     adata.var["mito"] = mito
-    X = adata.X
-    if sp.issparse(X):
-        X.eliminate_zeros()  # in place
-        n_genes = X.getnnz(axis=1)
-    else:
-        n_genes = np.count_nonzero(X, axis=1)
-    total = np.ravel(X.sum(axis=1))
-    total_mito = np.ravel(X[:, mito].sum(axis=1))
+    if blocks is None:
+        if sp.issparse(adata.X):
+            adata.X.eliminate_zeros()  # in place
+        blocks = [(0, adata.X)]
+    parts = [_cell_metrics(block, mito) for _, block in blocks]
+    n_genes, total, total_mito = (np.concatenate(p) for p in zip(*parts))
     adata.obs["n_genes_by_counts"] = n_genes
     adata.obs["total_counts"] = total
     adata.obs["total_counts_mito"] = total_mito
     with np.errstate(divide="ignore", invalid="ignore"):  # a cell without counts has no %
         adata.obs["pct_counts_mito"] = total_mito / total * 100
+
+
+def _cell_metrics(X, mito: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Detected genes, total counts and mitochondrial counts of each cell (row) of ``X``."""
+    n_genes = X.getnnz(axis=1) if sp.issparse(X) else np.count_nonzero(X, axis=1)
+    return n_genes, np.ravel(X.sum(axis=1)), np.ravel(X[:, mito].sum(axis=1))
+
+
+def genes_detected(blocks: Iterable[tuple[int, Any]], n_genes: int, rows: np.ndarray) -> np.ndarray:
+    """The number of ``rows`` (a boolean mask of cells) in which each gene is detected (count > 0),
+    over a matrix given block by block (as ``add_qc_metrics`` takes it)."""
+    out = np.zeros(n_genes, dtype=np.int64)
+    for start, block in blocks:
+        keep = rows[start:start + block.shape[0]]
+        if sp.issparse(block):
+            out += np.bincount(sp.csr_matrix(block)[keep].indices, minlength=n_genes)
+        else:
+            out += np.count_nonzero(np.asarray(block)[keep], axis=0)
+    return out
 
 
 def mad_outliers(values: pd.Series, nmads: float, log1p: bool, upper_only: bool = False,
@@ -114,22 +136,53 @@ def qc_warnings(n_before: int, n_removed: int, median_mito_pct: float | None, n_
 
 
 def filter_cells(adata: ad.AnnData, thresholds: QCThresholds | None = None,
-                 source: str | None = None, reuse_matrix: bool = False) -> tuple[ad.AnnData, dict]:
+                 source: str | None = None) -> tuple[ad.AnnData, dict]:
     """Compute metrics, keep passing cells (and genes), and return the filtered data and a summary.
 
     ``thresholds`` default to those of ``cellassign-nf qc``; metrics are added to ``adata`` in place.
     The summary's ``warnings`` (``qc_warnings``) say when the library as a whole looks damaged.
-    With ``reuse_matrix`` the filtered matrix is built in the arrays of ``adata.X`` (no second copy
-    of the counts: ``adata`` must not be used afterwards); else ``adata`` is left as it was.
     """
     thresholds = thresholds or QCThresholds()
+    require_cells(adata, source)
+    add_qc_metrics(adata, thresholds.mito_prefix)
+    passed, summary = judge_cells(adata, thresholds, source)
+    filtered = adata[passed].copy()
+    del filtered.obs["qc_failed"]  # empty for every kept cell; the metrics table keeps it
+    genes = gene_filter(filtered.var, [(0, filtered.X)], np.ones(filtered.n_obs, dtype=bool), thresholds.min_cells)
+    if genes is not None:
+        filtered = filtered[:, genes].copy()
+    summary["genes_after"] = int(filtered.n_vars)
+    log.info("QC: %d of %d cells pass, %d of %d genes kept", filtered.n_obs, adata.n_obs, filtered.n_vars, adata.n_vars)
+    return filtered, summary
+
+
+def require_cells(adata: ad.AnnData, source: str | None = None) -> None:
     if adata.n_obs == 0:
         raise InputError(source, "the sample has no cells", "Check that the right (non-empty) file was given.")
-    add_qc_metrics(adata, thresholds.mito_prefix)
+
+
+def gene_filter(var: pd.DataFrame, blocks: Iterable[tuple[int, Any]], rows: np.ndarray,
+                min_cells: int) -> np.ndarray | None:
+    """The genes detected in at least ``min_cells`` of the ``rows`` kept (a boolean mask), with their
+    count in ``var["n_cells"]`` (in place, as scanpy's ``filter_genes``); ``None`` when
+    ``min_cells`` is 0 (every gene kept, nothing counted)."""
+    if min_cells <= 0:
+        return None
+    n_cells = genes_detected(blocks, len(var), rows)
+    var["n_cells"] = n_cells
+    return n_cells >= min_cells
+
+
+def judge_cells(adata: ad.AnnData, thresholds: QCThresholds, source: str | None = None) -> tuple[np.ndarray, dict]:
+    """Which cells pass QC (a boolean mask), from the metrics of ``add_qc_metrics`` in
+    ``adata.obs``, and the summary: cells before and after, removed by each rule, the rules in
+    words, the sample-level ``warnings``. Adds ``obs["qc_passed"]`` and ``obs["qc_failed"]`` (the
+    rules a cell failed); raises InputError when no cell passes."""
+    t = thresholds
     obs = adata.obs
     has_counts = obs["total_counts"].to_numpy() > 0
     n_mito = int(adata.var["mito"].sum())
-    fails = failing_rules(obs, thresholds, has_counts, n_mito)
+    fails = failing_rules(obs, t, has_counts, n_mito)
     failed = np.column_stack([f.to_numpy(dtype=bool) for f, _ in fails.values()])
     passed = ~failed.any(axis=1)
     adata.obs["qc_passed"] = passed
@@ -148,10 +201,10 @@ def filter_cells(adata: ad.AnnData, thresholds: QCThresholds | None = None,
         "removed": {k: int(f.sum()) for k, (f, _) in fails.items()},
         "rules": {k: rule for k, (_, rule) in fails.items()},
         "zero_count_cells": n_zero,
-        "thresholds": asdict(thresholds),
+        "thresholds": asdict(t),
         "n_mito_genes": n_mito,
         "median_pct_counts_mito": None if median_mito is None else round(median_mito, 2),
-        QC_WARNINGS_KEY: qc_warnings(int(adata.n_obs), n_removed, median_mito, int(has_counts.sum()), thresholds),
+        QC_WARNINGS_KEY: qc_warnings(int(adata.n_obs), n_removed, median_mito, int(has_counts.sum()), t),
     }
     if n_zero:
         log.info("removing %d cells with zero total counts", n_zero)
@@ -164,22 +217,7 @@ def filter_cells(adata: ad.AnnData, thresholds: QCThresholds | None = None,
         raise InputError(source, f"no cell passes QC ({adata.n_obs} cells; removed: "
                          + ", ".join(f"{k} {v}" for k, v in summary["removed"].items()) + ")",
                          "Relax --min-counts, --min-genes or --max-mito-pct, or raise --nmads / --nmads-mito.")
-    if reuse_matrix:
-        from .io import keep_rows_inplace
-
-        filtered = ad.AnnData(keep_rows_inplace(adata.X, passed), obs=adata.obs[passed].copy(), var=adata.var.copy(),
-                              uns=dict(adata.uns))
-        adata.X = None
-    else:
-        filtered = adata[passed].copy()
-    del filtered.obs["qc_failed"]  # empty for every kept cell; the metrics table keeps it
-    if thresholds.min_cells > 0:
-        import scanpy as sc
-
-        sc.pp.filter_genes(filtered, min_cells=thresholds.min_cells)
-    summary["genes_after"] = int(filtered.n_vars)
-    log.info("QC: %d of %d cells pass, %d of %d genes kept", filtered.n_obs, adata.n_obs, filtered.n_vars, adata.n_vars)
-    return filtered, summary
+    return passed, summary
 
 
 def failing_rules(obs: pd.DataFrame, t: QCThresholds, has_counts: np.ndarray,

@@ -25,8 +25,8 @@ from . import diagnostics
 from .design import make_design, read_design
 from .errors import InputError
 from .io import (
-    BLOCK_VALUES, MAIN_MATRIX, atomic_path, copy_h5ad_with, default_sample_name, open_h5ad, read_counts, read_h5ad,
-    read_h5ad_parts, read_obs, read_table, write_h5ad, write_table,
+    BLOCK_VALUES, MAIN_MATRIX, atomic_path, copy_h5ad_with, default_sample_name, open_counts, open_h5ad, read_counts,
+    read_h5ad, read_h5ad_parts, read_obs, read_table, write_h5ad_rows, write_table,
 )
 from .keys import (
     CELLTYPE_KEY, DOUBLET_COLUMNS, INPUT_INFO_KEY, LABEL_COLUMNS, LEFT_OUT_TYPES_KEY, MODEL_INFO_KEY,
@@ -35,7 +35,7 @@ from .keys import (
 )
 from .markers import MarkerMatch, Panel, left_out_warning, load_panel, panel_differences, read_markers, write_panel
 from .progress import stage_progress
-from .qc import filter_cells, metrics_table
+from .qc import add_qc_metrics, gene_filter, judge_cells, metrics_table, require_cells
 from .settings import (
     AnnotateSettings, DiagnosticThresholds, DoubletSettings, ModelSettings, PanelSettings, QCThresholds, RefitSettings,
     TrainSettings,
@@ -60,25 +60,37 @@ def qc(input: str | Path, output: str | Path, metrics: str | Path, summary: str 
 
     The summary's ``warnings`` (one sentence each: most cells removed, or a high median %
     mitochondrial counts before QC) are also logged as warnings."""
-    with stage_progress(["reading counts", "QC metrics and filtering", "writing outputs"]) as advance:
-        adata = read_counts(input, layer=layer)
+    t = thresholds or QCThresholds()
+    with stage_progress(["reading cells and genes", "QC metrics", "writing the cells kept"]) as advance:
+        counts = open_counts(input, layer=layer)  # an h5ad's CSR matrix stays on disk, read block by block
+        adata = counts.adata
         adata.layers.clear()
+        require_cells(adata, str(input))
         advance()
+        add_qc_metrics(adata, t.mito_prefix, counts.blocks())
+        passed, info = judge_cells(adata, t, str(input))
         sample = sample or default_sample_name(input)
-        filtered, info = filter_cells(adata, thresholds or QCThresholds(), str(input), reuse_matrix=True)
         for warning in info[QC_WARNINGS_KEY]:  # the library as a whole looks damaged
             log.warning("QC of %s: %s", sample, warning)
-        filtered.obs[SAMPLE_KEY] = pd.Categorical([sample] * filtered.n_obs)
+        obs = adata.obs[passed].drop(columns="qc_failed")  # empty for every kept cell; the metrics table keeps it
+        obs[SAMPLE_KEY] = pd.Categorical([sample] * len(obs))
         for key, value in (obs_values or {}).items():  # sample-level metadata, e.g. from a samplesheet
-            if key in filtered.obs:
+            if key in obs:
                 log.warning("obs['%s'] of %s is replaced by the given value '%s'", key, input, value)
-            filtered.obs[key] = pd.Categorical([value] * filtered.n_obs)
+            obs[key] = pd.Categorical([value] * len(obs))
+        var = adata.var.copy()
+        genes = gene_filter(var, counts.blocks(), passed, t.min_cells)
+        n_values = int(var["n_cells"][genes].sum()) if genes is not None else \
+            int(adata.obs["n_genes_by_counts"][passed].sum())
+        info["genes_after"] = int(len(var) if genes is None else genes.sum())
+        log.info("QC: %d of %d cells pass, %d of %d genes kept", len(obs), adata.n_obs, info["genes_after"], adata.n_vars)
         info = {"sample": sample, "input": str(input), **info,
                 "counts": adata.uns.get(INPUT_INFO_KEY, {})}  # file read, gene index, non-gene features left out
         advance()
         write_table(metrics_table(adata), metrics)
         write_json(info, summary)
-        write_h5ad(filtered, output)
+        write_h5ad_rows(output, obs, var if genes is None else var[genes], adata.uns, counts.blocks(), passed, genes,
+                        n_values)
     return info
 
 
