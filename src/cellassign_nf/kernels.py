@@ -106,6 +106,12 @@ def _padded(width: int) -> int:
     return -(-width // vec) * vec
 
 
+def _whole_lines(n: int, line_bytes: int = 64) -> int:
+    """``n`` doubles rounded up to whole cache lines."""
+    per_line = line_bytes // 8
+    return -(-n // per_line) * per_line
+
+
 @functools.lru_cache(maxsize=16)
 def _spacing(v: tuple[float, ...], b: float) -> tuple[float, float]:
     """(v[0], h) of equally spaced centres with b = 1 / (2 h^2); raises otherwise. Cached: every
@@ -155,15 +161,17 @@ class _FusedLogLikelihood(torch.autograd.Function):
         M, width = off.shape[0], layout.width
         grad_offset = torch.empty_like(off)
         ranges = _ranges(M, width)
-        col_acc = torch.zeros(len(ranges), width, dtype=torch.float64)
-        rbf_acc = torch.zeros(len(ranges), a.numel(), dtype=torch.float64)
+        # each thread's sums on cache lines of their own: threads writing to one line take it from
+        # each other on every write (false sharing)
+        col_acc = torch.zeros(len(ranges), _whole_lines(width), dtype=torch.float64)
+        rbf_acc = torch.zeros(len(ranges), _whole_lines(a.numel()), dtype=torch.float64)
         work = torch.empty(len(ranges), 2 * _padded(width))
         _run(ext.backward, ranges, lambda i, lo, hi: (
             go.data_ptr(), off.data_ptr(), cl.data_ptr(), lo, hi, *layout.args(), a.data_ptr(), a.numel(),
             *ctx.spacing, d_log_mu.data_ptr(), d_phi.data_ptr(), grad_offset.data_ptr(), col_acc[i].data_ptr(),
             rbf_acc[i].data_ptr(), work[i].data_ptr()))
-        grad_col = col_acc.sum(dim=0).to(cl.dtype)
-        grad_log_a = (rbf_acc.sum(dim=0) * a).to(log_a.dtype)
+        grad_col = col_acc[:, :width].sum(dim=0).to(cl.dtype)
+        grad_log_a = (rbf_acc[:, :a.numel()].sum(dim=0) * a).to(log_a.dtype)
         return None, grad_offset, grad_col, grad_log_a, None, None
 
 
