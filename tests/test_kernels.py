@@ -140,6 +140,43 @@ def test_fit_with_fused_kernel_equals_plain_fit():
     np.testing.assert_allclose(fits[0].predict().to_numpy(), fits[1].predict().to_numpy(), atol=1e-4)
 
 
+@pytest.mark.parametrize("case", ["covariates", "no covariates, no shrinkage", "types held fixed"])
+def test_training_gradients_written_out_equal_autograd(case):
+    """With the kernel a training step's gradients are written out (CellAssignModule.em_gradients_),
+    not taken by autograd: every parameter's gradient must be autograd's on the same loss (the
+    E step held fixed), and a parameter the loss does not reach must get none."""
+    from cellassign_nf.model import CellAssignModule, gamma_from_joint
+
+    gen = torch.Generator().manual_seed(3)
+    G, C, M, n_train, P = 12, 4, 64, 1000, (2 if case == "covariates" else 0)
+    rho = (torch.rand(G, C, generator=gen) < 0.3).float()
+    x = torch.poisson(3.0 * torch.rand(M, G, generator=gen), generator=gen)
+    log_s = 0.3 * torch.randn(M, generator=gen)
+    D = torch.randn(M, P, generator=gen) if P else None
+    v, b = basis_means(float(x.max()))
+    module = CellAssignModule(rho, P, v, b, shrinkage=case != "no covariates, no shrinkage", generator=gen)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    if case == "types held fixed":
+        module.hold_types_fixed_(CellAssignModule(rho, P, v, b, generator=gen))
+    module.fused = True
+    joint = module.joint_log_prob(x, log_s, D)
+    loss = (-(gamma_from_joint(joint.detach()) * joint).sum() * (n_train / M) - module.log_prior()) / n_train
+    module.zero_grad(set_to_none=True)
+    loss.backward()
+    expected = {k: None if p.grad is None else p.grad.clone() for k, p in module.named_parameters()}
+    module.zero_grad(set_to_none=True)
+    out = module.em_gradients_(x, log_s, D, n_train)
+    torch.testing.assert_close(out, joint.detach())
+    for name, p in module.named_parameters():
+        assert (p.grad is None) == (expected[name] is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, expected[name], rtol=1e-5, atol=1e-6 * float(expected[name].abs().max()),
+                                       msg=name)
+    assert expected["theta_logit"] is not None and (expected["log_a"] is None) == (case == "types held fixed")
+
+
 def _unbuilt(monkeypatch):
     """As if the package had been installed without a C compiler."""
     reason = "the fused CPU kernel (cellassign_nf._nbkernel) is not built (No module named 'x')"

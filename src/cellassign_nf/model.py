@@ -175,12 +175,16 @@ class CellAssignModule(nn.Module):
         """sum_g log NB(x[n,g]; mu[n,g,c], phi[n,g,c]) for each cell and type, without the
         ``-sum_g lgamma(x+1)`` constant (see ``log_factorial``): M x C."""
         if self.fused and kernels.supported(x):
-            if self._layout is None:
-                self._layout = kernels.layout(self.n_genes, self.n_types, self.marker_gene, self.marker_type)
             return kernels.fused_log_likelihood(x, self.gene_offset(log_s, D), self.column_constant(), self.log_a,
-                                                self._layout, self.v, self.b, PHI_LOWER_BOUND)
+                                                self.kernel_layout(), self.v, self.b, PHI_LOWER_BOUND)
         terms = nb_terms(x[:, self.column_gene], self.log_mu(log_s, D), self.log_a, self.v, self.b)
         return terms @ self.W
+
+    def kernel_layout(self) -> kernels.Layout:
+        """The fused kernel's view of the marker columns (made once)."""
+        if self._layout is None:
+            self._layout = kernels.layout(self.n_genes, self.n_types, self.marker_gene, self.marker_type)
+        return self._layout
 
     def joint_log_prob(self, x: Tensor, log_s: Tensor, D: Tensor | None) -> Tensor:
         """log pi[c] + sum_g log NB (up to the per-cell constant): M x C."""
@@ -223,6 +227,48 @@ class CellAssignModule(nn.Module):
             self.zero_grad(set_to_none=True)
             self.fused = False
         return self.fused
+
+    @torch.no_grad()
+    def em_gradients_(self, x: Tensor, log_s: Tensor, D: Tensor | None, n_train: int) -> Tensor:
+        """One minibatch EM step's E step and gradients with the fused kernel, written out
+        instead of taken by autograd through ~100 small operations (the same numbers; tests
+        compare them): sets ``p.grad`` of every free parameter to the gradient of
+
+            loss = -sum_{n,c} gamma[n,c] joint[n,c] / M - log_prior / n_train
+
+        (gamma the E step of this minibatch of M cells, held fixed), leaves it None where the
+        loss does not depend on ``p`` (as autograd does), and returns ``joint`` (M x C)."""
+        M = x.shape[0]
+        likelihood, backward = kernels.log_likelihood_and_backward(
+            x, self.gene_offset(log_s, D), self.column_constant(), self.log_a, self.kernel_layout(), self.v, self.b,
+            PHI_LOWER_BOUND)
+        log_pi = self.log_pi()
+        joint = likelihood + log_pi
+        g_joint = gamma_from_joint(joint).mul_(-1.0 / M)  # d loss / d joint
+        grad_offset, grad_col, grad_log_a = backward(g_joint)
+        grads: dict[str, Tensor | None] = dict.fromkeys(
+            ("delta_log", "beta0", "beta", "log_a", "theta_logit", "delta_log_mean", "delta_log_log_variance"))
+        G = self.n_genes
+        grads["beta0"] = grad_col[:G].index_add(0, self.marker_gene, grad_col[G:])
+        delta_grad = grad_col[G:] * self.delta
+        grads["log_a"] = grad_log_a
+        if self.n_covariates:
+            grads["beta"] = grad_offset.T @ D
+        # log pi = log_softmax(theta); the Dirichlet prior is (alpha - 1) sum_c log(pi_c + eps)
+        pi = log_pi.exp()
+        g_log_pi = g_joint.sum(dim=0) - (self.dirichlet_concentration - 1.0) / n_train * pi / (pi + PI_LOWER_BOUND)
+        grads["theta_logit"] = g_log_pi - pi * g_log_pi.sum()
+        if self.shrinkage and self.n_markers:  # log delta ~ Normal(mean, exp(log variance))
+            var = self.delta_log_log_variance.exp()
+            z = self.delta_log - self.delta_log_mean
+            delta_grad = delta_grad + z / var / n_train
+            grads["delta_log_mean"] = -(z / var).sum() / n_train
+            grads["delta_log_log_variance"] = -(0.5 * z.square() / var - 0.5).sum() / n_train
+        grads["delta_log"] = delta_grad
+        for name, grad in grads.items():
+            param = getattr(self, name)
+            param.grad = grad.to(param.dtype) if grad is not None and param.requires_grad else None
+        return joint
 
     # what defines the cell types: held fixed when a saved model is refitted to a new batch
     TYPE_PARAMETERS = ("delta_log", "delta_log_mean", "delta_log_log_variance", "log_a")

@@ -185,13 +185,16 @@ def _em_step(module: CellAssignModule, optimizer: Adam, data: ModelData, idx: to
     the expected complete-data log likelihood plus the log prior; adds the minibatch's marginal
     log likelihood to ``train_ll``."""
     x, log_s, D = data.batch(idx)
-    joint = module.joint_log_prob(x, log_s, D)
-    # E step on the minibatch; gamma is held fixed within the M step
-    gamma = gamma_from_joint(joint.detach())
-    q = -(gamma * joint).sum() * (n_train / idx.numel())
-    loss = (q - module.log_prior()) / n_train
-    optimizer.zero_grad()
-    loss.backward()
+    if module.fused and kernels.supported(x):  # the same gradients, written out (model.em_gradients_)
+        joint = module.em_gradients_(x, log_s, D, n_train)
+    else:
+        joint = module.joint_log_prob(x, log_s, D)
+        # E step on the minibatch; gamma is held fixed within the M step
+        gamma = gamma_from_joint(joint.detach())
+        q = -(gamma * joint).sum() * (n_train / idx.numel())
+        loss = (q - module.log_prior()) / n_train
+        optimizer.zero_grad()
+        loss.backward()
     optimizer.step()
     module.clamp_()
     train_ll += torch.logsumexp(joint.detach().double(), dim=1).sum() - data.log_factorial.index_select(0, idx).sum()
