@@ -109,6 +109,29 @@ def test_fused_kernel_same_on_one_and_two_threads():
         torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-6)
 
 
+def test_fused_kernel_called_from_several_threads_at_once():
+    """Fits in several threads of one process share the kernel's worker: each call must get its
+    own rows' results, and no calling thread may add workers of its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = torch.Generator().manual_seed(5)
+    lay, _, _ = _layout(20, 4, g)
+    v, b = basis_means(30.0)
+    inputs = [(torch.poisson(torch.rand(2000, 20, generator=g) * 5, generator=g), torch.randn(2000, 20, generator=g),
+               torch.randn(lay.width, generator=g)) for _ in range(6)]
+    try:
+        kernels.set_threads(2)
+        alone = [kernels.fused_log_likelihood(x, o, c, torch.zeros(10), lay, v, b, PHI_LOWER_BOUND) for x, o, c in inputs]
+        with ThreadPoolExecutor(6) as pool:
+            together = list(pool.map(lambda xoc: kernels.fused_log_likelihood(*xoc, torch.zeros(10), lay, v, b,
+                                                                              PHI_LOWER_BOUND), inputs * 5))
+        assert len(kernels._WORKERS) == 1
+    finally:
+        kernels.set_threads(None)
+    for k, out in enumerate(together):
+        torch.testing.assert_close(out, alone[k % 6], rtol=0, atol=0)
+
+
 def test_fused_kernel_needs_equally_spaced_centres():
     lay = kernels.layout(2, 1, torch.tensor([0]), torch.tensor([0]))
     x = offset = torch.zeros(2, 2)

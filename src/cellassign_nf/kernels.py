@@ -98,20 +98,20 @@ class _Worker:
         return self._error
 
 
-_LOCAL = threading.local()  # each calling thread's workers
+_WORKERS: list[_Worker] = []  # shared by all calling threads, one call at a time (_RUNNING)
+_RUNNING = threading.Lock()
 
 
 def _workers(n: int) -> list[_Worker]:
-    workers = getattr(_LOCAL, "workers", [])
-    while len(workers) < n:
-        workers.append(_Worker())
-    _LOCAL.workers = workers
-    return workers[:n]
+    while len(_WORKERS) < n:
+        _WORKERS.append(_Worker())
+    return _WORKERS[:n]
 
 
 def _forget_workers() -> None:  # a forked child has none of its parent's threads
-    global _LOCAL
-    _LOCAL = threading.local()
+    global _RUNNING
+    _WORKERS.clear()
+    _RUNNING = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_workers)
@@ -139,14 +139,15 @@ def _run(fn, ranges: list[tuple[int, int]], args_for) -> None:
     if len(ranges) == 1:
         fn(*args_for(0, *ranges[0]))
         return
-    started: list[_Worker] = []
-    try:
-        for worker, (i, (lo, hi)) in zip(_workers(len(ranges) - 1), enumerate(ranges[1:], start=1)):
-            worker.start(fn, args_for(i, lo, hi))
-            started.append(worker)
-        fn(*args_for(0, *ranges[0]))
-    finally:
-        errors = [worker.wait() for worker in started]
+    with _RUNNING:  # fits in several threads of one process take turns (the cores are the same)
+        started: list[_Worker] = []
+        try:
+            for worker, (i, (lo, hi)) in zip(_workers(len(ranges) - 1), enumerate(ranges[1:], start=1)):
+                worker.start(fn, args_for(i, lo, hi))
+                started.append(worker)
+            fn(*args_for(0, *ranges[0]))
+        finally:
+            errors = [worker.wait() for worker in started]
     for error in errors:
         if error is not None:
             raise error
