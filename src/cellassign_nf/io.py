@@ -309,6 +309,12 @@ def _count_sources(adata: ad.AnnData) -> list[str]:
     return found
 
 
+def _name_count_sources(exc: InputError, sources: list[str]) -> None:
+    """Make the fix of a counts error name the layers that hold raw counts, when there are any."""
+    if sources:
+        exc.fix = f"CellAssign needs raw UMI counts; this file holds them under: {', '.join(sources)}."
+
+
 def _first_values(elem, n: int = 1_000_000) -> np.ndarray:
     """About the first ``n`` stored values of a matrix in an h5ad file (a sparse group or a dense dataset)."""
     import h5py
@@ -384,7 +390,7 @@ class Counts:
         with h5py.File(self.source, "r") as f:
             group = f["X"]
             shape = (int(group.attrs["shape"][0]), int(group.attrs["shape"][1]))
-            step = max(1, int(BLOCK_VALUES / max(1.0, group["data"].shape[0] / max(shape[0], 1))))
+            step = _rows_per_block(shape[0], group["data"].shape[0])
             layers = list(f["layers"]) if "layers" in f else []
             for start, block in _csr_blocks(group, shape, step):
                 if self.columns is not None:
@@ -394,9 +400,7 @@ class Counts:
                     try:
                         check_counts(block.data, self.source, layers)
                     except InputError as exc:
-                        sources = _count_sources_on_disk(self.source)
-                        if sources:
-                            exc.fix = f"CellAssign needs raw UMI counts; this file holds them under: {', '.join(sources)}."
+                        _name_count_sources(exc, _count_sources_on_disk(self.source))
                         raise
                 if np.count_nonzero(block.data) < block.nnz:
                     block.eliminate_zeros()
@@ -456,9 +460,7 @@ def open_counts(path: str | Path, layer: str | None = None, on_disk: bool = True
         try:
             adata.X = as_count_matrix(adata.X, source, layers=list(adata.layers))
         except InputError as exc:
-            sources = _count_sources(adata) if kind == "h5ad" else []
-            if sources:
-                exc.fix = f"CellAssign needs raw UMI counts; this file holds them under: {', '.join(sources)}."
+            _name_count_sources(exc, _count_sources(adata) if kind == "h5ad" else [])
             raise
     if info["gene_index"] == "var_names":
         by_id = GENE_IDS in adata.var and bool((adata.var[GENE_IDS].astype(str) == adata.var_names).all())
@@ -636,7 +638,7 @@ def _blocks(X, n_obs: int, n_values: int) -> Iterator[tuple[int, sp.csr_matrix]]
     per row). A CSR matrix on disk is read into two buffers that every block reuses: a block is
     valid until the next one is read (take copies of what is kept), and the memory of the pass is
     touched once, not once per block."""
-    step = max(1, int(BLOCK_VALUES / max(1.0, n_values / max(n_obs, 1))))
+    step = _rows_per_block(n_obs, n_values)
     group = getattr(X, "group", None)
     if group is not None and getattr(X, "format", None) == "csr":
         yield from _csr_blocks(group, (n_obs, int(X.shape[1])), step)
@@ -644,6 +646,11 @@ def _blocks(X, n_obs: int, n_values: int) -> Iterator[tuple[int, sp.csr_matrix]]
     for start in range(0, n_obs, step):
         block = X[start:min(n_obs, start + step)]
         yield start, block.tocsr() if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
+
+
+def _rows_per_block(n_obs: int, n_values: int) -> int:
+    """Rows of about ``BLOCK_VALUES`` stored values, at the matrix's mean values per row."""
+    return max(1, int(BLOCK_VALUES / max(1.0, n_values / max(n_obs, 1))))
 
 
 def _csr_blocks(group, shape: tuple[int, int], step: int) -> Iterator[tuple[int, sp.csr_matrix]]:

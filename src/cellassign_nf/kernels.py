@@ -284,12 +284,17 @@ def fused_log_likelihood(x: Tensor, offset: Tensor, col: Tensor, log_a: Tensor, 
     """sum_j term[n, j] W[j, c] (M x C), the fused equivalent of ``model.nb_terms(x[:, gene],
     offset[:, gene] + col, log_a, v, b) @ W`` with gene = [0..G-1, marker_gene] (float32, CPU).
     ``x`` and ``offset`` are M x G, ``col`` has G + K entries."""
+    return _FusedLogLikelihood.apply(x, offset, col, log_a, lay, _checked(x, offset, col, lay, v, b, eps))
+
+
+def _checked(x: Tensor, offset: Tensor, col: Tensor, lay: Layout, v: Sequence[float], b: float,
+             eps: float) -> tuple[float, float, float]:
+    """The kernel's (v0, h, eps), after checking the shapes of its inputs against ``lay``."""
     M = x.shape[0]
     if x.shape != (M, lay.G) or offset.shape != (M, lay.G) or col.shape != (lay.width,):
         raise ValueError(f"the fused kernel needs x and offset of shape (M, {lay.G}) and col of {lay.width} "
                          f"entries, got {tuple(x.shape)}, {tuple(offset.shape)}, {tuple(col.shape)}")
-    v0, h = _spacing(tuple(v), float(b))
-    return _FusedLogLikelihood.apply(x, offset, col, log_a, lay, (v0, h, eps))
+    return (*_spacing(tuple(v), float(b)), eps)
 
 
 def log_likelihood_and_backward(x: Tensor, offset: Tensor, col: Tensor, log_a: Tensor, lay: Layout,
@@ -298,8 +303,7 @@ def log_likelihood_and_backward(x: Tensor, offset: Tensor, col: Tensor, log_a: T
     """:func:`fused_log_likelihood` without autograd: out and a function that maps ``grad_out``
     (M x C) to the gradients of ``sum(grad_out * out)`` with respect to offset, col and log_a
     (``model.CellAssignModule.em_gradients_`` writes the rest of the training step's out)."""
-    v0, h = _spacing(tuple(v), float(b))
-    out, saved = _forward(x, offset, col, log_a, lay, (v0, h, eps), need_grad=True)
+    out, saved = _forward(x, offset, col, log_a, lay, _checked(x, offset, col, lay, v, b, eps), need_grad=True)
     assert saved is not None
     return out, functools.partial(_backward, saved)
 

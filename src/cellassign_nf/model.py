@@ -246,8 +246,7 @@ class CellAssignModule(nn.Module):
         joint = likelihood + log_pi
         g_joint = gamma_from_joint(joint).mul_(-1.0 / M)  # d loss / d joint
         grad_offset, grad_col, grad_log_a = backward(g_joint)
-        grads: dict[str, Tensor | None] = dict.fromkeys(
-            ("delta_log", "beta0", "beta", "log_a", "theta_logit", "delta_log_mean", "delta_log_log_variance"))
+        grads: dict[str, Tensor | None] = dict.fromkeys(name for name, _ in self.named_parameters())
         G = self.n_genes
         grads["beta0"] = grad_col[:G].index_add(0, self.marker_gene, grad_col[G:])
         delta_grad = grad_col[G:] * self.delta

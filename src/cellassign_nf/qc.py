@@ -16,7 +16,7 @@ median % mitochondrial counts of the cells before QC is above ``warn_median_mito
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any
 
@@ -142,23 +142,26 @@ def filter_cells(adata: ad.AnnData, thresholds: QCThresholds | None = None,
     ``thresholds`` default to those of ``cellassign-nf qc``; metrics are added to ``adata`` in place.
     The summary's ``warnings`` (``qc_warnings``) say when the library as a whole looks damaged.
     """
-    thresholds = thresholds or QCThresholds()
-    require_cells(adata, source)
-    add_qc_metrics(adata, thresholds.mito_prefix)
-    passed, summary = judge_cells(adata, thresholds, source)
-    filtered = adata[passed].copy()
+    passed, genes, summary = select(adata, thresholds or QCThresholds(), source)
+    filtered = adata[passed].copy() if genes is None else adata[passed, genes].copy()
     del filtered.obs["qc_failed"]  # empty for every kept cell; the metrics table keeps it
-    genes = gene_filter(filtered.var, [(0, filtered.X)], np.ones(filtered.n_obs, dtype=bool), thresholds.min_cells)
-    if genes is not None:
-        filtered = filtered[:, genes].copy()
-    summary["genes_after"] = int(filtered.n_vars)
-    log.info("QC: %d of %d cells pass, %d of %d genes kept", filtered.n_obs, adata.n_obs, filtered.n_vars, adata.n_vars)
     return filtered, summary
 
 
-def require_cells(adata: ad.AnnData, source: str | None = None) -> None:
+def select(adata: ad.AnnData, thresholds: QCThresholds, source: str | None = None,
+           blocks: Callable[[], Iterable[tuple[int, Any]]] | None = None) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """QC's decisions: the metrics (``add_qc_metrics``), the cells that pass (``judge_cells``) and
+    the genes kept over them (``gene_filter``; ``None``: all), with the summary. ``blocks`` gives
+    a fresh pass over the matrix block by block each call (``io.Counts.blocks``); default: ``X``."""
     if adata.n_obs == 0:
         raise InputError(source, "the sample has no cells", "Check that the right (non-empty) file was given.")
+    add_qc_metrics(adata, thresholds.mito_prefix, None if blocks is None else blocks())
+    passed, summary = judge_cells(adata, thresholds, source)
+    genes = gene_filter(adata.var, [(0, adata.X)] if blocks is None else blocks(), passed, thresholds.min_cells)
+    summary["genes_after"] = int(adata.n_vars if genes is None else genes.sum())
+    log.info("QC: %d of %d cells pass, %d of %d genes kept", int(passed.sum()), adata.n_obs, summary["genes_after"],
+             adata.n_vars)
+    return passed, genes, summary
 
 
 def gene_filter(var: pd.DataFrame, blocks: Iterable[tuple[int, Any]], rows: np.ndarray,
@@ -178,11 +181,10 @@ def judge_cells(adata: ad.AnnData, thresholds: QCThresholds, source: str | None 
     ``adata.obs``, and the summary: cells before and after, removed by each rule, the rules in
     words, the sample-level ``warnings``. Adds ``obs["qc_passed"]`` and ``obs["qc_failed"]`` (the
     rules a cell failed); raises InputError when no cell passes."""
-    t = thresholds
     obs = adata.obs
     has_counts = obs["total_counts"].to_numpy() > 0
     n_mito = int(adata.var["mito"].sum())
-    fails = failing_rules(obs, t, has_counts, n_mito)
+    fails = failing_rules(obs, thresholds, has_counts, n_mito)
     failed = np.column_stack([f.to_numpy(dtype=bool) for f, _ in fails.values()])
     passed = ~failed.any(axis=1)
     adata.obs["qc_passed"] = passed
@@ -201,10 +203,10 @@ def judge_cells(adata: ad.AnnData, thresholds: QCThresholds, source: str | None 
         "removed": {k: int(f.sum()) for k, (f, _) in fails.items()},
         "rules": {k: rule for k, (_, rule) in fails.items()},
         "zero_count_cells": n_zero,
-        "thresholds": asdict(t),
+        "thresholds": asdict(thresholds),
         "n_mito_genes": n_mito,
         "median_pct_counts_mito": None if median_mito is None else round(median_mito, 2),
-        QC_WARNINGS_KEY: qc_warnings(int(adata.n_obs), n_removed, median_mito, int(has_counts.sum()), t),
+        QC_WARNINGS_KEY: qc_warnings(int(adata.n_obs), n_removed, median_mito, int(has_counts.sum()), thresholds),
     }
     if n_zero:
         log.info("removing %d cells with zero total counts", n_zero)

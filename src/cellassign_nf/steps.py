@@ -35,7 +35,7 @@ from .keys import (
 )
 from .markers import MarkerMatch, Panel, left_out_warning, load_panel, panel_differences, read_markers, write_panel
 from .progress import stage_progress
-from .qc import add_qc_metrics, gene_filter, judge_cells, metrics_table, require_cells
+from .qc import metrics_table, select
 from .settings import (
     AnnotateSettings, DiagnosticThresholds, DoubletSettings, ModelSettings, PanelSettings, QCThresholds, RefitSettings,
     TrainSettings,
@@ -60,15 +60,12 @@ def qc(input: str | Path, output: str | Path, metrics: str | Path, summary: str 
 
     The summary's ``warnings`` (one sentence each: most cells removed, or a high median %
     mitochondrial counts before QC) are also logged as warnings."""
-    t = thresholds or QCThresholds()
     with stage_progress(["reading cells and genes", "QC metrics", "writing the cells kept"]) as advance:
         counts = open_counts(input, layer=layer)  # an h5ad's CSR matrix stays on disk, read block by block
         adata = counts.adata
         adata.layers.clear()
-        require_cells(adata, str(input))
         advance()
-        add_qc_metrics(adata, t.mito_prefix, counts.blocks())
-        passed, info = judge_cells(adata, t, str(input))
+        passed, genes, info = select(adata, thresholds or QCThresholds(), str(input), counts.blocks)
         sample = sample or default_sample_name(input)
         for warning in info[QC_WARNINGS_KEY]:  # the library as a whole looks damaged
             log.warning("QC of %s: %s", sample, warning)
@@ -78,19 +75,14 @@ def qc(input: str | Path, output: str | Path, metrics: str | Path, summary: str 
             if key in obs:
                 log.warning("obs['%s'] of %s is replaced by the given value '%s'", key, input, value)
             obs[key] = pd.Categorical([value] * len(obs))
-        var = adata.var.copy()
-        genes = gene_filter(var, counts.blocks(), passed, t.min_cells)
-        n_values = int(var["n_cells"][genes].sum()) if genes is not None else \
-            int(adata.obs["n_genes_by_counts"][passed].sum())
-        info["genes_after"] = int(len(var) if genes is None else genes.sum())
-        log.info("QC: %d of %d cells pass, %d of %d genes kept", len(obs), adata.n_obs, info["genes_after"], adata.n_vars)
+        var = adata.var if genes is None else adata.var[genes]
+        n_values = int(var["n_cells"].sum()) if genes is not None else int(adata.obs["n_genes_by_counts"][passed].sum())
         info = {"sample": sample, "input": str(input), **info,
                 "counts": adata.uns.get(INPUT_INFO_KEY, {})}  # file read, gene index, non-gene features left out
         advance()
         write_table(metrics_table(adata), metrics)
         write_json(info, summary)
-        write_h5ad_rows(output, obs, var if genes is None else var[genes], adata.uns, counts.blocks(), passed, genes,
-                        n_values)
+        write_h5ad_rows(output, obs, var, adata.uns, counts.blocks(), passed, genes, n_values)
     return info
 
 
