@@ -72,16 +72,28 @@ def group_expression(values: sp.csr_matrix, labels: pd.Series, genes: Sequence[s
     the group sizes. Groups are in order of appearance in a categorical's categories, if any."""
     groups = [g for g in (labels.cat.categories if hasattr(labels, "cat") else pd.unique(labels))
               if (labels == g).any()]
-    codes = pd.Categorical(labels, categories=groups).codes
-    n = len(labels)
-    indicator = sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(len(groups), n))
-    sizes = np.asarray(indicator.sum(axis=1)).ravel()
-    mean = np.asarray((indicator @ values).todense()) / sizes[:, None]
-    detected = np.asarray((indicator @ (values > 0).astype(np.float64)).todense()) / sizes[:, None]
+    sizes, moments = group_moments(values, pd.Categorical(labels, categories=groups).codes, len(groups))
     cols = [str(g) for g in groups]
-    return (pd.DataFrame(detected.T, index=list(genes), columns=cols),
-            pd.DataFrame(mean.T, index=list(genes), columns=cols),
+    return (pd.DataFrame((moments[:, 2] / sizes[:, None]).T, index=list(genes), columns=cols),
+            pd.DataFrame((moments[:, 0] / sizes[:, None]).T, index=list(genes), columns=cols),
             pd.Series(sizes.astype(int), index=cols))
+
+
+def group_moments(X: sp.spmatrix | np.ndarray, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's cell count (``n_groups``) and, per gene, its sum, sum of squares and number of
+    stored (non-zero) values (``n_groups x 3 x genes``, float64), by one sparse product over the
+    matrix; ``codes``: each cell's group, 0 to ``n_groups - 1``."""
+    n = len(codes)
+    indicator = sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(n_groups, n))
+    X = sp.csr_matrix(X)
+    values = sp.csr_matrix((X.data.astype(np.float64), X.indices, X.indptr), shape=X.shape)
+    moments = np.empty((n_groups, 3, X.shape[1]))
+    moments[:, 0] = (indicator @ values).toarray()
+    np.square(values.data, out=values.data)
+    moments[:, 1] = (indicator @ values).toarray()
+    values.data = (X.data != 0).astype(np.float64)
+    moments[:, 2] = (indicator @ values).toarray()
+    return np.asarray(indicator.sum(axis=1)).ravel(), moments
 
 
 def pct(x: float) -> str:
