@@ -44,7 +44,7 @@ def plot_celltype_counts(counts: pd.Series) -> Figure:
     """Horizontal bar chart of cells per type, labelled with count and percentage."""
     total = max(int(counts.sum()), 1)
     colours = type_colours(list(counts.index))
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(counts) + 1.3))
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(counts) + 1.3), layout="tight")
     y = np.arange(len(counts))
     ax.barh(y, counts.values, color=[colours[t] for t in counts.index])
     ax.set_yticks(y, labels=list(counts.index))
@@ -55,7 +55,6 @@ def plot_celltype_counts(counts: pd.Series) -> Figure:
         ax.text(n, yi, f" {n:,} ({100 * n / total:.1f}%)", va="center", fontsize=9)
     ax.set_title(f"Assigned cell types ({total:,} cells)")
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
     return fig
 
 
@@ -63,7 +62,7 @@ def plot_probability_histogram(probs: np.ndarray | pd.Series, min_prob: float | 
     """Histogram of each cell's top assignment probability, with the threshold line."""
     probs = np.asarray(probs, dtype=float)
     probs = probs[np.isfinite(probs)]
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    fig, ax = plt.subplots(figsize=(7.5, 3.6), layout="tight")
     bins = np.linspace(0, 1, 41)
     if min_prob is not None:
         below = probs < min_prob
@@ -80,7 +79,6 @@ def plot_probability_histogram(probs: np.ndarray | pd.Series, min_prob: float | 
         ax.set_yscale("log")
     ax.set_title("Assignment probability per cell")
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
     return fig
 
 
@@ -150,7 +148,7 @@ def plot_umap(emb: ad.AnnData, cell_types: Sequence[str]) -> Figure:
     types += [t for t in pd.unique(labels) if t not in types]
     colours = type_colours([*cell_types, UNASSIGNED] + [t for t in types if t not in cell_types and t != UNASSIGNED])
     size = float(np.clip(12000 / max(len(xy), 1), 0.5, 30))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.6))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.6), layout="tight")
     rng = np.random.default_rng(0)
     order = rng.permutation(len(xy))  # no type drawn entirely on top of another
     ax1.scatter(xy[order, 0], xy[order, 1], s=size, c=[colours[t] for t in labels[order]], linewidths=0,
@@ -170,7 +168,6 @@ def plot_umap(emb: ad.AnnData, cell_types: Sequence[str]) -> Figure:
         ax.set_xlabel("UMAP1")
         ax.set_ylabel("UMAP2")
         ax.set_aspect("equal", adjustable="datalim")
-    fig.tight_layout()
     return fig
 
 
@@ -178,7 +175,7 @@ def plot_training_curves(history: pd.DataFrame) -> Figure:
     """Train and validation log likelihood per epoch: one line per restart, selected one bold."""
     has_val = history["val_loglik"].notna().any()
     ncols = 2 if has_val else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, ncols, figsize=(6.5 * ncols, 4.0), squeeze=False, layout="tight")
     restarts = sorted(history["restart"].unique())
     cmap = plt.get_cmap("tab10")
     for ax, col, title in zip(axes[0], ("train_loglik", "val_loglik"), ("training", "validation")):
@@ -194,7 +191,6 @@ def plot_training_curves(history: pd.DataFrame) -> Figure:
         ax.spines[["top", "right"]].set_visible(False)
         _zoom_to_tail(ax, history[col].dropna().to_numpy())
     axes[0][-1].legend(frameon=False, fontsize=9, loc="lower right")
-    fig.tight_layout()
     return fig
 
 
@@ -215,7 +211,8 @@ def plot_delta(delta: pd.DataFrame, rho: pd.DataFrame) -> Figure:
     mask = rho.to_numpy() <= 0
     masked = np.ma.masked_array(values, mask=mask)
     n_genes, n_types = values.shape
-    fig, ax = plt.subplots(figsize=(min(max(3.5 + 0.7 * n_types, 5.5), 30), min(max(1.5 + 0.26 * n_genes, 3.5), 60)))
+    fig, ax = plt.subplots(figsize=(min(max(3.5 + 0.7 * n_types, 5.5), 30), min(max(1.5 + 0.26 * n_genes, 3.5), 60)),
+                           layout="tight")
     cmap = plt.get_cmap("YlOrRd").with_extremes(bad="#eeeeee")
     vmax = float(masked.max()) if masked.count() else 1.0
     vmin = float(masked.min()) if masked.count() else 0.0
@@ -232,7 +229,6 @@ def plot_delta(delta: pd.DataFrame, rho: pd.DataFrame) -> Figure:
                         color="white" if v > vmin + 0.6 * (vmax - vmin) else "black")
     fig.colorbar(im, ax=ax, shrink=0.7, label="delta (log over-expression)")
     ax.set_title("Fitted marker over-expression (grey: not a marker)")
-    fig.tight_layout()
     return fig
 
 
@@ -242,7 +238,8 @@ def plot_specificity(specificity: pd.DataFrame) -> Figure:
     good panel is brightest on the outlined cells."""
     values = specificity.to_numpy(dtype=float)
     n_types, n_groups = values.shape
-    fig, ax = plt.subplots(figsize=(min(max(3.5 + 0.8 * n_groups, 5.5), 30), min(max(1.8 + 0.45 * n_types, 3.2), 40)))
+    fig, ax = plt.subplots(figsize=(min(max(3.5 + 0.8 * n_groups, 5.5), 30), min(max(1.8 + 0.45 * n_types, 3.2), 40)),
+                           layout="tight")
     im = ax.imshow(values, aspect="auto", cmap="YlGnBu", interpolation="nearest")
     ax.set_xticks(range(n_groups), labels=[str(c) for c in specificity.columns], rotation=40, ha="right")
     ax.set_yticks(range(n_types), labels=[str(t) for t in specificity.index])
@@ -259,7 +256,6 @@ def plot_specificity(specificity: pd.DataFrame) -> Figure:
             ax.add_patch(plt.Rectangle((gi - 0.5, ti - 0.5), 1, 1, fill=False, edgecolor="#d62728", linewidth=2))
     fig.colorbar(im, ax=ax, shrink=0.7, label="mean log1p(counts per 10,000)")
     ax.set_title("Marker specificity (outlined: a type's own cells)")
-    fig.tight_layout()
     return fig
 
 
@@ -267,7 +263,7 @@ def plot_size_factors(size_factors: np.ndarray | pd.Series) -> Figure:
     """Histogram of the per-cell size factors (log scale)."""
     sf = np.asarray(size_factors, dtype=float)
     sf = sf[np.isfinite(sf) & (sf > 0)]
-    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    fig, ax = plt.subplots(figsize=(7.5, 3.4), layout="tight")
     if sf.size:
         bins = np.logspace(np.log10(sf.min()), np.log10(sf.max()) + 1e-9, 41)
         ax.hist(sf, bins=bins, color="#5b8c5a")
@@ -278,7 +274,6 @@ def plot_size_factors(size_factors: np.ndarray | pd.Series) -> Figure:
     ax.set_ylabel("cells")
     ax.set_title("Size factors")
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
     return fig
 
 
@@ -286,7 +281,7 @@ def plot_doublet_scores(histogram: dict, threshold: float | None) -> Figure:
     """Histograms of the doublet scores of the cells and of Scrublet's simulated doublets (each as
     a share of its own total), with the threshold line."""
     edges = np.asarray(histogram["edges"], dtype=float)
-    fig, ax = plt.subplots(figsize=(7.5, 3.4))
+    fig, ax = plt.subplots(figsize=(7.5, 3.4), layout="tight")
     for key, colour, name in (("simulated", "#c0392b", "simulated doublets"), ("observed", "#3b75af", "cells")):
         counts = np.asarray(histogram[key], dtype=float)
         ax.stairs(counts / max(counts.sum(), 1.0), edges, color=colour, linewidth=1.5, label=name,
@@ -299,13 +294,15 @@ def plot_doublet_scores(histogram: dict, threshold: float | None) -> Figure:
     ax.set_title("Doublet scores")
     ax.legend(frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
     return fig
 
 
 def figure_png(fig: Figure) -> bytes:
-    """Render a figure to PNG bytes and close it."""
+    """Render a figure to PNG bytes, drawn once, and close it. A figure without a layout engine
+    (scanpy's dot plot, whose labels reach past its own grid) is cropped to what it draws, which
+    draws it twice."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight" if fig.get_layout_engine() is None else None,
+                facecolor="white")
     plt.close(fig)
     return buf.getvalue()
