@@ -15,6 +15,8 @@ from ..io import atomic_path, display_names, read_table  # noqa: F401 - display_
 from ..keys import OTHER
 from ..markers import markers_by_type
 
+MOMENT_BLOCK_VALUES = 2**22  # stored values per block of group_moments (32 MB as float64)
+
 WARNING, INFO = "warning", "info"
 FLAG_COLUMNS = ("level", "name", "flag", "severity", "message", "markers", "candidates")
 
@@ -81,19 +83,31 @@ def group_expression(values: sp.csr_matrix, labels: pd.Series, genes: Sequence[s
 
 def group_moments(X: sp.spmatrix | np.ndarray, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """Each group's cell count (``n_groups``) and, per gene, its sum, sum of squares and number of
-    stored (non-zero) values (``n_groups x 3 x genes``, float64), by one sparse product over the
-    matrix; ``codes``: each cell's group, 0 to ``n_groups - 1``."""
-    n = len(codes)
-    indicator = sp.csr_matrix((np.ones(n), (codes, np.arange(n))), shape=(n_groups, n))
+    stored (non-zero) values (``n_groups x 3 x genes``, float64), by sparse products over blocks
+    of rows (the float64 copy of one block's values is all this allocates); ``codes``: each
+    cell's group, 0 to ``n_groups - 1``."""
     X = sp.csr_matrix(X)
-    values = sp.csr_matrix((X.data.astype(np.float64), X.indices, X.indptr), shape=X.shape)
-    moments = np.empty((n_groups, 3, X.shape[1]))
-    moments[:, 0] = (indicator @ values).toarray()
-    np.square(values.data, out=values.data)
-    moments[:, 1] = (indicator @ values).toarray()
-    values.data = (X.data != 0).astype(np.float64)
-    moments[:, 2] = (indicator @ values).toarray()
-    return np.asarray(indicator.sum(axis=1)).ravel(), moments
+    n_cells, n_genes = X.shape
+    moments = np.zeros((n_groups, 3, n_genes))
+    step = max(1, int(MOMENT_BLOCK_VALUES / max(1.0, X.nnz / max(n_cells, 1))))
+    buffer = np.empty(min(X.nnz, MOMENT_BLOCK_VALUES * 2))
+    for start in range(0, n_cells, step):
+        stop = min(n_cells, start + step)
+        lo, hi = int(X.indptr[start]), int(X.indptr[stop])
+        if hi - lo > len(buffer):
+            buffer = np.empty(hi - lo)
+        block = sp.csr_matrix((buffer[:hi - lo], X.indices[lo:hi], X.indptr[start:stop + 1] - lo),
+                              shape=(stop - start, n_genes))
+        values = block.data  # filled in place, three times: the values, their squares, 1 where stored
+        indicator = sp.csr_matrix((np.ones(stop - start), (codes[start:stop], np.arange(stop - start))),
+                                  shape=(n_groups, stop - start))
+        np.copyto(values, X.data[lo:hi])
+        moments[:, 0] += (indicator @ block).toarray()
+        np.square(values, out=values)
+        moments[:, 1] += (indicator @ block).toarray()
+        np.copyto(values, X.data[lo:hi] != 0)
+        moments[:, 2] += (indicator @ block).toarray()
+    return np.bincount(codes, minlength=n_groups).astype(np.float64), moments
 
 
 def pct(x: float) -> str:

@@ -3,10 +3,10 @@ set (Welch's t-test on log-normalised counts, as scanpy's ``rank_genes_groups(me
 computes it), leaving out the panel's genes, so that a user can refine the panel and run again.
 
 The test's statistics come from one pass over the matrix (each group's cell count, sums, sums of
-squares and stored values, by one sparse product), the rest of the cells' by difference from the
-totals; scanpy copies the cells of each group, and of the rest, once per group. The t-test and
-the Benjamini-Hochberg adjustment are scipy's; tests/test_diagnostics.py checks the scores,
-adjusted p-values and fold changes against scanpy's."""
+squares and stored values, by sparse products, block by block), the rest of the cells' by
+difference from the totals; scanpy copies the cells of each group, and of the rest, once per group.
+The t-test and the Benjamini-Hochberg adjustment are scipy's; tests/test_diagnostics.py checks the
+scores, adjusted p-values and fold changes against scanpy's."""
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
