@@ -172,16 +172,16 @@ def main(argv: list[str] | None = None) -> int:
           f"CSR {csr / 1e9:.2f} GB per sample), mode {args.mode}: wall {wall:.0f} s")
     print(f"{'step':<16}{'tasks':>6}{'realtime':>11}{'longest':>10}{'peak RSS':>11}{'asked':>9}{'RSS/CSR':>9}")
     for s in steps:
-        print(f"{s['step']:<16}{s['tasks']:>6}{s['realtime_s']:>10.0f}s{s['longest_s']:>9.0f}s"
+        print(f"{s['step']:<16}{s['tasks']:>6}{s['realtime_s']:>10.1f}s{s['longest_s']:>9.1f}s"
               f"{s['peak_rss_bytes'] / 1e9:>9.2f}GB{s['memory_bytes'] / 1e9:>7.1f}GB"
               f"{s['peak_rss_bytes'] / csr:>9.2f}")
     over = [s["step"] for s in steps if s["peak_rss_bytes"] > s["memory_bytes"] > 0]
     acc = accuracy(run / "results", samples)
-    print(f"steps other than the fit {other:.0f} s = {per_fit(other):.2f} x the fit "
-          f"({'/'.join(s['step'] for s in steps if s['step'] in FIT_STEPS)}, {train:.0f} s); "
+    print(f"steps other than the fit {other:.1f} s = {per_fit(other):.2f} x the fit "
+          f"({'/'.join(s['step'] for s in steps if s['step'] in FIT_STEPS)}, {train:.1f} s); "
           f"accuracy {acc:.4f}; over their request: {', '.join(over) or 'none'}")
-    print(f"without {'/'.join(ASIDE_STEPS)}: {rest:.0f} s = {per_fit(rest):.2f} x the fit; "
-          f"REPORT {report:.0f} s = {per_fit(report):.2f} x the fit")
+    print(f"without {'/'.join(ASIDE_STEPS)}: {rest:.1f} s = {per_fit(rest):.2f} x the fit; "
+          f"REPORT {report:.1f} s = {per_fit(report):.2f} x the fit")
     if args.json:
         args.json.write_text(json.dumps({"shape": shape, "samples": args.samples, "mode": args.mode, "wall_s": wall,
                                          "csr_bytes": csr, "steps": steps, "accuracy": acc,
