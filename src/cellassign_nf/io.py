@@ -370,6 +370,7 @@ class Counts:
     source: Path
     columns: np.ndarray | None = None  # on disk: the stored matrix's columns kept (None: all)
     checked: bool = False  # every block has been checked (by a whole pass of blocks())
+    stored_zeros: bool = True  # a block may store explicit zeros (False once a whole pass found none)
 
     @property
     def on_disk(self) -> bool:
@@ -378,7 +379,8 @@ class Counts:
     def blocks(self) -> Iterator[tuple[int, sp.csr_matrix]]:
         """(first row, float32 CSR block) over all cells in order, explicit zeros dropped. A block
         read from disk is valid until the next one is read (take copies of what is kept); the
-        first whole pass checks the counts (InputError), later passes read the same values."""
+        first whole pass checks the counts (InputError) and looks for explicit zeros, which later
+        passes then look for only if it found some."""
         if not self.on_disk:
             X = self.adata.X
             for start, block in _blocks(X, X.shape[0], X.nnz):
@@ -392,6 +394,7 @@ class Counts:
             shape = (int(group.attrs["shape"][0]), int(group.attrs["shape"][1]))
             step = _rows_per_block(shape[0], group["data"].shape[0])
             layers = list(f["layers"]) if "layers" in f else []
+            zeros = False
             for start, block in _csr_blocks(group, shape, step):
                 if self.columns is not None:
                     block = block[:, self.columns]
@@ -402,10 +405,11 @@ class Counts:
                     except InputError as exc:
                         _name_count_sources(exc, _count_sources_on_disk(self.source))
                         raise
-                if np.count_nonzero(block.data) < block.nnz:
+                if self.stored_zeros and np.count_nonzero(block.data) < block.nnz:
+                    zeros = True
                     block.eliminate_zeros()
                 yield start, block
-            self.checked = True
+            self.checked, self.stored_zeros = True, zeros
 
 
 def read_counts(path: str | Path, layer: str | None = None) -> ad.AnnData:
