@@ -54,11 +54,12 @@ def t_tests(norm: ad.AnnData, labels: pd.Series, groups: Sequence[str], referenc
     names, codes = np.unique(labels.astype(str).to_numpy(), return_inverse=True)
     sizes, moments = group_moments(norm.X, codes, len(names))
     at = {str(name): i for i, name in enumerate(names)}
+    total_size, total = sizes.sum(), moments.sum(axis=0)
     out = {}
     for g in groups:
         i = at[g]
         if reference == "rest":
-            other_size, other = sizes.sum() - sizes[i], moments.sum(axis=0) - moments[i]
+            other_size, other = total_size - sizes[i], total - moments[i]
         else:
             other_size, other = sizes[at[reference]], moments[at[reference]]
         mean, var = _mean_var(sizes[i], moments[i])
