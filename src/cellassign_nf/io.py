@@ -392,7 +392,7 @@ class Counts:
         with h5py.File(self.source, "r") as f:
             group = f["X"]
             shape = (int(group.attrs["shape"][0]), int(group.attrs["shape"][1]))
-            step = _rows_per_block(shape[0], group["data"].shape[0])
+            step = rows_per_block(shape[0], group["data"].shape[0])
             layers = list(f["layers"]) if "layers" in f else []
             zeros = False
             for start, block in _csr_blocks(group, shape, step):
@@ -642,7 +642,7 @@ def _blocks(X, n_obs: int, n_values: int) -> Iterator[tuple[int, sp.csr_matrix]]
     per row). A CSR matrix on disk is read into two buffers that every block reuses: a block is
     valid until the next one is read (take copies of what is kept), and the memory of the pass is
     touched once, not once per block."""
-    step = _rows_per_block(n_obs, n_values)
+    step = rows_per_block(n_obs, n_values)
     group = getattr(X, "group", None)
     if group is not None and getattr(X, "format", None) == "csr":
         yield from _csr_blocks(group, (n_obs, int(X.shape[1])), step)
@@ -652,9 +652,9 @@ def _blocks(X, n_obs: int, n_values: int) -> Iterator[tuple[int, sp.csr_matrix]]
         yield start, block.tocsr() if sp.issparse(block) else sp.csr_matrix(np.asarray(block))
 
 
-def _rows_per_block(n_obs: int, n_values: int) -> int:
-    """Rows of about ``BLOCK_VALUES`` stored values, at the matrix's mean values per row."""
-    return max(1, int(BLOCK_VALUES / max(1.0, n_values / max(n_obs, 1))))
+def rows_per_block(n_obs: int, n_values: int, block_values: int = BLOCK_VALUES) -> int:
+    """Rows of about ``block_values`` stored values, at the matrix's mean values per row."""
+    return max(1, int(block_values / max(1.0, n_values / max(n_obs, 1))))
 
 
 def _csr_blocks(group, shape: tuple[int, int], step: int) -> Iterator[tuple[int, sp.csr_matrix]]:

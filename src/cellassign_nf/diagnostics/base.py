@@ -11,7 +11,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import InputError
-from ..io import atomic_path, display_names, read_table  # noqa: F401 - display_names: re-exported for the package
+from ..io import atomic_path, display_names, read_table, rows_per_block  # noqa: F401 - display_names: re-exported for the package
 from ..keys import OTHER
 from ..markers import markers_by_type
 
@@ -89,7 +89,7 @@ def group_moments(X: sp.spmatrix | np.ndarray, codes: np.ndarray, n_groups: int)
     X = sp.csr_matrix(X)
     n_cells, n_genes = X.shape
     moments = np.zeros((n_groups, 3, n_genes))
-    step = max(1, int(MOMENT_BLOCK_VALUES / max(1.0, X.nnz / max(n_cells, 1))))
+    step = rows_per_block(n_cells, X.nnz, MOMENT_BLOCK_VALUES)
     buffer = np.empty(min(X.nnz, MOMENT_BLOCK_VALUES * 2))
     for start in range(0, n_cells, step):
         stop = min(n_cells, start + step)
