@@ -28,7 +28,7 @@ from .base import (
     FLAG_COLUMNS, INFO, WARNING, Diagnostics, Flag, display_names, group_expression, read_diagnostics,
     read_specificity, type_markers, write_diagnostics,
 )
-from .candidates import rank_candidates, split_in_two
+from .candidates import LabelMoments, rank_candidates, split_in_two
 from .postfit import GroupStats, assignment_flags, specificity_table
 from .preflight import as_match, check_markers, checked_markers
 
@@ -103,13 +103,16 @@ def add_candidates(adata: ad.AnnData, rho: pd.DataFrame, stats: GroupStats, flag
     names = display_names(adata)  # of all genes: candidates are not markers
     show = lambda genes: [names.get(g, g) for g in genes]  # noqa: E731
     groups = [g for g in stats.sizes.index if stats.size(g) >= stats.min_cells(t)]
-    per_group = rank_candidates(norm, labels, groups, exclude, t.n_candidates) if len(groups) > 1 else {}
+    moments = LabelMoments.of(norm, labels)  # one pass over the matrix for every test between these groups
+    per_group = rank_candidates(norm, labels, groups, exclude, t.n_candidates, moments=moments) \
+        if len(groups) > 1 else {}
     for flag in flags:
         if flag.flag == "unassigned":
             flag.candidates = show(per_group.get(UNASSIGNED, []))
             where = "the unassigned cells"
         elif flag.flag == "not_specific":
-            found = rank_candidates(norm, labels, [flag.name], exclude, t.n_candidates, reference=flag.against)
+            found = rank_candidates(norm, labels, [flag.name], exclude, t.n_candidates, reference=flag.against,
+                                    moments=moments)
             flag.candidates = show(found.get(flag.name, []))
             where = f"{flag.name}'s cells against {flag.against}'s"
         elif flag.flag == "merged":

@@ -10,6 +10,7 @@ scores, adjusted p-values and fold changes against scanpy's."""
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 import anndata as ad
 import numpy as np
@@ -23,14 +24,31 @@ MIN_DETECTION = 0.25  # ... and detected in a quarter of the group's cells
 FOLD_CHANGE_PSEUDOCOUNT = 1e-9  # added to both means before their ratio, as scanpy does
 
 
+@dataclass(frozen=True)
+class LabelMoments:
+    """The :func:`group_moments` of a matrix's cells grouped by their labels: what every t-test
+    between those groups needs, computed once."""
+
+    at: dict[str, int]  # label -> its row of sizes and moments
+    sizes: np.ndarray
+    moments: np.ndarray
+
+    @classmethod
+    def of(cls, norm: ad.AnnData, labels: pd.Series) -> LabelMoments:
+        names, codes = np.unique(labels.astype(str).to_numpy(), return_inverse=True)
+        sizes, moments = group_moments(norm.X, codes, len(names))
+        return cls({str(name): i for i, name in enumerate(names)}, sizes, moments)
+
+
 def rank_candidates(norm: ad.AnnData, labels: pd.Series, groups: Sequence[str], exclude: Collection[str],
-                    n: int, reference: str = "rest") -> dict[str, list[str]]:
+                    n: int, reference: str = "rest", moments: LabelMoments | None = None) -> dict[str, list[str]]:
     """``{group: [top genes]}`` up in each of ``groups`` against ``reference`` (the other cells, or
-    one group), not in ``exclude``; names as in ``norm.var_names``."""
+    one group), not in ``exclude``; names as in ``norm.var_names``. ``moments``: those of ``norm``
+    by ``labels``, when already computed."""
     groups = [g for g in groups if (labels == g).sum() >= 2]
     if not groups or (reference == "rest" and (~labels.isin(groups[:1])).sum() < 2) or n <= 0:
         return {g: [] for g in groups}
-    tests = t_tests(norm, labels, groups, reference)
+    tests = t_tests(norm, labels, groups, reference, moments)
     excluded = norm.var_names.isin(list(exclude))
     out = {}
     for g in groups:
@@ -41,8 +59,8 @@ def rank_candidates(norm: ad.AnnData, labels: pd.Series, groups: Sequence[str], 
     return out
 
 
-def t_tests(norm: ad.AnnData, labels: pd.Series, groups: Sequence[str], reference: str = "rest"
-            ) -> dict[str, pd.DataFrame]:
+def t_tests(norm: ad.AnnData, labels: pd.Series, groups: Sequence[str], reference: str = "rest",
+            moments: LabelMoments | None = None) -> dict[str, pd.DataFrame]:
     """Per group of ``groups`` (each of at least two cells): a table over ``norm.var_names`` of
     Welch's t statistic (``scores``) against ``reference`` (``"rest"``: all other cells; or a
     group), its p-value, the Benjamini-Hochberg adjusted p-value over all genes, the log2 fold
@@ -51,9 +69,8 @@ def t_tests(norm: ad.AnnData, labels: pd.Series, groups: Sequence[str], referenc
     with ``method="t-test"`` and ``pts=True``."""
     from scipy import stats
 
-    names, codes = np.unique(labels.astype(str).to_numpy(), return_inverse=True)
-    sizes, moments = group_moments(norm.X, codes, len(names))
-    at = {str(name): i for i, name in enumerate(names)}
+    by_label = moments or LabelMoments.of(norm, labels)
+    at, sizes, moments = by_label.at, by_label.sizes, by_label.moments
     total_size, total = sizes.sum(), moments.sum(axis=0)
     out = {}
     for g in groups:
