@@ -174,11 +174,16 @@ class CellAssignModule(nn.Module):
     def log_likelihood(self, x: Tensor, log_s: Tensor, D: Tensor | None) -> Tensor:
         """sum_g log NB(x[n,g]; mu[n,g,c], phi[n,g,c]) for each cell and type, without the
         ``-sum_g lgamma(x+1)`` constant (see ``log_factorial``): M x C."""
-        if self.fused and kernels.supported(x):
+        if self.uses_kernel(x):
             return kernels.fused_log_likelihood(x, self.gene_offset(log_s, D), self.column_constant(), self.log_a,
                                                 self.kernel_layout(), self.v, self.b, PHI_LOWER_BOUND)
         terms = nb_terms(x[:, self.column_gene], self.log_mu(log_s, D), self.log_a, self.v, self.b)
         return terms @ self.W
+
+    def uses_kernel(self, x: Tensor) -> bool:
+        """Whether the fused kernel computes the likelihood of ``x`` (and the training step's
+        gradients, :meth:`em_gradients_`)."""
+        return self.fused and kernels.supported(x)
 
     def kernel_layout(self) -> kernels.Layout:
         """The fused kernel's view of the marker columns (made once)."""

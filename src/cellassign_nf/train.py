@@ -185,7 +185,7 @@ def _em_step(module: CellAssignModule, optimizer: Adam, data: ModelData, idx: to
     the expected complete-data log likelihood plus the log prior; adds the minibatch's marginal
     log likelihood to ``train_ll``."""
     x, log_s, D = data.batch(idx)
-    if module.fused and kernels.supported(x):  # the same gradients, written out (model.em_gradients_)
+    if module.uses_kernel(x):  # the same gradients, written out (model.em_gradients_)
         joint = module.em_gradients_(x, log_s, D, n_train)
     else:
         joint = module.joint_log_prob(x, log_s, D)
