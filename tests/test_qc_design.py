@@ -277,3 +277,33 @@ def test_design_cli_and_api_drop_redundant_columns(tmp_path, warnings_text):
     model = CellAssign(adata, rho, design=ready, min_cells_fit=10)
     assert model.design_columns == ["b"] and model.design_spec.dropped == {"same": "= 2*b"}
     assert "same = 2*b" in warnings_text()
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_log_normalised_is_scanpys_normalize_total_and_log1p(dense):
+    """The log-normalised expression the report and the diagnostics show: scanpy's
+    ``normalize_total(target_sum=1e4)`` then ``log1p``, over all genes or some (totals still over
+    all genes), with a cell without counts and stored zeros, and the caller's matrix untouched."""
+    import scanpy as sc
+    import scipy.sparse as sp
+
+    from cellassign_nf.size_factors import log_normalised
+
+    rng = np.random.default_rng(3)
+    X = sp.csr_matrix(rng.negative_binomial(2, 0.6, size=(300, 40)).astype(np.float32)
+                      * rng.integers(1, 5, size=(300, 1)).astype(np.float32))
+    X.data[X.indptr[7]:X.indptr[8]] = 0  # a cell without counts
+    X.data[::9] = 0  # stored zeros
+    counts = X.toarray()
+    adata = ad.AnnData(counts.copy() if dense else X.copy())
+    expected = ad.AnnData(counts.copy())
+    sc.pp.normalize_total(expected, target_sum=1e4)
+    sc.pp.log1p(expected)
+    whole = log_normalised(adata)
+    genes = [str(g) for g in adata.var_names[[5, 0, 31]]]
+    some = log_normalised(adata, genes)
+    assert whole.dtype == np.float32 and some.shape == (300, 3)
+    np.testing.assert_allclose(whole.toarray(), expected.X, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(some.toarray(), whole.toarray()[:, [5, 0, 31]])
+    assert whole.nnz == np.count_nonzero(whole.toarray())  # no stored zeros left
+    assert np.array_equal(adata.X if dense else adata.X.toarray(), counts)  # the caller's counts, unscaled

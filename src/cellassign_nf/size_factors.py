@@ -57,10 +57,13 @@ def log_normalised(adata: ad.AnnData, genes: Sequence[str] | None = None) -> sp.
     ``genes`` only (all by default): cells x genes, sparse float32, without copying the matrix."""
     X = adata.X
     totals = cell_totals(adata)
-    scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
+    scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0).astype(np.float32)
     sub = X if genes is None else X[:, adata.var_names.get_indexer(list(genes))]
-    sub = sp.csr_matrix(sp.diags(scale.astype(np.float32)) @ sp.csr_matrix(sub, dtype=np.float32))
-    sub.data = np.log1p(sub.data)
+    sub = sp.csr_matrix(sub, dtype=np.float32, copy=sub is X)  # never scale the caller's matrix
+    sub.prune()  # arrays no longer than the stored values
+    sub.data *= np.repeat(scale, np.diff(sub.indptr))  # each row by its scale, in place
+    np.log1p(sub.data, out=sub.data)
+    sub.eliminate_zeros()  # stored zeros, and the rows of cells without counts
     return sub
 
 
