@@ -174,7 +174,7 @@ class AnnotateSettings:
 class ReportSettings:
     """What the per-sample report draws."""
 
-    umap_max_cells: int = option(5_000, "UMAP of at most this many cells: a larger sample's is drawn on a random "
+    umap_max_cells: int = option(3_000, "UMAP of at most this many cells: a larger sample's is drawn on a random "
                                  "subsample of this many that keeps every assigned type (0: all cells).", min=0)
 
 
