@@ -322,14 +322,14 @@ def test_qc_sets_sample_level_obs(tmp_path, counts):
 
 # --- --device cuda where CUDA is not usable (a GPU node without a working GPU) -------------------------
 def _cli_without_gpu(tmp_path, *args):
-    """The real command in a fresh process with every GPU hidden (CUDA_VISIBLE_DEVICES=''), so CUDA is
-    unusable whether or not this machine has a GPU."""
+    """The real command (the console script's entry point) in a fresh process with every GPU hidden
+    (CUDA_VISIBLE_DEVICES=''), so CUDA is unusable whether or not this machine has a GPU."""
     import os
     import subprocess
     import sys
 
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run([sys.executable, "-c", "from cellassign_nf.cli import main; main()", "--quiet", *map(str, args)],
+    return subprocess.run([sys.executable, "-c", "from cellassign_nf.cli import run; run()", "--quiet", *map(str, args)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -394,10 +394,31 @@ def test_output_cut_short_by_its_reader_ends_quietly(tmp_path):
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone
     try:
-        result = subprocess.run([sys.executable, "-c", "from cellassign_nf.cli import main; main()", "--quiet",
+        result = subprocess.run([sys.executable, "-c", "from cellassign_nf.cli import run; run()", "--quiet",
                                  "markers", "show", "pbmc_human"], cwd=tmp_path, stdout=write_end,
                                 stderr=subprocess.PIPE, text=True, timeout=120)
     finally:
         os.close(write_end)
     assert result.returncode == 141 and result.stderr == "", (result.returncode, result.stderr)
     assert not (tmp_path / "cellassign-nf.error.log").exists()
+
+
+def test_the_console_script_exits_with_the_commands_status_and_its_objects_frozen(tmp_path):
+    """`cellassign-nf` (cli.run) ends with main's exit status and its output whole, with every object
+    moved out of the collector's reach (gc.freeze) before the interpreter's last passes."""
+    import subprocess
+    import sys
+    from importlib.metadata import entry_points
+
+    assert entry_points(group="console_scripts")["cellassign-nf"].value == "cellassign_nf.cli:run"
+    probe = ("import atexit, gc, sys; atexit.register(lambda: print('frozen', gc.get_freeze_count(), file=sys.stderr)); "
+             "from cellassign_nf.cli import run; run()")
+    ok = subprocess.run([sys.executable, "-c", probe, "markers", "show", "pbmc_human"], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines()[-1].startswith("platelet [CL:0000233]:")  # the whole panel, flushed at exit
+    assert int(ok.stderr.split("frozen ")[1].split()[0]) > 10_000, ok.stderr
+    bad = subprocess.run([sys.executable, "-c", probe, "--quiet", "size-factors", "missing.h5ad", "-o", "sf.tsv"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "error: " in bad.stderr and "missing.h5ad" in bad.stderr, bad.stderr
+    assert int(bad.stderr.split("frozen ")[1].split()[0]) > 10_000, bad.stderr
