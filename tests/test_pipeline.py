@@ -8,6 +8,7 @@ awsbatch profiles and the container recipes are checked without running any step
 from __future__ import annotations
 
 import re
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,7 @@ def test_per_sample_run_writes_every_output(per_sample_run):
     versions = (info / "software_versions.yml").read_text()
     for tool in ["cellassign-nf", "multiqc", "Nextflow", "TRAIN", "QC"]:
         assert tool in versions, versions
+    assert re.search(rf"multiqc: '?{re.escape(metadata.version('multiqc'))}'?\n", versions), versions  # MultiQC's own data
 
 
 def test_marker_diagnostics_reach_every_sample_report_and_multiqc(per_sample_run):

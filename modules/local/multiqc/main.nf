@@ -24,9 +24,10 @@ process MULTIQC {
         ${args} \\
         inputs
 
+    # the version this run wrote in its own data (`multiqc --version` would import MultiQC again: 0.8 s)
     cat <<-END_VERSIONS > versions.yml
     "${task.process}":
-        multiqc: \$(multiqc --version 2>&1 | tail -n 1 | awk '{print \$NF}')
+        multiqc: \$(sed -n 's/.*"config_version": *"\\([^"]*\\)".*/\\1/p' multiqc_data/multiqc_data.json | head -n 1)
     END_VERSIONS
     """
 
