@@ -406,6 +406,33 @@ def test_cohort_table_from_report_folders_and_predictions(report: Path, report2:
         cohort_table([report, report / "sample1_celltype_counts_mqc.tsv"])
 
 
+def test_without_the_model_file_the_report_is_the_same_and_loads_no_torch(pipeline: dict[str, Path], report: Path,
+                                                                          tmp_path: Path) -> None:
+    """The pipeline's REPORT gives no --model: the fit it draws (marker genes, rho, delta, training
+    settings) comes from the annotated h5ad's description of its model (annotate --model-info), in
+    a process that never imports torch, and every figure is the one drawn from the model file."""
+    from cellassign_nf import CellAssign
+    from cellassign_nf.report.load import load_fitted_model
+
+    model, fitted = CellAssign.load(pipeline["model"]), load_fitted_model(pipeline["annotated"])
+    assert fitted.genes == list(model.genes) and fitted.cell_types == list(model.cell_types)
+    pd.testing.assert_frame_equal(fitted.delta, model.delta.astype(float), check_exact=True)
+    pd.testing.assert_frame_equal(fitted.rho, model.rho.astype(int), check_exact=True)
+    assert fitted.train_params == {k: v for k, v in model.train_params.items() if v is not None}
+    probe = ("import atexit, sys; atexit.register(lambda: print('torch loaded:', 'torch' in sys.modules, "
+             "file=sys.stderr)); from cellassign_nf.cli import run; run()")
+    args = [pipeline["annotated"], "--history", pipeline["history"], "--qc-summary", pipeline["qc_summary"],
+            "--sample", "sample1", "--outdir", tmp_path, "--params", pipeline["params"]]
+    result = subprocess.run([sys.executable, "-c", probe, "report", *map(str, args)], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "torch loaded: False" in result.stderr, result.stderr
+    figures = sorted(report.glob("sample1_*.png"))
+    assert len(figures) >= 7, figures
+    for png in figures:
+        assert (tmp_path / png.name).read_bytes() == png.read_bytes(), f"{png.name} differs without --model"
+
+
 # ------------------------------------------------------------------------------------------------
 # bad input: one clear message, no partial output
 # ------------------------------------------------------------------------------------------------
@@ -447,6 +474,15 @@ def test_bad_inputs_are_input_errors(pipeline: dict[str, Path], tmp_path: Path) 
         result = CliRunner().invoke(report_command, _report_args(pipeline, tmp_path / "out", **{what: str(path)}))
         assert isinstance(result.exception, InputError), (what, result.output)
         assert message in str(result.exception) and str(path) in str(result.exception)
+    old = ad.read_h5ad(pipeline["annotated"])  # annotated by a model_info.json without the fitted parameters
+    del old.uns["cellassign"]["model"]["fitted"]
+    old.write_h5ad(tmp_path / "old.h5ad")
+    no_model = [a for a in _report_args(pipeline, tmp_path / "out", annotated=str(tmp_path / "old.h5ad"))
+                if a not in ("--model", str(pipeline["model"]))]
+    result = CliRunner().invoke(report_command, no_model)
+    assert isinstance(result.exception, InputError), result.output
+    assert "old.h5ad: does not carry the fitted parameters" in str(result.exception), str(result.exception)
+    assert "--model" in str(result.exception) and not (tmp_path / "out" / "s.report.html").exists()
     result = CliRunner().invoke(report_command, _report_args(pipeline, tmp_path / "out", sample="a/b"))
     assert isinstance(result.exception, InputError) and "sample name" in str(result.exception)
     with pytest.raises(InputError, match="holds no"):

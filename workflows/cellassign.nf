@@ -227,13 +227,12 @@ workflow CELLASSIGN {
             .join(fitted.probabilities)
             .join(fitted.info)
             .join(fitted.history)
-            .join(fitted.model)
-            .map { _meta, size_factors, probabilities, info, history, model -> [size_factors, probabilities, info, history, model] }
+            .map { _meta, size_factors, probabilities, info, history -> [size_factors, probabilities, info, history] }
         ch_per_sample = QC.out.h5ad.combine(ch_cohort_fit)
-        ch_annotate_input = ch_per_sample.map { meta, h5ad, size_factors, probabilities, info, _history, _model -> [meta, h5ad, size_factors, probabilities, info] }
+        ch_annotate_input = ch_per_sample.map { meta, h5ad, size_factors, probabilities, info, _history -> [meta, h5ad, size_factors, probabilities, info] }
             .join(DOUBLETS.out.tsv, failOnDuplicate: true)
             .join(DOUBLETS.out.summary, failOnDuplicate: true)
-        ch_fit = ch_per_sample.map { meta, _h5ad, _size_factors, _probabilities, _info, history, model -> [meta, history, model] }
+        ch_fit = ch_per_sample.map { meta, _h5ad, _size_factors, _probabilities, _info, history -> [meta, history] }
     } else {
         ch_annotate_input = QC.out.h5ad
             .join(SIZE_FACTORS.out.tsv, failOnDuplicate: true)
@@ -241,7 +240,7 @@ workflow CELLASSIGN {
             .join(fitted.info, failOnDuplicate: true)
             .join(DOUBLETS.out.tsv, failOnDuplicate: true)
             .join(DOUBLETS.out.summary, failOnDuplicate: true)
-        ch_fit = fitted.history.join(fitted.model, failOnDuplicate: true)
+        ch_fit = fitted.history
     }
 
     // [sample, the warnings of the fit that labelled it] (cohort mode: the cohort model's, for every sample)

@@ -461,6 +461,15 @@ class CellAssign:
             info["version"] = self._file_version or info["version"]
         return info
 
+    def fitted_parameters(self) -> dict[str, Any]:
+        """What the report draws of the fit, as plain values (``model_info.json`` and the annotated
+        h5ad keep them, so that the report needs neither the model file nor torch): the marker
+        genes, ``rho`` and ``delta`` (genes x :attr:`cell_types`, nested lists) and the training
+        settings (``train_params`` without its empty values, which an h5ad cannot hold)."""
+        return {"genes": [str(g) for g in self.genes], "rho": self.rho.to_numpy().astype(int).tolist(),
+                "delta": self.delta.to_numpy(dtype=float).tolist(),
+                "train_params": {k: v for k, v in self.train_params.items() if v is not None}}
+
     # --- fitted parameters ------------------------------------------------------------------------
     @property
     def delta(self) -> pd.DataFrame:

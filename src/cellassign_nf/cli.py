@@ -470,7 +470,7 @@ def run(ctx, input, markers, outdir, sample, covariates, formula, size_factor_ke
     if not no_report:
         from .report import make_report
 
-        result = make_report(paths["annotated"], history=paths["history"], model=paths["model"],
+        result = make_report(paths["annotated"], history=paths["history"],
                              qc_summary=paths["summary"], sample=sample, outdir=out / "report", umap=not no_umap,
                              params={"command": "run", "input": str(input), "markers": str(markers), **kw},
                              diagnostics=paths["diagnostics"], specificity=paths["specificity"])

@@ -27,7 +27,9 @@ _PATH = click.Path(path_type=Path, dir_okay=True, file_okay=True)
 )
 @click.argument("annotated", type=_PATH)
 @click.option("--history", "history", type=_PATH, required=True, help="history.tsv of `cellassign-nf train`.")
-@click.option("--model", "model", type=_PATH, required=True, help="Model file of `cellassign-nf train`.")
+@click.option("--model", "model", type=_PATH, default=None,
+              help="Model file of `cellassign-nf train`; default: the fitted parameters that ANNOTATED carries "
+                   "(annotate --model-info), read without loading torch.")
 @click.option("--qc-summary", "qc_summary", type=_PATH, required=True,
               help="SAMPLE.qc_summary.json of `cellassign-nf qc`.")
 @click.option("--sample", "sample", required=True, help="Sample name (used in file names and MultiQC).")
@@ -40,14 +42,14 @@ _PATH = click.Path(path_type=Path, dir_okay=True, file_okay=True)
               help="SAMPLE.marker_diagnostics.tsv of `cellassign-nf diagnose`: the 'Marker diagnostics' section.")
 @click.option("--specificity", "specificity", type=_PATH, default=None,
               help="SAMPLE.marker_specificity.tsv of `cellassign-nf diagnose`: its heat map.")
-def report_command(annotated: Path, history: Path, model: Path, qc_summary: Path, sample: str, outdir: Path,
+def report_command(annotated: Path, history: Path, model: Path | None, qc_summary: Path, sample: str, outdir: Path,
                    no_umap: bool, umap_max_cells: int, params: Path | None, diagnostics: Path | None,
                    specificity: Path | None) -> None:
     """Per-sample HTML report of ANNOTATED (the h5ad of `cellassign-nf annotate`) and MultiQC files.
 
     \b
     Example:
-      cellassign-nf report s1.annotated.h5ad --history s1.history.tsv --model s1.model.pt \\
+      cellassign-nf report s1.annotated.h5ad --history s1.history.tsv \\
           --qc-summary s1.qc_summary.json --sample s1 --outdir s1_report
     """
     from .report import make_report

@@ -29,6 +29,9 @@ QC_WARNINGS_KEY = "warnings"  # qc_summary.json: sample-level QC warnings, one s
 # the data; api.CellAssign.left_out_types), and the fit's warnings, one sentence each (steps.model_info)
 LEFT_OUT_TYPES_KEY = "left_out_types"
 MODEL_WARNINGS_KEY = "warnings"
+# model_info.json (and uns[UNS_KEY][MODEL_INFO_KEY]): the marker genes, rho, delta and training settings of the
+# model that made the labels (api.CellAssign.fitted_parameters), which the report draws
+FITTED_KEY = "fitted"
 TOTALS_KEY = "cellassign_total_counts"  # obs, in memory: total counts over all genes (io.read_h5ad of some genes)
 TRUE_CELLTYPE_KEY = "true_celltype"  # obs of simulated data: the type a cell was drawn from
 TRUE_DOUBLET_KEY = "true_doublet"  # obs of simulate_library: "" for a singlet, "A+B" for a doublet

@@ -29,7 +29,7 @@ from .io import (
     read_h5ad, read_h5ad_parts, read_obs, read_table, write_h5ad_rows, write_table,
 )
 from .keys import (
-    CELLTYPE_KEY, DOUBLET_COLUMNS, INPUT_INFO_KEY, LABEL_COLUMNS, LEFT_OUT_TYPES_KEY, MODEL_INFO_KEY,
+    CELLTYPE_KEY, DOUBLET_COLUMNS, FITTED_KEY, INPUT_INFO_KEY, LABEL_COLUMNS, LEFT_OUT_TYPES_KEY, MODEL_INFO_KEY,
     MODEL_WARNINGS_KEY, ONTOLOGY_ID_KEY, ONTOLOGY_VERSION_KEY, PREDICTED_DOUBLET_KEY, PROBS_KEY, QC_WARNINGS_KEY,
     SAMPLE_KEY, SCRUBLET_KEY, SIZE_FACTOR_KEY, UNS_KEY,
 )
@@ -267,21 +267,25 @@ def train(input: str | Path, markers: str | Path, model_out: str | Path, history
     write_table(model.history_table, history_out, index_label=None)
     write_table(probabilities, probabilities_out)
     if info_out is not None:
-        write_json(model_info(model.describe(), None, model.train_params["n_cells"]), info_out)
+        write_json(model_info(model.describe(), None, model.train_params["n_cells"], fitted=model.fitted_parameters()),
+                   info_out)
     return model
 
 
-def model_info(description: dict, refit: str | None, n_cells: int, epochs: int | None = None) -> dict:
+def model_info(description: dict, refit: str | None, n_cells: int, epochs: int | None = None,
+               fitted: dict | None = None) -> dict:
     """Which model made the labels and how (``uns[UNS_KEY][MODEL_INFO_KEY]`` of the annotated h5ad):
     the model's ``CellAssign.describe()`` (file, sha256, version, panel, types, the panel's types it
     left out) and ``use``: trained on these cells (``refit`` None), or a saved model reused with
-    ``refit`` batch or none; and the fit's warnings (:func:`model_warnings`), which the pipeline puts
-    in pipeline_info/samples.tsv."""
+    ``refit`` batch or none; the fit's warnings (:func:`model_warnings`), which the pipeline puts
+    in pipeline_info/samples.tsv; and, under ``FITTED_KEY``, the ``fitted`` parameters of the model
+    used (``CellAssign.fitted_parameters()``), which the report draws."""
     use = {None: f"trained on these {n_cells} cells",
            "batch": f"saved model reused: baseline beta0, covariate effects beta and proportions pi refitted on these "
                     f"{n_cells} cells ({epochs} epochs); delta and the dispersion as saved",
            "none": f"saved model reused as saved (--refit none) on these {n_cells} cells"}[refit]
-    return {**description, "use": use, "refit": refit or "", MODEL_WARNINGS_KEY: model_warnings(description)}
+    info = {**description, "use": use, "refit": refit or "", MODEL_WARNINGS_KEY: model_warnings(description)}
+    return info if fitted is None else {**info, FITTED_KEY: fitted}
 
 
 def model_warnings(description: dict) -> list[str]:
@@ -355,7 +359,8 @@ def predict(input: str | Path, model: str | Path, model_out: str | Path, history
         probabilities = saved.predict(adata, device=settings.device, unseen_levels="reference")
         used, epochs = saved, None
         used.reference = saved.describe()  # its copy names the file it was copied from, as a refit does
-    info = model_info(used.reference, mode, len(probabilities), epochs)  # the saved model's file
+    info = model_info(used.reference, mode, len(probabilities), epochs,  # the saved model's file
+                      fitted=used.fitted_parameters())
     used.save(model_out)
     write_table(used.history_table, history_out, index_label=None)
     write_table(probabilities, probabilities_out)

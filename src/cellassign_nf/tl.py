@@ -85,5 +85,6 @@ def write_annotation(adata: ad.AnnData, model: CellAssign, probabilities: pd.Dat
     for key in LABEL_COLUMNS:
         adata.obs[keys[key]] = labels[key]
     adata.obsm[keys[PROBS_KEY]] = probs
-    description = model_info(model.describe(), None, int(model.train_params.get("n_cells", 0) or 0))
+    description = model_info(model.describe(), None, int(model.train_params.get("n_cells", 0) or 0),
+                             fitted=model.fitted_parameters())
     adata.uns[keys[UNS_KEY]] = annotation_info(list(probs.columns), min_prob, description)

@@ -4,7 +4,7 @@ process REPORT {
     errorStrategy { SetAside.strategy(task, meta) }  // lib/SetAside.groovy
 
     input:
-    tuple val(meta), path(annotated), path(history), path(model), path(qc_summary), path(diagnostics), path(specificity)
+    tuple val(meta), path(annotated), path(history), path(qc_summary), path(diagnostics), path(specificity)
     val params_json
 
     output:
@@ -16,7 +16,8 @@ process REPORT {
     task.ext.when == null || task.ext.when
 
     script:
-    // --no-umap comes from conf/modules.config (ext.args)
+    // --no-umap comes from conf/modules.config (ext.args); no --model: the fit the report draws comes
+    // from the annotated h5ad (annotate --model-info), so the task loads neither the model file nor torch
     def args = task.ext.args ?: ''
     """
     cat <<'END_PARAMS' > params.json
@@ -26,7 +27,6 @@ process REPORT {
     cellassign-nf report \\
         ${annotated} \\
         --history ${history} \\
-        --model ${model} \\
         --qc-summary ${qc_summary} \\
         --sample ${meta.id} \\
         --outdir report \\

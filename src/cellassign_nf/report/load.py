@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,12 +13,16 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..keys import FITTED_KEY, MODEL_INFO_KEY, UNS_KEY
 from .base import (
     CELLTYPE_KEY, HISTORY_COLUMNS, PROB_KEY, QC_WARNINGS_KEY, ModelLike, QCSummary, _is_number, _require_file,
 )
 from ..rules import SAMPLE_NAME_CHARACTERS, is_sample_name
+from .summary import _strings
 
 ANNOTATED_FIX = "Give the annotated h5ad written by `cellassign-nf annotate`."
+FITTED_FIX = ("Give the model file with --model, or annotate again with --model-info (the model_info.json of "
+              "`cellassign-nf train` or `predict`).")
 
 if TYPE_CHECKING:
     import anndata as ad
@@ -225,3 +230,54 @@ def load_model(path: str | Path) -> ModelLike:
         raise InputError(path, f"cannot be read as a cellassign-nf model ({type(exc).__name__}: {exc})",
                          "Give the model file written by `cellassign-nf train`.") from exc
     return model  # type: ignore[return-value]
+
+
+@dataclass
+class FittedModel:
+    """What the report needs of a fitted model (a :class:`~cellassign_nf.report.base.ModelLike`),
+    built from the fitted parameters its description carries (``CellAssign.fitted_parameters``)
+    rather than from the model file, so that the report runs without torch."""
+
+    genes: list[str]
+    cell_types: list[str]
+    delta: pd.DataFrame
+    rho: pd.DataFrame
+    train_params: dict[str, Any]
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def fitted_model(description: Mapping[str, Any], source: str | Path) -> FittedModel:
+    """The :class:`FittedModel` of a model's description (``steps.model_info``: model_info.json,
+    or ``uns[UNS_KEY][MODEL_INFO_KEY]`` of the annotated h5ad, where lists come back as arrays)."""
+    fitted = description.get(FITTED_KEY)
+    if not isinstance(fitted, Mapping) or not {"genes", "rho", "delta"} <= set(fitted):
+        raise InputError(source, "does not carry the fitted parameters of the model that made its labels "
+                                 f"(uns['{UNS_KEY}']['{MODEL_INFO_KEY}']['{FITTED_KEY}'])", FITTED_FIX)
+    genes, cell_types = _strings(fitted["genes"]), _strings(description.get("cell_types"))
+    index = pd.Index(genes, name="gene")
+
+    def table(values: Any, dtype: type) -> pd.DataFrame:
+        matrix = np.asarray(values, dtype=dtype).reshape(len(genes), len(cell_types))
+        return pd.DataFrame(matrix, index=index, columns=cell_types)
+
+    params = fitted.get("train_params")
+    train_params = {str(k): v.item() if isinstance(v, np.generic) else v
+                    for k, v in (params.items() if isinstance(params, Mapping) else ())}
+    return FittedModel(genes, cell_types, table(fitted["delta"], float), table(fitted["rho"], int), train_params)
+
+
+def load_fitted_model(path: str | Path) -> FittedModel:
+    """The :class:`FittedModel` of the model that made an annotated h5ad's labels, read from the
+    file's ``uns[UNS_KEY][MODEL_INFO_KEY]`` alone (neither the matrix nor ``obs``)."""
+    import h5py
+    from anndata.io import read_elem
+
+    path = Path(path)
+    _require_file(path, "annotated h5ad")
+    try:
+        with h5py.File(path, "r") as f:
+            node = f.get(f"uns/{UNS_KEY}/{MODEL_INFO_KEY}")
+            description = read_elem(node) if node is not None else {}
+    except OSError as exc:
+        raise InputError(path, f"cannot be read as h5ad ({exc})", ANNOTATED_FIX) from exc
+    return fitted_model(description, path)

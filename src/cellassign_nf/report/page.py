@@ -14,11 +14,12 @@ from ..sampling import stratified_cells
 from .base import DEFAULT_UMAP_MAX_CELLS, ModelLike, QCSummary, ReportResult, SampleSummary, _fmt, write_text
 from .html import render_html, software_versions
 from .load import (
-    check_history, check_sample_name, load_annotated_parts, load_history, load_model, load_params, load_qc_summary,
+    check_history, check_sample_name, fitted_model, load_annotated_parts, load_fitted_model, load_history, load_model,
+    load_params, load_qc_summary,
 )
 from .multiqc import write_multiqc_files
 from .sections import FigureSink, ReportInputs, build_sections
-from .summary import summarise
+from .summary import model_info_of, summarise
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ def make_report(
     annotated: str | Path,
     *,
     history: str | Path | pd.DataFrame,
-    model: str | Path | ModelLike,
+    model: str | Path | ModelLike | None = None,
     qc_summary: str | Path | QCSummary,
     sample: str,
     outdir: str | Path,
@@ -41,8 +42,10 @@ def make_report(
     """Write ``outdir/SAMPLE.report.html``, its PNG figures and the MultiQC files.
 
     ``history``, ``model``, ``qc_summary``, ``params`` and the marker ``diagnostics`` and
-    ``specificity`` tables are paths to the step outputs, or the already loaded objects. The
-    HTML page is written last.
+    ``specificity`` tables are paths to the step outputs, or the already loaded objects. Without
+    ``model``, what the report draws of the fit (marker genes, delta, training settings) comes from
+    the annotated data's description of the model that made its labels (``annotate --model-info``),
+    and neither the model file nor torch is loaded. The HTML page is written last.
     """
     sample = check_sample_name(sample)
     outdir = Path(outdir)
@@ -66,7 +69,11 @@ def load_inputs(annotated: Any, history: Any, model: Any, qc_summary: Any, param
                 umap_max_cells: int | None = DEFAULT_UMAP_MAX_CELLS) -> ReportInputs:
     """Load what is given as paths, check what is given as objects, and summarise the sample
     (``umap_max_cells`` None: no UMAP, so no cell is read with all its genes)."""
-    mdl = load_model(model) if isinstance(model, (str, Path)) else model
+    if model is None:  # the fit as the annotated data describe it
+        mdl = fitted_model(model_info_of(annotated), "the annotated AnnData") if _is_anndata(annotated) \
+            else load_fitted_model(annotated)
+    else:
+        mdl = load_model(model) if isinstance(model, (str, Path)) else model
     umap_cells = None if umap_max_cells is None else partial(stratified_cells, max_cells=umap_max_cells)
     if _is_anndata(annotated):
         adata, umap_data = annotated, None
