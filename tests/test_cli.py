@@ -320,6 +320,9 @@ def test_qc_sets_sample_level_obs(tmp_path, counts):
     assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
 
 
+CONSOLE_SCRIPT = "from cellassign_nf.cli import console_script; console_script()"  # what `cellassign-nf` runs
+
+
 # --- --device cuda where CUDA is not usable (a GPU node without a working GPU) -------------------------
 def _cli_without_gpu(tmp_path, *args):
     """The real command (the console script's entry point) in a fresh process with every GPU hidden
@@ -329,7 +332,7 @@ def _cli_without_gpu(tmp_path, *args):
     import sys
 
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run([sys.executable, "-c", "from cellassign_nf.cli import run; run()", "--quiet", *map(str, args)],
+    return subprocess.run([sys.executable, "-c", CONSOLE_SCRIPT, "--quiet", *map(str, args)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -394,8 +397,8 @@ def test_output_cut_short_by_its_reader_ends_quietly(tmp_path):
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone
     try:
-        result = subprocess.run([sys.executable, "-c", "from cellassign_nf.cli import run; run()", "--quiet",
-                                 "markers", "show", "pbmc_human"], cwd=tmp_path, stdout=write_end,
+        result = subprocess.run([sys.executable, "-c", CONSOLE_SCRIPT, "--quiet", "markers", "show", "pbmc_human"],
+                                cwd=tmp_path, stdout=write_end,
                                 stderr=subprocess.PIPE, text=True, timeout=120)
     finally:
         os.close(write_end)
@@ -404,15 +407,15 @@ def test_output_cut_short_by_its_reader_ends_quietly(tmp_path):
 
 
 def test_the_console_script_exits_with_the_commands_status_and_its_objects_frozen(tmp_path):
-    """`cellassign-nf` (cli.run) ends with main's exit status and its output whole, with every object
-    moved out of the collector's reach (gc.freeze) before the interpreter's last passes."""
+    """`cellassign-nf` (cli.console_script) ends with main's exit status and its output whole, with
+    every object moved out of the collector's reach (gc.freeze) before the interpreter's last passes."""
     import subprocess
     import sys
     from importlib.metadata import entry_points
 
-    assert entry_points(group="console_scripts")["cellassign-nf"].value == "cellassign_nf.cli:run"
-    probe = ("import atexit, gc, sys; atexit.register(lambda: print('frozen', gc.get_freeze_count(), file=sys.stderr)); "
-             "from cellassign_nf.cli import run; run()")
+    assert entry_points(group="console_scripts")["cellassign-nf"].value == "cellassign_nf.cli:console_script"
+    probe = ("import atexit, gc, sys; atexit.register(lambda: print('frozen', gc.get_freeze_count(), "
+             f"file=sys.stderr)); {CONSOLE_SCRIPT}")
     ok = subprocess.run([sys.executable, "-c", probe, "markers", "show", "pbmc_human"], cwd=tmp_path,
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr

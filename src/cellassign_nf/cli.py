@@ -558,7 +558,7 @@ main.add_command(report_command, "report")
 main.add_command(cohort_table_command, "cohort-table")
 
 
-def run() -> None:
+def console_script() -> None:
     """The ``cellassign-nf`` console script: :func:`main`, then an exit without the interpreter's
     last garbage-collection passes over every object of the libraries a step loaded
     (``gc.freeze``; 0.1 s for anndata, 0.6 s for the report's torch and scanpy). Exit handlers,
@@ -570,4 +570,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    run()
+    console_script()
