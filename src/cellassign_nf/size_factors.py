@@ -54,7 +54,8 @@ def warn_zero(size_factors: np.ndarray) -> None:
 
 def log_normalised(adata: ad.AnnData, genes: Sequence[str] | None = None) -> sp.csr_matrix:
     """log1p of counts normalised to ``TARGET_SUM`` per cell (totals over *all* genes), for
-    ``genes`` only (all by default): cells x genes, sparse float32, without copying the matrix."""
+    ``genes`` only (all by default): cells x genes, a new sparse float32 matrix (the input is
+    left as it is), never dense."""
     X = adata.X
     totals = cell_totals(adata)
     scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0).astype(np.float32)
