@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -623,6 +624,17 @@ def open_h5ad(path: str | Path) -> ad.AnnData:
 
 def read_obs(path: str | Path) -> pd.DataFrame:
     """The ``obs`` table of an h5ad, without reading its matrix."""
+    return read_element(path, "obs")
+
+
+_REQUIRED = object()
+
+
+def read_element(path: str | Path, key: str, default: Any = _REQUIRED,
+                 fix: str = "Give the h5ad written by the previous step.") -> Any:
+    """One element of an h5ad (``"obs"``, ``"uns/cellassign/model"``, ...), without reading the
+    rest of the file; ``default`` where the file has no such element (without one, the file is
+    refused). A file that cannot be read is one InputError with ``fix``."""
     from anndata.io import read_elem
     import h5py
 
@@ -630,10 +642,11 @@ def read_obs(path: str | Path) -> pd.DataFrame:
     _require_file(path)
     try:
         with h5py.File(path, "r") as f:
-            return read_elem(f["obs"])
+            if default is not _REQUIRED and key not in f:
+                return default
+            return read_elem(f[key])
     except Exception as exc:
-        raise InputError(path, f"cannot be read as h5ad ({type(exc).__name__}: {exc})",
-                         "Give the h5ad written by the previous step.") from exc
+        raise InputError(path, f"cannot be read as h5ad ({type(exc).__name__}: {exc})", fix) from exc
 
 
 def _blocks(X, n_obs: int, n_values: int) -> Iterator[tuple[int, sp.csr_matrix]]:

@@ -269,15 +269,8 @@ def fitted_model(description: Mapping[str, Any], source: str | Path) -> FittedMo
 def load_fitted_model(path: str | Path) -> FittedModel:
     """The :class:`FittedModel` of the model that made an annotated h5ad's labels, read from the
     file's ``uns[UNS_KEY][MODEL_INFO_KEY]`` alone (neither the matrix nor ``obs``)."""
-    import h5py
-    from anndata.io import read_elem
+    from ..io import read_element
 
     path = Path(path)
     _require_file(path, "annotated h5ad")
-    try:
-        with h5py.File(path, "r") as f:
-            node = f.get(f"uns/{UNS_KEY}/{MODEL_INFO_KEY}")
-            description = read_elem(node) if node is not None else {}
-    except OSError as exc:
-        raise InputError(path, f"cannot be read as h5ad ({exc})", ANNOTATED_FIX) from exc
-    return fitted_model(description, path)
+    return fitted_model(read_element(path, f"uns/{UNS_KEY}/{MODEL_INFO_KEY}", {}, ANNOTATED_FIX), path)
