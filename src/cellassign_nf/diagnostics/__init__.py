@@ -103,7 +103,8 @@ def add_candidates(adata: ad.AnnData, rho: pd.DataFrame, stats: GroupStats, flag
     names = display_names(adata)  # of all genes: candidates are not markers
     show = lambda genes: [names.get(g, g) for g in genes]  # noqa: E731
     groups = [g for g in stats.sizes.index if stats.size(g) >= stats.min_cells(t)]
-    moments = LabelMoments.of(norm, labels)  # one pass over the matrix for every test between these groups
+    tested = len(groups) > 1 or any(flag.flag == "not_specific" for flag in flags)
+    moments = LabelMoments.of(norm, labels) if tested else None  # one pass over the matrix for every test
     per_group = rank_candidates(norm, labels, groups, exclude, t.n_candidates, moments=moments) \
         if len(groups) > 1 else {}
     for flag in flags:
