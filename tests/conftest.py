@@ -10,6 +10,7 @@ from nextflow_helpers import COHORT_ARGS, run_pipeline
 ROOT = Path(__file__).resolve().parents[1]
 ORIGINAL = ROOT / "tests" / "data" / "cellassign-original"  # see its README.md: origin, licence
 DEMO = ROOT / "assets" / "demo"
+CONSOLE_SCRIPT = "from cellassign_nf.cli import console_script; console_script()"  # what `cellassign-nf` runs
 
 
 @pytest.fixture(scope="session")

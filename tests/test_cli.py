@@ -13,7 +13,7 @@ from cellassign_nf.keys import OTHER
 from cellassign_nf.markers import left_out_warning
 from cellassign_nf.simulate import simulate
 
-from conftest import DEMO
+from conftest import CONSOLE_SCRIPT, DEMO
 
 MARKERS = {"A": ["a1", "a2"], "B": ["b1", "b2"]}
 FAST = ["--max-epochs", "15", "--n-restarts", "1"]
@@ -318,9 +318,6 @@ def test_qc_sets_sample_level_obs(tmp_path, counts):
     bad = invoke("qc", path, "--obs", "novalue", "-o", tmp_path / "o2.h5ad", "--metrics", tmp_path / "m2.tsv",
                  "--summary", tmp_path / "s2.json")
     assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
-
-
-CONSOLE_SCRIPT = "from cellassign_nf.cli import console_script; console_script()"  # what `cellassign-nf` runs
 
 
 # --- --device cuda where CUDA is not usable (a GPU node without a working GPU) -------------------------

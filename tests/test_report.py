@@ -28,6 +28,8 @@ from cellassign_nf.report import (
     parse_qc_summary,
 )
 
+from conftest import CONSOLE_SCRIPT
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "assets" / "demo"
 MQC_CONFIG = ROOT / "assets" / "multiqc_config.yml"
@@ -420,7 +422,7 @@ def test_without_the_model_file_the_report_is_the_same_and_loads_no_torch(pipeli
     pd.testing.assert_frame_equal(fitted.rho, model.rho.astype(int), check_exact=True)
     assert fitted.train_params == {k: v for k, v in model.train_params.items() if v is not None}
     probe = ("import atexit, sys; atexit.register(lambda: print('torch loaded:', 'torch' in sys.modules, "
-             "file=sys.stderr)); from cellassign_nf.cli import console_script; console_script()")
+             f"file=sys.stderr)); {CONSOLE_SCRIPT}")
     args = [pipeline["annotated"], "--history", pipeline["history"], "--qc-summary", pipeline["qc_summary"],
             "--sample", "sample1", "--outdir", tmp_path, "--params", pipeline["params"]]
     result = subprocess.run([sys.executable, "-c", probe, "report", *map(str, args)], capture_output=True,
